@@ -1,0 +1,337 @@
+//! Linux/ELF: redirect the GOT entries (JUMP_SLOT and GLOB_DAT relocations) of every loaded
+//! object to our hooks. This is the only place that writes into other objects' memory.
+
+use std::collections::HashSet;
+use std::ffi::CStr;
+use std::sync::Mutex;
+
+use libc::{c_int, c_void, dl_phdr_info, size_t};
+
+/// A symbol to redirect and the address of its hook.
+pub(crate) struct Hook {
+    pub name: &'static [u8],
+    pub address: usize,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Dyn {
+    tag: i64,
+    val: u64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Rela {
+    offset: u64,
+    info: u64,
+    addend: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Sym {
+    name: u32,
+    info: u8,
+    other: u8,
+    shndx: u16,
+    value: u64,
+    size: u64,
+}
+
+const DT_NULL: i64 = 0;
+const DT_PLTRELSZ: i64 = 2;
+const DT_STRTAB: i64 = 5;
+const DT_SYMTAB: i64 = 6;
+const DT_RELA: i64 = 7;
+const DT_RELASZ: i64 = 8;
+const DT_PLTREL: i64 = 20;
+const DT_JMPREL: i64 = 23;
+
+#[cfg(target_arch = "x86_64")]
+const GOT_RELOCATIONS: [u32; 2] = [
+    6, /* R_X86_64_GLOB_DAT */
+    7, /* R_X86_64_JUMP_SLOT */
+];
+#[cfg(target_arch = "aarch64")]
+const GOT_RELOCATIONS: [u32; 2] = [
+    1025, /* R_AARCH64_GLOB_DAT */
+    1026, /* R_AARCH64_JUMP_SLOT */
+];
+
+/// Objects already patched, by program-header address (unique while an object is loaded).
+static PATCHED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+
+struct Walk<'a> {
+    hooks: &'a [Hook],
+    own_address: usize,
+    patched: &'a mut HashSet<usize>,
+    slots_written: usize,
+}
+
+/// Patch every loaded object not patched yet. Returns the number of GOT slots written.
+pub(crate) fn patch_loaded_objects(hooks: &[Hook]) -> usize {
+    let mut guard = PATCHED.lock().unwrap_or_else(|e| e.into_inner());
+    let patched = guard.get_or_insert_with(HashSet::new);
+    let mut walk = Walk {
+        hooks,
+        own_address: patch_loaded_objects as *const () as usize,
+        patched,
+        slots_written: 0,
+    };
+    // SAFETY: the callback only reads the program headers and dynamic sections the loader
+    // hands it, and `walk` outlives the call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(visit_object), &mut walk as *mut Walk as *mut c_void);
+    }
+    walk.slots_written
+}
+
+/// An object was unloaded: forget which objects were patched, so one loaded later at the same
+/// addresses is patched too.
+pub(crate) fn forget_patched_objects() {
+    let mut guard = PATCHED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(set) = guard.as_mut() {
+        set.clear();
+    }
+}
+
+/// Hold the patch lock across fork so the child never inherits it locked mid-patch.
+pub(crate) fn patch_lock() -> &'static Mutex<Option<HashSet<usize>>> {
+    &PATCHED
+}
+
+unsafe extern "C" fn visit_object(
+    info: *mut dl_phdr_info,
+    _size: size_t,
+    data: *mut c_void,
+) -> c_int {
+    // SAFETY: `data` is the `Walk` passed to dl_iterate_phdr above; `info` is valid for the
+    // duration of the callback.
+    let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
+    let key = info.dlpi_phdr as usize;
+    if walk.patched.contains(&key) {
+        return 0;
+    }
+    walk.patched.insert(key);
+    // SAFETY: dlpi_name is a NUL-terminated string owned by the loader (may be empty).
+    let name = unsafe { object_name(info) };
+    if name.contains("linux-vdso") || name.contains("ld-linux") || name.contains("/ld-") {
+        return 0;
+    }
+    // SAFETY: program headers and dynamic section belong to a loaded object.
+    let object = unsafe { LoadedObject::read(info) };
+    let Some(object) = object else { return 0 };
+    if object.contains(walk.own_address) {
+        return 0;
+    }
+    // SAFETY: the object is loaded; its relocation tables and GOT are mapped.
+    walk.slots_written += unsafe { object.patch(walk.hooks) };
+    0
+}
+
+/// # Safety
+/// `info` must be a loader-provided `dl_phdr_info`.
+unsafe fn object_name(info: &dl_phdr_info) -> String {
+    if info.dlpi_name.is_null() {
+        return String::new();
+    }
+    // SAFETY: per the contract, dlpi_name is NUL-terminated.
+    unsafe { CStr::from_ptr(info.dlpi_name) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+struct Segment {
+    start: usize,
+    end: usize,
+    flags: u32,
+}
+
+struct LoadedObject {
+    bias: usize,
+    segments: Vec<Segment>,
+    relro: Option<(usize, usize)>,
+    symtab: usize,
+    strtab: usize,
+    tables: Vec<(usize, usize)>,
+}
+
+impl LoadedObject {
+    /// # Safety
+    /// `info` must describe an object currently loaded in this process.
+    unsafe fn read(info: &dl_phdr_info) -> Option<LoadedObject> {
+        let bias = info.dlpi_addr as usize;
+        // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let mut segments = Vec::new();
+        let mut relro = None;
+        let mut dynamic = None;
+        for ph in phdrs {
+            let start = bias + ph.p_vaddr as usize;
+            let end = start + ph.p_memsz as usize;
+            match ph.p_type {
+                libc::PT_LOAD => segments.push(Segment {
+                    start,
+                    end,
+                    flags: ph.p_flags,
+                }),
+                libc::PT_GNU_RELRO => relro = Some((start, end)),
+                libc::PT_DYNAMIC => dynamic = Some(start as *const Dyn),
+                _ => {}
+            }
+        }
+        let mut dynamic = dynamic?;
+        // The loader relocates most d_ptr entries in place; some (vdso, read-only .dynamic)
+        // stay relative to the load bias.
+        let absolute = |p: u64| {
+            let p = p as usize;
+            if p < bias {
+                p + bias
+            } else {
+                p
+            }
+        };
+        let (mut symtab, mut strtab) = (0, 0);
+        let (mut jmprel, mut pltrelsz, mut rela, mut relasz, mut pltrel) = (0, 0, 0, 0, DT_RELA);
+        loop {
+            // SAFETY: the dynamic section is an array terminated by DT_NULL.
+            let d = unsafe { *dynamic };
+            match d.tag {
+                DT_NULL => break,
+                DT_SYMTAB => symtab = absolute(d.val),
+                DT_STRTAB => strtab = absolute(d.val),
+                DT_JMPREL => jmprel = absolute(d.val),
+                DT_PLTRELSZ => pltrelsz = d.val as usize,
+                DT_RELA => rela = absolute(d.val),
+                DT_RELASZ => relasz = d.val as usize,
+                DT_PLTREL => pltrel = d.val as i64,
+                _ => {}
+            }
+            // SAFETY: not past DT_NULL yet.
+            dynamic = unsafe { dynamic.add(1) };
+        }
+        if symtab == 0 || strtab == 0 || pltrel != DT_RELA {
+            return None;
+        }
+        let mut tables = Vec::new();
+        if jmprel != 0 && pltrelsz != 0 {
+            tables.push((jmprel, pltrelsz / std::mem::size_of::<Rela>()));
+        }
+        if rela != 0 && relasz != 0 {
+            tables.push((rela, relasz / std::mem::size_of::<Rela>()));
+        }
+        Some(LoadedObject {
+            bias,
+            segments,
+            relro,
+            symtab,
+            strtab,
+            tables,
+        })
+    }
+
+    fn contains(&self, address: usize) -> bool {
+        self.segments
+            .iter()
+            .any(|s| s.start <= address && address < s.end)
+    }
+
+    /// # Safety
+    /// The object must be loaded; its symbol, string and relocation tables mapped.
+    unsafe fn patch(&self, hooks: &[Hook]) -> usize {
+        let mut writes = Vec::new();
+        for &(table, count) in &self.tables {
+            // SAFETY: DT_JMPREL/DT_RELA point at `count` Elf64_Rela entries.
+            let relocations = unsafe { std::slice::from_raw_parts(table as *const Rela, count) };
+            for r in relocations {
+                if !GOT_RELOCATIONS.contains(&((r.info & 0xffff_ffff) as u32)) {
+                    continue;
+                }
+                let sym_index = (r.info >> 32) as usize;
+                // SAFETY: relocation symbol indices are within the dynamic symbol table, and
+                // st_name is an offset into the NUL-terminated dynamic string table.
+                let name = unsafe {
+                    let sym = *(self.symtab as *const Sym).add(sym_index);
+                    CStr::from_ptr((self.strtab + sym.name as usize) as *const libc::c_char)
+                };
+                if let Some(hook) = hooks.iter().find(|h| h.name == name.to_bytes()) {
+                    writes.push((self.bias + r.offset as usize, hook.address));
+                }
+            }
+        }
+        let mut written = 0;
+        for (slot, address) in writes {
+            // SAFETY: `slot` is a GOT entry of this loaded object, pointer-aligned.
+            if unsafe { std::ptr::read_volatile(slot as *const usize) } == address {
+                continue;
+            }
+            // SAFETY: as above; the page is made writable for the write only.
+            if unsafe { self.write_slot(slot, address) } {
+                written += 1;
+            }
+        }
+        written
+    }
+
+    /// # Safety
+    /// `slot` must be a pointer-aligned GOT entry inside this object.
+    unsafe fn write_slot(&self, slot: usize, value: usize) -> bool {
+        let segment = self
+            .segments
+            .iter()
+            .find(|s| s.start <= slot && slot < s.end);
+        let in_relro = self.relro.is_some_and(|(s, e)| s <= slot && slot < e);
+        let writable = segment.is_some_and(|s| s.flags & libc::PF_W != 0) && !in_relro;
+        if writable {
+            // SAFETY: a writable data page of a loaded object; aligned word store.
+            unsafe { std::ptr::write_volatile(slot as *mut usize, value) };
+            return true;
+        }
+        let page = page_size();
+        let start = slot & !(page - 1);
+        // What the page is after the write: RELRO pages are read-only once relocated.
+        let restore = match segment {
+            Some(s) if !in_relro => prot_of(s.flags),
+            _ => libc::PROT_READ,
+        };
+        // SAFETY: mprotect on a page of a mapped object; restored right after the write.
+        unsafe {
+            if libc::mprotect(
+                start as *mut c_void,
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+            ) != 0
+            {
+                return false;
+            }
+            std::ptr::write_volatile(slot as *mut usize, value);
+            libc::mprotect(start as *mut c_void, page, restore);
+        }
+        true
+    }
+}
+
+fn prot_of(flags: u32) -> c_int {
+    let mut prot = 0;
+    if flags & libc::PF_R != 0 {
+        prot |= libc::PROT_READ;
+    }
+    if flags & libc::PF_W != 0 {
+        prot |= libc::PROT_WRITE;
+    }
+    if flags & libc::PF_X != 0 {
+        prot |= libc::PROT_EXEC;
+    }
+    prot
+}
+
+fn page_size() -> usize {
+    // SAFETY: sysconf has no preconditions.
+    let size = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    if size > 0 {
+        size as usize
+    } else {
+        4096
+    }
+}

@@ -1,0 +1,352 @@
+//! In-process allocation capture: hooks in every loaded object's GOT, a per-thread guard and
+//! charge, and the [`Tracker`] that turns events into a test's numbers.
+//!
+//! Life cycle: [`install`] once (idempotent), then per test [`start`] and [`stop`]. Between
+//! tests the hooks stay in place and cost one branch each.
+
+mod elf_got;
+mod guard;
+mod hooks;
+mod threads;
+mod tracker;
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+pub use guard::Guard;
+pub use tracker::{Allocator, CodeNames, Frame, FrameKey, SiteReport, TestReport, Tracker};
+
+use guard::Charge;
+use tracker::RemovedBlock;
+
+/// Whose allocations a tracked test is charged for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ThreadMode {
+    /// Only the thread running the test's call (pytest-memray's `current_thread_only=True`).
+    CurrentThread,
+    /// The test's thread plus every thread started during the call, and their descendants.
+    Spawned,
+    /// Every thread in the process.
+    All,
+}
+
+/// Errors of the capture layer.
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CaptureError {
+    /// `start` while a test is tracked.
+    #[error("a test is already being tracked on this process; stop it first")]
+    AlreadyActive,
+    /// `stop` with nothing tracked.
+    #[error("no test is being tracked")]
+    NotActive,
+    /// Not Linux/ELF on x86-64 or aarch64.
+    #[error("allocation tracking is only available on Linux (x86-64, aarch64)")]
+    Unsupported,
+}
+
+/// The deepest Python stack recorded per allocation.
+pub const MAX_PYTHON_FRAMES: usize = 128;
+
+/// A Python stack read by the Python layer at allocation time, innermost frame first.
+pub struct PythonStack {
+    /// The frames; only `len` are valid.
+    pub frames: [FrameKey; MAX_PYTHON_FRAMES],
+    /// How many frames were written.
+    pub len: usize,
+    /// True when the walk reached the test's own function (its entry frame).
+    pub reached_entry: bool,
+}
+
+/// How the capture layer reads Python stacks; provided by the Python layer, which alone knows
+/// the interpreter. Both functions must not allocate through the interpreter.
+#[derive(Clone, Copy)]
+pub struct PythonStackSource {
+    /// Fill the calling thread's current Python stack.
+    pub walk: fn(&mut PythonStack),
+    /// The (function, filename) of a code object that is alive on the calling thread's stack.
+    pub describe: fn(usize) -> CodeNames,
+}
+
+static ACTIVE: AtomicBool = AtomicBool::new(false);
+static GENERATION: AtomicU64 = AtomicU64::new(0);
+static MODE: AtomicU8 = AtomicU8::new(0);
+static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
+static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
+static PYTHON: OnceLock<PythonStackSource> = OnceLock::new();
+
+struct Session {
+    generation: u64,
+    tracker: Tracker,
+}
+
+static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+
+fn session() -> MutexGuard<'static, Option<Session>> {
+    // A panic while the lock was held cannot leave the tables half-updated in a way that
+    // matters more than losing the test's numbers; keep going.
+    SESSION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True while a test is tracked. The hooks' one branch.
+#[inline(always)]
+pub fn is_active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Tell the capture layer how to read Python stacks (once per process).
+pub fn set_python_stack_source(source: PythonStackSource) {
+    let _ = PYTHON.set(source);
+}
+
+/// Patch every loaded object (and, through the `dlopen` hook, every object loaded later).
+/// Idempotent; the first call's outcome is returned to every caller.
+pub fn install() -> Result<(), CaptureError> {
+    INSTALLED
+        .get_or_init(|| {
+            if !cfg!(all(
+                target_os = "linux",
+                any(target_arch = "x86_64", target_arch = "aarch64")
+            )) {
+                return Err(CaptureError::Unsupported);
+            }
+            // SAFETY: registers plain functions that only touch our own locks and flags.
+            unsafe {
+                libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+            }
+            elf_got::patch_loaded_objects(&hooks::table());
+            Ok(())
+        })
+        .clone()
+}
+
+/// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
+/// charged only for allocations made while the test's own function is on its stack (as the
+/// Python layer reports through [`PythonStack::reached_entry`]).
+pub fn start(mode: ThreadMode, require_entry: bool) -> Result<(), CaptureError> {
+    install()?;
+    let mut s = session();
+    if is_active() {
+        return Err(CaptureError::AlreadyActive);
+    }
+    let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+    match s.as_mut() {
+        Some(session) => {
+            session.tracker.reset();
+            session.generation = generation;
+        }
+        None => {
+            *s = Some(Session {
+                generation,
+                tracker: Tracker::new(),
+            })
+        }
+    }
+    MODE.store(mode as u8, Ordering::SeqCst);
+    REQUIRE_ENTRY.store(require_entry, Ordering::SeqCst);
+    Charge {
+        generation,
+        test_thread: true,
+    }
+    .set();
+    ACTIVE.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Stop tracking and return the test's numbers.
+pub fn stop() -> Result<TestReport, CaptureError> {
+    if !ACTIVE.swap(false, Ordering::SeqCst) {
+        return Err(CaptureError::NotActive);
+    }
+    Charge::NONE.set();
+    let s = session();
+    Ok(s.as_ref().map(|s| s.tracker.report()).unwrap_or_default())
+}
+
+fn mode() -> ThreadMode {
+    match MODE.load(Ordering::Relaxed) {
+        0 => ThreadMode::CurrentThread,
+        1 => ThreadMode::Spawned,
+        _ => ThreadMode::All,
+    }
+}
+
+/// The charge a thread started now by the calling thread inherits, if any.
+fn charge_for_new_thread() -> Option<Charge> {
+    let charge = Charge::current();
+    let generation = GENERATION.load(Ordering::Relaxed);
+    (charge.generation == generation && mode() == ThreadMode::Spawned).then_some(Charge {
+        generation,
+        test_thread: false,
+    })
+}
+
+/// Records events for the calling thread; exists only while its [`Guard`] is held, so
+/// nothing it does (or the allocator underneath it) is recorded twice.
+pub struct Recorder {
+    _guard: Guard,
+}
+
+/// A recorder for the calling thread, unless it is already inside the capture layer.
+#[inline]
+pub fn recorder() -> Option<Recorder> {
+    Guard::enter().map(|g| Recorder { _guard: g })
+}
+
+/// A heap block taken out of the live table by [`Recorder::take`].
+pub struct TakenBlock {
+    generation: u64,
+    block: RemovedBlock,
+}
+
+impl Recorder {
+    /// Is the calling thread's allocation charged to the tracked test? Returns the
+    /// generation and whether the entry rule applies.
+    fn charged(&self) -> Option<(u64, bool)> {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        let charge = Charge::current();
+        let own = charge.generation == generation;
+        let counted = match mode() {
+            ThreadMode::All => true,
+            ThreadMode::Spawned => own,
+            ThreadMode::CurrentThread => own && charge.test_thread,
+        };
+        let entry_rule = own && charge.test_thread && REQUIRE_ENTRY.load(Ordering::Relaxed);
+        counted.then_some((generation, entry_rule))
+    }
+
+    fn stack(&self) -> Option<PythonStack> {
+        let mut stack = PythonStack {
+            frames: [FrameKey::Native(0); MAX_PYTHON_FRAMES],
+            len: 0,
+            reached_entry: false,
+        };
+        if let Some(python) = PYTHON.get() {
+            (python.walk)(&mut stack);
+        }
+        Some(stack)
+    }
+
+    fn with_tracker(&self, generation: u64, f: impl FnOnce(&mut Tracker)) {
+        let mut s = session();
+        if let Some(session) = s.as_mut() {
+            if session.generation == generation && is_active() {
+                f(&mut session.tracker);
+            }
+        }
+    }
+
+    fn node_for(&self, tracker: &mut Tracker, stack: &PythonStack) -> u32 {
+        let describe = PYTHON.get().map(|p| p.describe);
+        tracker.intern_stack(&stack.frames[..stack.len], &mut |code| match describe {
+            Some(d) => d(code),
+            None => (String::from("??"), String::from("??")),
+        })
+    }
+
+    /// Record a heap block of `size` bytes at `addr`.
+    pub fn record_alloc(&self, addr: usize, size: usize, allocator: Allocator) {
+        let Some((generation, entry_rule)) = self.charged() else {
+            return;
+        };
+        let Some(stack) = self.stack() else { return };
+        if entry_rule && !stack.reached_entry {
+            return;
+        }
+        self.with_tracker(generation, |t| {
+            let node = self.node_for(t, &stack);
+            t.on_alloc(addr, size as u64, allocator, node);
+        });
+    }
+
+    /// Record `len` bytes mapped at `addr`.
+    pub(crate) fn record_mmap(&self, addr: usize, len: usize) {
+        let Some((generation, entry_rule)) = self.charged() else {
+            // Not ours, but it may replace (MAP_FIXED) a mapping that is.
+            self.record_munmap(addr, len);
+            return;
+        };
+        let Some(stack) = self.stack() else { return };
+        if entry_rule && !stack.reached_entry {
+            self.record_munmap(addr, len);
+            return;
+        }
+        self.with_tracker(generation, |t| {
+            let node = self.node_for(t, &stack);
+            t.on_mmap(addr, len as u64, node);
+        });
+    }
+
+    /// Record that `[addr, addr + len)` was unmapped (before the C library unmaps it).
+    pub(crate) fn record_munmap(&self, addr: usize, len: usize) {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        self.with_tracker(generation, |t| t.on_munmap(addr, len as u64));
+    }
+
+    /// Take the block at `addr` out of the live table (before the C library frees it, so the
+    /// address cannot be handed to another thread first). Frees are recorded whoever frees.
+    pub fn take(&self, addr: usize) -> Option<TakenBlock> {
+        let generation = GENERATION.load(Ordering::Relaxed);
+        let mut taken = None;
+        self.with_tracker(generation, |t| {
+            taken = t
+                .on_free(addr)
+                .map(|block| TakenBlock { generation, block });
+        });
+        taken
+    }
+
+    /// Put back a block whose `realloc` failed.
+    pub fn restore(&self, taken: TakenBlock) {
+        self.with_tracker(taken.generation, |t| t.restore(taken.block));
+    }
+}
+
+fn on_objects_loaded() {
+    if INSTALLED.get().is_some_and(|r| r.is_ok()) {
+        let _guard = Guard::enter();
+        elf_got::patch_loaded_objects(&hooks::table());
+    }
+}
+
+fn on_objects_unloaded() {
+    elf_got::forget_patched_objects();
+}
+
+thread_local! {
+    /// The locks held by the forking thread between the prepare and parent/child handlers.
+    static FORK_LOCKS: RefCell<Option<ForkLocks>> = const { RefCell::new(None) };
+}
+
+struct ForkLocks {
+    _patch: MutexGuard<'static, Option<std::collections::HashSet<usize>>>,
+    _session: MutexGuard<'static, Option<Session>>,
+}
+
+extern "C" fn fork_prepare() {
+    // Handlers that run after ours may allocate: they must not try to take our locks.
+    Guard::set_raw(true);
+    let patch = elf_got::patch_lock()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let session = session();
+    FORK_LOCKS.with(|l| {
+        *l.borrow_mut() = Some(ForkLocks {
+            _patch: patch,
+            _session: session,
+        })
+    });
+}
+
+extern "C" fn fork_parent() {
+    FORK_LOCKS.with(|l| l.borrow_mut().take());
+    Guard::set_raw(false);
+}
+
+extern "C" fn fork_child() {
+    // The child starts untracked; its copy of our locks is released by the same thread.
+    ACTIVE.store(false, Ordering::SeqCst);
+    Charge::NONE.set();
+    FORK_LOCKS.with(|l| l.borrow_mut().take());
+    Guard::set_raw(false);
+}

@@ -1,0 +1,597 @@
+//! Exact per-test accounting: the live table, the frame trie that interns stacks, and the
+//! per-site peak attribution (O(1) per event, see DESIGN.md "capture").
+//!
+//! This module is plain data: no locks, no hooks, no `unsafe`. The capture layer feeds it
+//! events under its lock; unit tests feed it events directly.
+
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap;
+
+/// The API an allocation came through. A site is a (stack, allocator) pair, as in memray.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Allocator {
+    /// `malloc`
+    Malloc,
+    /// `calloc`
+    Calloc,
+    /// `realloc`
+    Realloc,
+    /// `reallocarray`
+    Reallocarray,
+    /// `posix_memalign`
+    PosixMemalign,
+    /// `aligned_alloc`
+    AlignedAlloc,
+    /// `memalign`
+    Memalign,
+    /// `valloc`
+    Valloc,
+    /// `pvalloc`
+    Pvalloc,
+    /// `mmap` / `mmap64`
+    Mmap,
+    /// CPython's RAW domain (`PyMem_RawMalloc` and friends)
+    PyRaw,
+    /// CPython's MEM domain (`PyMem_Malloc` and friends)
+    PyMem,
+    /// CPython's OBJ domain (`PyObject_Malloc`: every Python object)
+    PyObj,
+}
+
+impl Allocator {
+    /// Every allocator, in declaration order.
+    pub const ALL: [Allocator; 13] = [
+        Allocator::Malloc,
+        Allocator::Calloc,
+        Allocator::Realloc,
+        Allocator::Reallocarray,
+        Allocator::PosixMemalign,
+        Allocator::AlignedAlloc,
+        Allocator::Memalign,
+        Allocator::Valloc,
+        Allocator::Pvalloc,
+        Allocator::Mmap,
+        Allocator::PyRaw,
+        Allocator::PyMem,
+        Allocator::PyObj,
+    ];
+
+    /// The name users know the allocator by.
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocator::Malloc => "malloc",
+            Allocator::Calloc => "calloc",
+            Allocator::Realloc => "realloc",
+            Allocator::Reallocarray => "reallocarray",
+            Allocator::PosixMemalign => "posix_memalign",
+            Allocator::AlignedAlloc => "aligned_alloc",
+            Allocator::Memalign => "memalign",
+            Allocator::Valloc => "valloc",
+            Allocator::Pvalloc => "pvalloc",
+            Allocator::Mmap => "mmap",
+            Allocator::PyRaw => "PyMem_RawMalloc",
+            Allocator::PyMem => "PyMem_Malloc",
+            Allocator::PyObj => "PyObject_Malloc",
+        }
+    }
+
+    /// The allocator named `name` (as returned by [`Allocator::name`]).
+    pub fn from_name(name: &str) -> Option<Allocator> {
+        Allocator::ALL.into_iter().find(|a| a.name() == name)
+    }
+
+    /// True for CPython's allocator domains (Python objects and interpreter buffers).
+    pub fn is_python(self) -> bool {
+        matches!(self, Allocator::PyRaw | Allocator::PyMem | Allocator::PyObj)
+    }
+}
+
+/// A frame as the capture layer sees it: cheap to compare, resolved to names once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FrameKey {
+    /// A Python frame: code object address and current line.
+    Python {
+        /// Address of the code object (alive while the frame runs).
+        code: usize,
+        /// Line being executed.
+        line: u32,
+    },
+    /// A native return address (symbolized lazily, at report time).
+    Native(usize),
+}
+
+/// A resolved frame, as stored in the trie and shown in reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame {
+    /// A Python frame with its names copied out of the code object.
+    Python {
+        /// Qualified function name.
+        function: String,
+        /// Source file.
+        filename: String,
+        /// Line number.
+        line: u32,
+    },
+    /// A native return address.
+    Native(usize),
+}
+
+/// Names of a code object, as the Python layer reads them: (function, filename).
+pub type CodeNames = (String, String);
+
+const ROOT: u32 = 0;
+
+#[derive(Clone, Copy, Debug)]
+struct TrieNode {
+    parent: u32,
+    frame: u32,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LiveBlock {
+    size: u64,
+    site: u32,
+}
+
+/// Statistics of one allocation site (a stack and an allocator).
+#[derive(Clone, Debug)]
+struct Site {
+    node: u32,
+    allocator: Allocator,
+    current: u64,
+    current_count: u64,
+    at_peak: u64,
+    at_peak_count: u64,
+    epoch: u64,
+    total: u64,
+    total_count: u64,
+}
+
+/// One site in a finished test's report.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteReport {
+    /// The API the memory came from.
+    pub allocator: Allocator,
+    /// Bytes this site held when the test's total was at its peak.
+    pub bytes_at_peak: u64,
+    /// Blocks this site held at the peak.
+    pub count_at_peak: u64,
+    /// Bytes still allocated when tracking stopped.
+    pub leaked_bytes: u64,
+    /// Blocks still allocated when tracking stopped.
+    pub leaked_count: u64,
+    /// Bytes allocated over the whole test.
+    pub total_bytes: u64,
+    /// Blocks allocated over the whole test.
+    pub total_count: u64,
+    /// The stack, allocating frame first.
+    pub stack: Vec<Frame>,
+}
+
+/// What one tracked test allocated.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TestReport {
+    /// Highest total of live tracked bytes.
+    pub peak_bytes: u64,
+    /// Live tracked blocks at that peak.
+    pub peak_count: u64,
+    /// Bytes allocated over the test.
+    pub total_bytes: u64,
+    /// Blocks allocated over the test.
+    pub total_count: u64,
+    /// Bytes still live at the end.
+    pub leaked_bytes: u64,
+    /// Blocks still live at the end.
+    pub leaked_count: u64,
+    /// Every site that allocated, largest at peak first.
+    pub sites: Vec<SiteReport>,
+}
+
+/// The accounting state of one tracked test.
+#[derive(Default)]
+pub struct Tracker {
+    nodes: Vec<TrieNode>,
+    node_index: FxHashMap<(u32, u32), u32>,
+    frames: Vec<Frame>,
+    frame_index: FxHashMap<FrameKey, u32>,
+    sites: Vec<Site>,
+    site_index: FxHashMap<(u32, Allocator), u32>,
+    live: FxHashMap<usize, LiveBlock>,
+    mappings: BTreeMap<usize, LiveBlock>,
+    current: u64,
+    current_count: u64,
+    peak: u64,
+    peak_count: u64,
+    peak_epoch: u64,
+    total: u64,
+    total_count: u64,
+}
+
+impl Tracker {
+    /// An empty tracker.
+    pub fn new() -> Tracker {
+        let mut t = Tracker::default();
+        t.reset();
+        t
+    }
+
+    /// Forget everything (keeps allocated capacity, so a session does not regrow its tables).
+    pub fn reset(&mut self) {
+        self.nodes.clear();
+        self.nodes.push(TrieNode {
+            parent: ROOT,
+            frame: u32::MAX,
+        });
+        self.node_index.clear();
+        self.frames.clear();
+        self.frame_index.clear();
+        self.sites.clear();
+        self.site_index.clear();
+        self.live.clear();
+        self.mappings.clear();
+        self.current = 0;
+        self.current_count = 0;
+        self.peak = 0;
+        self.peak_count = 0;
+        self.peak_epoch = 0;
+        self.total = 0;
+        self.total_count = 0;
+    }
+
+    /// Intern a stack given allocating frame first; `describe` names a code object the first
+    /// time one of its frames is seen. Returns the trie node of the whole stack.
+    pub fn intern_stack(
+        &mut self,
+        innermost_first: &[FrameKey],
+        describe: &mut dyn FnMut(usize) -> CodeNames,
+    ) -> u32 {
+        let mut node = ROOT;
+        for key in innermost_first.iter().rev() {
+            let frame = self.intern_frame(*key, describe);
+            let next = self.nodes.len() as u32;
+            node = *self.node_index.entry((node, frame)).or_insert_with(|| {
+                self.nodes.push(TrieNode {
+                    parent: node,
+                    frame,
+                });
+                next
+            });
+        }
+        node
+    }
+
+    fn intern_frame(&mut self, key: FrameKey, describe: &mut dyn FnMut(usize) -> CodeNames) -> u32 {
+        if let Some(id) = self.frame_index.get(&key) {
+            return *id;
+        }
+        let frame = match key {
+            FrameKey::Python { code, line } => {
+                let (function, filename) = describe(code);
+                Frame::Python {
+                    function,
+                    filename,
+                    line,
+                }
+            }
+            FrameKey::Native(addr) => Frame::Native(addr),
+        };
+        let id = self.frames.len() as u32;
+        self.frames.push(frame);
+        self.frame_index.insert(key, id);
+        id
+    }
+
+    fn site(&mut self, node: u32, allocator: Allocator) -> u32 {
+        let next = self.sites.len() as u32;
+        let epoch = self.peak_epoch;
+        *self.site_index.entry((node, allocator)).or_insert_with(|| {
+            self.sites.push(Site {
+                node,
+                allocator,
+                current: 0,
+                current_count: 0,
+                // A new site held nothing at the last peak.
+                at_peak: 0,
+                at_peak_count: 0,
+                epoch,
+                total: 0,
+                total_count: 0,
+            });
+            next
+        })
+    }
+
+    /// Snapshot a site's value at the current peak before its first change after that peak.
+    fn touch(&mut self, site: u32) -> &mut Site {
+        let epoch = self.peak_epoch;
+        let s = &mut self.sites[site as usize];
+        if s.epoch != epoch {
+            s.at_peak = s.current;
+            s.at_peak_count = s.current_count;
+            s.epoch = epoch;
+        }
+        s
+    }
+
+    fn add(&mut self, site: u32, size: u64) {
+        let s = self.touch(site);
+        s.current += size;
+        s.current_count += 1;
+        s.total += size;
+        s.total_count += 1;
+        self.current += size;
+        self.current_count += 1;
+        self.total += size;
+        self.total_count += 1;
+        if self.current > self.peak {
+            self.peak = self.current;
+            self.peak_count = self.current_count;
+            self.peak_epoch += 1;
+        }
+    }
+
+    fn remove(&mut self, block: LiveBlock) {
+        let s = self.touch(block.site);
+        s.current -= block.size;
+        s.current_count -= 1;
+        self.current -= block.size;
+        self.current_count -= 1;
+    }
+
+    /// A heap block of `size` bytes at `addr` was allocated at stack `node`.
+    pub fn on_alloc(&mut self, addr: usize, size: u64, allocator: Allocator, node: u32) {
+        // An address we still hold was freed behind our back (an untracked path): drop it.
+        if let Some(old) = self.live.remove(&addr) {
+            self.remove(old);
+        }
+        let site = self.site(node, allocator);
+        self.live.insert(addr, LiveBlock { size, site });
+        self.add(site, size);
+    }
+
+    /// The heap block at `addr` was freed. Returns what it was, if it was ours, so that a
+    /// failed `realloc` can put it back with [`Tracker::restore`].
+    pub fn on_free(&mut self, addr: usize) -> Option<RemovedBlock> {
+        let block = self.live.remove(&addr)?;
+        self.remove(block);
+        Some(RemovedBlock { addr, block })
+    }
+
+    /// Put back a block taken by [`Tracker::on_free`] (its `realloc` failed).
+    pub fn restore(&mut self, removed: RemovedBlock) {
+        let RemovedBlock { addr, block } = removed;
+        let s = self.touch(block.site);
+        s.current += block.size;
+        s.current_count += 1;
+        self.current += block.size;
+        self.current_count += 1;
+        self.live.insert(addr, block);
+    }
+
+    /// `len` bytes were mapped at `addr` (any previous mapping there is replaced).
+    pub fn on_mmap(&mut self, addr: usize, len: u64, node: u32) {
+        self.on_munmap(addr, len);
+        let site = self.site(node, Allocator::Mmap);
+        self.mappings.insert(addr, LiveBlock { size: len, site });
+        self.add(site, len);
+    }
+
+    /// `[addr, addr + len)` was unmapped: whole or partial overlaps with tracked mappings end.
+    pub fn on_munmap(&mut self, addr: usize, len: u64) {
+        let end = addr.saturating_add(len as usize);
+        if len == 0 || self.mappings.is_empty() {
+            return;
+        }
+        let overlapping: Vec<(usize, LiveBlock)> = self
+            .mappings
+            .range(..end)
+            .rev()
+            .take_while(|(start, b)| **start + b.size as usize > addr)
+            .map(|(s, b)| (*s, *b))
+            .collect();
+        for (start, block) in overlapping {
+            self.mappings.remove(&start);
+            self.remove(block);
+            let block_end = start + block.size as usize;
+            // Keep the parts of the mapping outside the unmapped range.
+            for (piece_start, piece_end) in
+                [(start, addr.max(start)), (end.min(block_end), block_end)]
+            {
+                if piece_end > piece_start {
+                    let piece = LiveBlock {
+                        size: (piece_end - piece_start) as u64,
+                        site: block.site,
+                    };
+                    self.mappings.insert(piece_start, piece);
+                    let s = self.touch(block.site);
+                    s.current += piece.size;
+                    s.current_count += 1;
+                    self.current += piece.size;
+                    self.current_count += 1;
+                }
+            }
+        }
+    }
+
+    /// Live tracked bytes right now.
+    pub fn current_bytes(&self) -> u64 {
+        self.current
+    }
+
+    fn stack_of(&self, mut node: u32) -> Vec<Frame> {
+        let mut stack = Vec::new();
+        while node != ROOT {
+            let n = self.nodes[node as usize];
+            stack.push(self.frames[n.frame as usize].clone());
+            node = n.parent;
+        }
+        stack
+    }
+
+    /// The finished test's numbers, sites sorted by bytes at peak, then leaked bytes.
+    pub fn report(&self) -> TestReport {
+        let mut sites: Vec<SiteReport> = self
+            .sites
+            .iter()
+            .map(|s| {
+                let (bytes_at_peak, count_at_peak) = if s.epoch == self.peak_epoch {
+                    (s.at_peak, s.at_peak_count)
+                } else {
+                    (s.current, s.current_count)
+                };
+                SiteReport {
+                    allocator: s.allocator,
+                    bytes_at_peak,
+                    count_at_peak,
+                    leaked_bytes: s.current,
+                    leaked_count: s.current_count,
+                    total_bytes: s.total,
+                    total_count: s.total_count,
+                    stack: self.stack_of(s.node),
+                }
+            })
+            .collect();
+        sites.sort_by(|a, b| {
+            (b.bytes_at_peak, b.leaked_bytes, b.total_bytes).cmp(&(
+                a.bytes_at_peak,
+                a.leaked_bytes,
+                a.total_bytes,
+            ))
+        });
+        TestReport {
+            peak_bytes: self.peak,
+            peak_count: self.peak_count,
+            total_bytes: self.total,
+            total_count: self.total_count,
+            leaked_bytes: self.current,
+            leaked_count: self.current_count,
+            sites,
+        }
+    }
+}
+
+/// A block removed from the live table, kept so a failed `realloc` can restore it.
+#[derive(Clone, Copy, Debug)]
+pub struct RemovedBlock {
+    addr: usize,
+    block: LiveBlock,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(code: usize) -> CodeNames {
+        (format!("f{code}"), "t.py".to_string())
+    }
+
+    fn node(t: &mut Tracker, codes: &[usize]) -> u32 {
+        let keys: Vec<FrameKey> = codes
+            .iter()
+            .map(|c| FrameKey::Python { code: *c, line: 1 })
+            .collect();
+        t.intern_stack(&keys, &mut names)
+    }
+
+    fn at_peak(r: &TestReport, function: &str) -> u64 {
+        r.sites
+            .iter()
+            .filter(|s| matches!(&s.stack[0], Frame::Python { function: f, .. } if f == function))
+            .map(|s| s.bytes_at_peak)
+            .sum()
+    }
+
+    #[test]
+    fn peak_is_attributed_to_sites_live_at_that_moment() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        let b = node(&mut t, &[2]);
+        t.on_alloc(0x10, 100, Allocator::Malloc, a);
+        t.on_alloc(0x20, 50, Allocator::Malloc, b);
+        t.on_free(0x10);
+        t.on_alloc(0x30, 30, Allocator::Malloc, b);
+        let r = t.report();
+        assert_eq!(r.peak_bytes, 150);
+        assert_eq!(at_peak(&r, "f1"), 100);
+        assert_eq!(at_peak(&r, "f2"), 50);
+        assert_eq!(r.leaked_bytes, 80);
+        assert_eq!(r.total_bytes, 180);
+    }
+
+    #[test]
+    fn a_later_higher_peak_moves_attribution() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        let b = node(&mut t, &[2]);
+        t.on_alloc(0x10, 100, Allocator::Malloc, a);
+        t.on_free(0x10);
+        t.on_alloc(0x20, 150, Allocator::Calloc, b);
+        let r = t.report();
+        assert_eq!(r.peak_bytes, 150);
+        assert_eq!(at_peak(&r, "f1"), 0);
+        assert_eq!(at_peak(&r, "f2"), 150);
+        assert_eq!(r.sites[0].allocator, Allocator::Calloc);
+        assert_eq!(r.peak_count, 1);
+    }
+
+    #[test]
+    fn stacks_are_interned_and_reported_innermost_first() {
+        let mut t = Tracker::new();
+        let n1 = node(&mut t, &[3, 2, 1]);
+        let n2 = node(&mut t, &[3, 2, 1]);
+        let n3 = node(&mut t, &[4, 2, 1]);
+        assert_eq!(n1, n2);
+        assert_ne!(n1, n3);
+        t.on_alloc(1, 8, Allocator::PyObj, n1);
+        let r = t.report();
+        let functions: Vec<&str> = r.sites[0]
+            .stack
+            .iter()
+            .map(|f| match f {
+                Frame::Python { function, .. } => function.as_str(),
+                Frame::Native(_) => "?",
+            })
+            .collect();
+        assert_eq!(functions, ["f3", "f2", "f1"]);
+    }
+
+    #[test]
+    fn failed_realloc_restores_the_block() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        t.on_alloc(0x10, 64, Allocator::Malloc, a);
+        let removed = t.on_free(0x10).unwrap();
+        t.restore(removed);
+        assert_eq!(t.current_bytes(), 64);
+        assert!(t.on_free(0x10).is_some());
+        assert_eq!(t.current_bytes(), 0);
+        assert!(t.on_free(0x10).is_none());
+    }
+
+    #[test]
+    fn partial_munmap_keeps_the_rest_of_the_mapping() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        t.on_mmap(0x10000, 0x4000, a);
+        t.on_munmap(0x11000, 0x1000);
+        assert_eq!(t.current_bytes(), 0x3000);
+        t.on_munmap(0x10000, 0x1000);
+        assert_eq!(t.current_bytes(), 0x2000);
+        t.on_munmap(0x0, 0x100000);
+        assert_eq!(t.current_bytes(), 0);
+        let r = t.report();
+        assert_eq!(r.peak_bytes, 0x4000);
+        assert_eq!(r.sites[0].bytes_at_peak, 0x4000);
+    }
+
+    #[test]
+    fn reused_address_replaces_the_stale_block() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        t.on_alloc(0x10, 10, Allocator::Malloc, a);
+        t.on_alloc(0x10, 20, Allocator::Malloc, a);
+        assert_eq!(t.current_bytes(), 20);
+        assert_eq!(t.report().peak_bytes, 20);
+    }
+}

@@ -1,0 +1,151 @@
+/* Reading the calling thread's Python stack at allocation time.
+ *
+ * Compiled against the headers of the interpreter heapgate is built for, so the frame
+ * layouts are that version's own (3.9-3.13). Everything here reads only: no frame objects
+ * are created, no line tables are built, nothing is allocated, and the GIL is not needed
+ * because a thread's frame chain is only changed by that thread. */
+#define Py_BUILD_CORE 1
+#include <Python.h>
+#include <stdint.h>
+#if PY_VERSION_HEX >= 0x030B0000
+#include "internal/pycore_frame.h"
+#else
+#include <frameobject.h>
+#endif
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define HG_FRAME_CODE(f) _PyFrame_GetCode(f)
+#elif PY_VERSION_HEX >= 0x030B0000
+#define HG_FRAME_CODE(f) ((f)->f_code)
+#endif
+
+typedef struct {
+    uintptr_t code;
+    uint32_t line;
+} hg_pyframe;
+
+static int is_entry(uintptr_t code, const uintptr_t *entry, int n_entry) {
+    for (int i = 0; i < n_entry; i++) {
+        if (entry[i] == code) return 1;
+    }
+    return 0;
+}
+
+static uint32_t line_at(PyCodeObject *code, int byte_offset) {
+    if (byte_offset < 0) return (uint32_t)code->co_firstlineno;
+    int line = PyCode_Addr2Line(code, byte_offset);
+    return line < 0 ? (uint32_t)code->co_firstlineno : (uint32_t)line;
+}
+
+/* Innermost first. Stops at `boundary` (excluded), at a frame running one of the `entry`
+ * code objects (included, *reached = 1), or after `max` frames. */
+int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
+               const void *boundary, int *reached) {
+    *reached = 0;
+    PyThreadState *ts = PyGILState_GetThisThreadState();
+    if (ts == NULL) return 0;
+    int n = 0;
+#if PY_VERSION_HEX >= 0x030B0000
+#if PY_VERSION_HEX >= 0x030D0000
+    _PyInterpreterFrame *f = ts->current_frame;
+#else
+    _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
+#endif
+    for (; f != NULL && n < max; f = f->previous) {
+        if ((const void *)f == boundary) break;
+#if PY_VERSION_HEX >= 0x030C0000
+        if (f->owner == FRAME_OWNED_BY_CSTACK) continue;
+#endif
+#if PY_VERSION_HEX >= 0x030D0000
+        if (f->f_executable == NULL || !PyCode_Check(f->f_executable)) continue;
+#endif
+        PyCodeObject *code = HG_FRAME_CODE(f);
+        int offset = _PyFrame_IsIncomplete(f)
+                         ? -1
+                         : _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
+        out[n].code = (uintptr_t)code;
+        out[n].line = line_at(code, offset);
+        n++;
+        if (is_entry((uintptr_t)code, entry, n_entry)) {
+            *reached = 1;
+            break;
+        }
+    }
+#else
+    for (PyFrameObject *f = ts->frame; f != NULL && n < max; f = f->f_back) {
+        if ((const void *)f == boundary) break;
+        PyCodeObject *code = f->f_code;
+#if PY_VERSION_HEX >= 0x030A0000
+        int offset = f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
+#else
+        int offset = f->f_lasti;
+#endif
+        out[n].code = (uintptr_t)code;
+        out[n].line = line_at(code, offset);
+        n++;
+        if (is_entry((uintptr_t)code, entry, n_entry)) {
+            *reached = 1;
+            break;
+        }
+    }
+#endif
+    return n;
+}
+
+/* The identity a running frame object's frame has in the chain hg_py_walk follows. */
+const void *hg_py_frame_handle(PyObject *frame) {
+    if (frame == NULL || !PyFrame_Check(frame)) return NULL;
+#if PY_VERSION_HEX >= 0x030B0000
+    return ((PyFrameObject *)frame)->f_frame;
+#else
+    return frame;
+#endif
+}
+
+/* UTF-8 of a str without creating its cached UTF-8 copy (that would allocate on the test's
+ * behalf). Returns the number of bytes written (at most cap). */
+static size_t str_utf8(PyObject *s, char *buf, size_t cap) {
+    if (s == NULL || !PyUnicode_Check(s)) return 0;
+#if PY_VERSION_HEX < 0x030C0000
+    if (!PyUnicode_IS_READY(s)) return 0;
+#endif
+    int kind = PyUnicode_KIND(s);
+    const void *data = PyUnicode_DATA(s);
+    Py_ssize_t len = PyUnicode_GET_LENGTH(s);
+    size_t n = 0;
+    for (Py_ssize_t i = 0; i < len; i++) {
+        Py_UCS4 c = PyUnicode_READ(kind, data, i);
+        unsigned char tmp[4];
+        size_t k;
+        if (c < 0x80) {
+            tmp[0] = (unsigned char)c; k = 1;
+        } else if (c < 0x800) {
+            tmp[0] = 0xC0 | (c >> 6); tmp[1] = 0x80 | (c & 0x3F); k = 2;
+        } else if (c >= 0xD800 && c <= 0xDFFF) {
+            tmp[0] = '?'; k = 1; /* lone surrogate (undecodable file name byte) */
+        } else if (c < 0x10000) {
+            tmp[0] = 0xE0 | (c >> 12); tmp[1] = 0x80 | ((c >> 6) & 0x3F);
+            tmp[2] = 0x80 | (c & 0x3F); k = 3;
+        } else {
+            tmp[0] = 0xF0 | (c >> 18); tmp[1] = 0x80 | ((c >> 12) & 0x3F);
+            tmp[2] = 0x80 | ((c >> 6) & 0x3F); tmp[3] = 0x80 | (c & 0x3F); k = 4;
+        }
+        if (n + k > cap) break;
+        memcpy(buf + n, tmp, k);
+        n += k;
+    }
+    return n;
+}
+
+/* The qualified name (3.11+; plain name before) and file name of a live code object. */
+void hg_py_code_names(uintptr_t code_addr, char *function, size_t *function_len,
+                      char *filename, size_t *filename_len) {
+    PyCodeObject *code = (PyCodeObject *)code_addr;
+#if PY_VERSION_HEX >= 0x030B0000
+    PyObject *name = code->co_qualname;
+#else
+    PyObject *name = code->co_name;
+#endif
+    *function_len = str_utf8(name, function, *function_len);
+    *filename_len = str_utf8(code->co_filename, filename, *filename_len);
+}
