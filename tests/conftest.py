@@ -1,0 +1,58 @@
+"""Fixtures shared by heapgate's end-to-end tests: C code built for the test run, and real
+pytest sessions (pytester, in subprocesses so each session's process is fresh)."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sysconfig
+from pathlib import Path
+from typing import Callable
+
+import pytest
+
+CSRC = Path(__file__).parent / "csrc"
+
+
+def _compile(sources: list[Path], output: Path, *, flags: list[str], python: bool) -> Path:
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        pytest.fail("a C compiler (gcc) is needed to build the test extensions")
+    cmd = [cc, "-shared", "-fPIC", "-pthread", *flags]
+    if python:
+        cmd += ["-I", sysconfig.get_paths()["include"]]
+    cmd += [str(s) for s in sources] + ["-o", str(output)]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return output
+
+
+@pytest.fixture(scope="session")
+def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory with `hgtest` (C extension, -g -O0) and `libhgdl.so` (plain library)."""
+    out = tmp_path_factory.mktemp("native")
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    _compile([CSRC / "hgtest.c"], out / f"hgtest{suffix}", flags=["-g", "-O0"], python=True)
+    _compile([CSRC / "hgdl.c"], out / "libhgdl.so", flags=["-g", "-O0"], python=False)
+    return out
+
+
+@pytest.fixture
+def run(pytester: pytest.Pytester, native_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., pytest.RunResult]:
+    """Run pytest in a subprocess over the pytester directory, with the C code importable."""
+    monkeypatch.setenv("PYTHONPATH", str(native_dir))
+    monkeypatch.setenv("HGDL_PATH", str(native_dir / "libhgdl.so"))
+
+    def run_session(*args: str, timeout: float = 120) -> pytest.RunResult:
+        return pytester.runpytest_subprocess("-p", "no:cacheprovider", *args, timeout=timeout)
+
+    return run_session
+
+
+def peaks(result: pytest.RunResult) -> dict[str, int]:
+    """Peak bytes per failed test, read from heapgate's failure text."""
+    text = result.stdout.str()
+    found = {}
+    for m in re.finditer(r"_{3,} (\S+) _{3,}\n.*?limit \d+ bytes, peak (\d+) bytes", text, re.S):
+        found[m.group(1)] = int(m.group(2))
+    return found
