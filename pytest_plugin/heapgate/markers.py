@@ -13,6 +13,7 @@ from .limits import LimitError, parse_size
 
 if TYPE_CHECKING:
     import pytest
+    from _pytest.nodes import Node
 
 __all__ = ["MARKERS", "Checks", "LimitMemory", "MarkerError", "checks_for"]
 
@@ -60,7 +61,7 @@ def _limit_memory(limit: object, *, current_thread_only: bool = False) -> LimitM
 
 def _closest(item: pytest.Item, name: str) -> Optional[Any]:
     """The marker nearest the test; two of the same kind on one node is an error."""
-    closest_node = None
+    closest_node: Optional[Node] = None
     found = []
     for node, mark in item.iter_markers_with_node(name):
         if closest_node is None:
@@ -68,8 +69,9 @@ def _closest(item: pytest.Item, name: str) -> Optional[Any]:
         if node is closest_node:
             found.append(mark)
     if len(found) > 1:
+        where = closest_node.nodeid if closest_node is not None else item.nodeid
         raise MarkerError(
-            f"{len(found)} @pytest.mark.{name} markers on {closest_node.nodeid!r}; "
+            f"{len(found)} @pytest.mark.{name} markers on {where!r}; "
             "give the test one limit"
         )
     return found[0] if found else None
