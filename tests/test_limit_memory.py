@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-import textwrap
+import sys
 
 import pytest
 
@@ -94,10 +94,16 @@ def test_failure_text_names_the_limit_peak_and_stack(run, pytester: pytest.Pytes
     )
     result = run()
     result.assert_outcomes(failed=1)
+    # Before 3.11 every Python call allocates a frame object: helper()'s is live at the peak.
+    peak_line = (
+        "  limit 5242880 bytes, peak 10485760 bytes in 1 live allocation"
+        if sys.version_info >= (3, 11)
+        else "  limit 5242880 bytes, peak 10486??? bytes in 2 live allocations"
+    )
     result.stdout.fnmatch_lines(
         [
             "Test was limited to 5.0MiB but allocated 10.0MiB at its peak",
-            "  limit 5242880 bytes, peak 10485760 bytes in 1 live allocation",
+            peak_line,
             "  charged: *",
             "Top locations at the peak (allocating frame first):",
             "  #1 10.0MiB (10485760 bytes) in 1 allocation through malloc",
@@ -166,7 +172,8 @@ def test_python_threads_started_by_the_test_are_charged(run, pytester: pytest.Py
     result = run()
     result.assert_outcomes(failed=1)
     assert peaks(result)["test_worker"] >= 3_000_000
-    assert re.search(r"\(3000000 bytes\) in 1 allocation through malloc\n\s+Thread.run at .*threading.py:\d+", result.stdout.str())
+    # co_qualname (Thread.run) exists from 3.11; before, frames show co_name (run).
+    assert re.search(r"\(3000000 bytes\) in 1 allocation through malloc\n\s+(Thread\.)?run at .*threading.py:\d+", result.stdout.str())
 
 
 def test_a_lingering_thread_of_an_earlier_test_is_not_charged(run, pytester: pytest.Pytester) -> None:
