@@ -48,7 +48,7 @@ def test_native_peak_is_exact_to_the_byte(run, pytester: pytest.Pytester, case: 
     assert peaks(result) == {"test_just_under": truth}
     out = result.stdout.str()
     assert f"({truth} bytes) in" in out
-    first_frame = "(no Python frames: a native thread started by the test)" if case == "threads" else "test_just_under at test_native.py:6"
+    first_frame = "(no Python frames: a native thread started by the test; --native shows its stack)" if case == "threads" else "test_just_under at test_native.py:6"
     assert re.search(rf"\({truth} bytes\) in \d+ allocations? through {allocator}\n\s+{re.escape(first_frame)}", out), out
 
 
@@ -153,7 +153,7 @@ def test_current_thread_only_excludes_threads_the_test_started(run, pytester: py
     result = run()
     result.assert_outcomes(failed=2)
     assert peaks(result) == {"test_own_thread_only": 50_000, "test_spawned_threads_count": 4_000_000}
-    assert "(no Python frames: a native thread started by the test)" in result.stdout.str()
+    assert "(no Python frames: a native thread started by the test; --native shows its stack)" in result.stdout.str()
 
 
 def test_python_threads_started_by_the_test_are_charged(run, pytester: pytest.Pytester) -> None:

@@ -7,9 +7,13 @@ class TrackingError(RuntimeError): ...
 
 class StackFrame:
     function: str
-    filename: str
+    filename: Optional[str]
     lineno: int
     address: Optional[int]
+    module: Optional[str]
+    inlined: bool
+    kind: str  # 'python', 'native' or 'interpreter'
+
 
 class Site:
     allocator: str
@@ -30,7 +34,12 @@ class Report:
     leaked_count: int
     sites: list[Site]
 
-def start(entry_codes: Sequence[CodeType], boundary: Optional[FrameType] = None, mode: str = "spawned") -> None: ...
+def start(
+    entry_codes: Sequence[CodeType],
+    boundary: Optional[FrameType] = None,
+    mode: str = "spawned",
+    native: bool = False,
+) -> None: ...
 def stop() -> Report: ...
 def is_active() -> bool: ...
 def install() -> None: ...

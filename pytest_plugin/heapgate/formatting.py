@@ -38,10 +38,14 @@ def _show_path(filename: str, rootpath: Optional[Path]) -> str:
 
 
 def format_frame(frame: StackFrame, rootpath: Optional[Path] = None) -> str:
-    """``function at path:line`` (or the bare address of an unresolved native frame)."""
-    if frame.address is not None and frame.lineno == 0:
-        return frame.function
-    return f"{frame.function} at {_show_path(frame.filename, rootpath)}:{frame.lineno}"
+    """``function at path:line``; ``function in object`` for native code without line info."""
+    if frame.filename and frame.lineno:
+        return f"{frame.function} at {_show_path(frame.filename, rootpath)}:{frame.lineno}"
+    if frame.module:
+        return f"{frame.function} in {frame.module}"
+    if frame.address is not None and frame.function == "??":
+        return f"?? at {frame.address:#x}"
+    return frame.function
 
 
 def _plural(n: int, word: str) -> str:
@@ -55,7 +59,7 @@ def _site_lines(index: int, site: Site, bytes_: int, count: int, rootpath: Optio
     ]
     stack: Sequence[StackFrame] = site.stack
     if not stack:
-        lines.append("      (no Python frames: a native thread started by the test)")
+        lines.append("      (no Python frames: a native thread started by the test; --native shows its stack)")
     shown = stack if max_frames is None else stack[:max_frames]
     for frame in shown:
         lines.append(f"      {format_frame(frame, rootpath)}")

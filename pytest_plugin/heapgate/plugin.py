@@ -52,6 +52,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Track every test (not only marked ones) and show the memory summary.",
     )
     group.addoption(
+        "--native",
+        action="store_true",
+        default=None,
+        help="Also record native stacks (C/C++/Rust frames, symbolized lazily for reports).",
+    )
+    group.addoption(
         "--hide-heapgate-summary",
         action="store_true",
         default=None,
@@ -72,6 +78,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="Show at most N frames of each allocation stack in failures (default: all).",
     )
     parser.addini("heapgate", "Track every test (as --heapgate).", type="bool", default=False)
+    parser.addini("native", "Record native stacks (as --native).", type="bool", default=False)
     parser.addini("hide_heapgate_summary", "Hide the summary (as --hide-heapgate-summary).", type="bool", default=False)
     parser.addini("most_allocations", "Tests shown in the summary (as --most-allocations).", default="5")
     parser.addini("stacks", "Frames shown per stack (as --stacks).", default="")
@@ -102,6 +109,7 @@ class HeapgatePlugin:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
         self.track_all = bool(_option(config, "heapgate"))
+        self.native = bool(_option(config, "native"))
         self.hide_summary = bool(_option(config, "hide_heapgate_summary"))
         self.most_allocations = _int_option(config, "most_allocations", 0)
         self.max_frames = _int_option(config, "stacks", 1)
@@ -125,7 +133,7 @@ class HeapgatePlugin:
             return
         # The frame that runs this hook stays on the stack for the whole call: stacks end there.
         boundary = sys._getframe(1)
-        _native.start(_entry_codes(item), boundary, checks.thread_mode)
+        _native.start(_entry_codes(item), boundary, checks.thread_mode, self.native)
         try:
             yield
         finally:

@@ -2,9 +2,14 @@
 //!
 //! - [`capture`]: GOT hooks in every loaded ELF object, per-thread charge, and the
 //!   [`capture::Tracker`] that turns events into a test's peak and leaks.
+//! - [`symbolize`]: module map, deferred and cached DWARF/symbol-table/debuginfod symbolizer,
+//!   and a binutils-compatible [`symbolize::addr2line_output`].
+//! - [`report`]: hybrid stacks resolved for reports, interpreter internals hidden.
 //!
 //! The pyo3 layer (`rust/python`) is the only code that knows the interpreter; it plugs in
 //! through [`capture::PythonStackSource`].
 #![deny(missing_docs)]
 
 pub mod capture;
+pub mod report;
+pub mod symbolize;

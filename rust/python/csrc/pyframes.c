@@ -4,8 +4,11 @@
  * layouts are that version's own (3.9-3.13). Everything here reads only: no frame objects
  * are created, no line tables are built, nothing is allocated, and the GIL is not needed
  * because a thread's frame chain is only changed by that thread. */
+#define _GNU_SOURCE 1
 #define Py_BUILD_CORE 1
 #include <Python.h>
+#include <dlfcn.h>
+#include <link.h>
 #include <stdint.h>
 #if PY_VERSION_HEX >= 0x030B0000
 #include "internal/pycore_frame.h"
@@ -22,6 +25,8 @@
 typedef struct {
     uintptr_t code;
     uint32_t line;
+    /* 1 on the outermost frame run by one C-level call of _PyEval_EvalFrameDefault. */
+    uint32_t group_end;
 } hg_pyframe;
 
 static int is_entry(uintptr_t code, const uintptr_t *entry, int n_entry) {
@@ -37,8 +42,8 @@ static uint32_t line_at(PyCodeObject *code, int byte_offset) {
     return line < 0 ? (uint32_t)code->co_firstlineno : (uint32_t)line;
 }
 
-/* Innermost first. Stops at `boundary` (excluded), at a frame running one of the `entry`
- * code objects (included, *reached = 1), or after `max` frames. */
+/* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
+ * the `entry` code objects (included, *reached = 1), or after `max` frames. */
 int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
                const void *boundary, int *reached) {
     *reached = 0;
@@ -52,7 +57,10 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
     _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
 #endif
     for (; f != NULL && n < max; f = f->previous) {
-        if ((const void *)f == boundary) break;
+        if ((const void *)f == boundary) {
+            *reached = 2;
+            break;
+        }
 #if PY_VERSION_HEX >= 0x030C0000
         if (f->owner == FRAME_OWNED_BY_CSTACK) continue;
 #endif
@@ -65,15 +73,24 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
                          : _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
         out[n].code = (uintptr_t)code;
         out[n].line = line_at(code, offset);
+#if PY_VERSION_HEX >= 0x030C0000
+        out[n].group_end = f->previous == NULL || f->previous->owner == FRAME_OWNED_BY_CSTACK;
+#else
+        out[n].group_end = f->is_entry;
+#endif
         n++;
         if (is_entry((uintptr_t)code, entry, n_entry)) {
+            out[n - 1].group_end = 1;
             *reached = 1;
             break;
         }
     }
 #else
     for (PyFrameObject *f = ts->frame; f != NULL && n < max; f = f->f_back) {
-        if ((const void *)f == boundary) break;
+        if ((const void *)f == boundary) {
+            *reached = 2;
+            break;
+        }
         PyCodeObject *code = f->f_code;
 #if PY_VERSION_HEX >= 0x030A0000
         int offset = f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
@@ -82,6 +99,7 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
 #endif
         out[n].code = (uintptr_t)code;
         out[n].line = line_at(code, offset);
+        out[n].group_end = 1; /* before 3.11 every Python call is its own C-level call */
         n++;
         if (is_entry((uintptr_t)code, entry, n_entry)) {
             *reached = 1;
@@ -148,4 +166,17 @@ void hg_py_code_names(uintptr_t code_addr, char *function, size_t *function_len,
 #endif
     *function_len = str_utf8(name, function, *function_len);
     *filename_len = str_utf8(code->co_filename, filename, *filename_len);
+}
+
+/* The address range of _PyEval_EvalFrameDefault: its native frames run Python frames. */
+int hg_py_eval_function(uintptr_t *start, uintptr_t *end) {
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (!dladdr1((void *)&_PyEval_EvalFrameDefault, &info, (void **)&sym, RTLD_DL_SYMENT) ||
+        sym == NULL || info.dli_saddr == NULL) {
+        return 0;
+    }
+    *start = (uintptr_t)info.dli_saddr;
+    *end = *start + (sym->st_size ? sym->st_size : 1);
+    return 1;
 }

@@ -4,7 +4,12 @@
 mod pyframes;
 mod pymem;
 
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
 use heapgate_core::capture::{self, Frame, SiteReport, TestReport, ThreadMode};
+use heapgate_core::report::{resolve_stack, FrameKind, InterpreterModules, ReportFrame};
+use heapgate_core::symbolize::{ModuleMap, Symbolizer, SymbolizerOptions};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
@@ -20,34 +25,93 @@ pyo3::create_exception!(
 #[pyclass(frozen, get_all, module = "heapgate._native")]
 struct StackFrame {
     function: String,
-    filename: String,
+    /// Source file, or None when unknown (a native frame without debug info).
+    filename: Option<String>,
+    /// Line, or 0 when unknown.
     lineno: u32,
     /// Native return address, or None for a Python frame.
     address: Option<usize>,
+    /// The loaded object of a native frame.
+    module: Option<String>,
+    /// True for a native frame inlined into the next one.
+    inlined: bool,
+    /// 'python', 'native' or 'interpreter'.
+    kind: &'static str,
 }
 
 #[pymethods]
 impl StackFrame {
     fn __repr__(&self) -> String {
         format!(
-            "StackFrame({:?}, {:?}, {})",
-            self.function, self.filename, self.lineno
+            "StackFrame({:?}, {:?}, {}, kind={:?})",
+            self.function, self.filename, self.lineno, self.kind
         )
     }
 }
 
+/// What native stacks need to be resolved later: the module map at the end of the test.
+struct NativeContext {
+    modules: ModuleMap,
+}
+
+fn symbolizer() -> &'static Symbolizer {
+    static SYMBOLIZER: OnceLock<Symbolizer> = OnceLock::new();
+    SYMBOLIZER.get_or_init(|| Symbolizer::new(SymbolizerOptions::from_env()))
+}
+
+fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
+    static INTERPRETER: OnceLock<InterpreterModules> = OnceLock::new();
+    INTERPRETER.get_or_init(|| {
+        let executable = py
+            .import("sys")
+            .and_then(|sys| sys.getattr("executable"))
+            .and_then(|e| e.extract::<PathBuf>())
+            .ok();
+        InterpreterModules::new(executable.as_deref())
+    })
+}
+
 /// What one allocation site (a stack and an allocator) held.
-#[pyclass(frozen, get_all, module = "heapgate._native")]
+#[pyclass(frozen, module = "heapgate._native")]
 struct Site {
+    #[pyo3(get)]
     allocator: &'static str,
+    #[pyo3(get)]
     bytes_at_peak: u64,
+    #[pyo3(get)]
     count_at_peak: u64,
+    #[pyo3(get)]
     leaked_bytes: u64,
+    #[pyo3(get)]
     leaked_count: u64,
+    #[pyo3(get)]
     total_bytes: u64,
+    #[pyo3(get)]
     total_count: u64,
-    /// Allocating frame first.
-    stack: Py<PyTuple>,
+    raw: Vec<Frame>,
+    native: Option<Arc<NativeContext>>,
+    resolved: OnceLock<Py<PyTuple>>,
+}
+
+#[pymethods]
+impl Site {
+    /// The stack, allocating frame first: native frames are symbolized on first access.
+    #[getter]
+    fn stack(&self, py: Python<'_>) -> PyResult<Py<PyTuple>> {
+        if let Some(stack) = self.resolved.get() {
+            return Ok(stack.clone_ref(py));
+        }
+        let empty = ModuleMap::new(Vec::new());
+        let modules = self.native.as_ref().map_or(&empty, |n| &n.modules);
+        let interpreter = interpreter_modules(py);
+        let frames = py.detach(|| resolve_stack(&self.raw, modules, symbolizer(), interpreter));
+        let frames = frames
+            .into_iter()
+            .map(|f| Py::new(py, frame_to_py(f)))
+            .collect::<PyResult<Vec<_>>>()?;
+        let stack = PyTuple::new(py, frames)?.unbind();
+        Ok(self.resolved.get_or_init(|| stack).clone_ref(py))
+    }
 }
 
 /// What one tracked test allocated.
@@ -63,34 +127,27 @@ struct Report {
     sites: Py<PyList>,
 }
 
-fn frame_to_py(py: Python<'_>, frame: Frame) -> PyResult<Py<StackFrame>> {
-    let frame = match frame {
-        Frame::Python {
-            function,
-            filename,
-            line,
-        } => StackFrame {
-            function,
-            filename,
-            lineno: line,
-            address: None,
+fn frame_to_py(frame: ReportFrame) -> StackFrame {
+    StackFrame {
+        function: frame.function,
+        filename: frame.filename,
+        lineno: frame.line.unwrap_or(0),
+        address: frame.address,
+        module: frame.module,
+        inlined: frame.inlined,
+        kind: match frame.kind {
+            FrameKind::Python => "python",
+            FrameKind::Native => "native",
+            FrameKind::Interpreter => "interpreter",
         },
-        Frame::Native(address) => StackFrame {
-            function: format!("{address:#x}"),
-            filename: String::from("??"),
-            lineno: 0,
-            address: Some(address),
-        },
-    };
-    Py::new(py, frame)
+    }
 }
 
-fn site_to_py(py: Python<'_>, site: SiteReport) -> PyResult<Py<Site>> {
-    let frames = site
-        .stack
-        .into_iter()
-        .map(|f| frame_to_py(py, f))
-        .collect::<PyResult<Vec<_>>>()?;
+fn site_to_py(
+    py: Python<'_>,
+    site: SiteReport,
+    native: &Option<Arc<NativeContext>>,
+) -> PyResult<Py<Site>> {
     Py::new(
         py,
         Site {
@@ -101,16 +158,27 @@ fn site_to_py(py: Python<'_>, site: SiteReport) -> PyResult<Py<Site>> {
             leaked_count: site.leaked_count,
             total_bytes: site.total_bytes,
             total_count: site.total_count,
-            stack: PyTuple::new(py, frames)?.unbind(),
+            raw: site.stack,
+            native: native.clone(),
+            resolved: OnceLock::new(),
         },
     )
 }
 
 fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
+    let has_native = report
+        .sites
+        .iter()
+        .any(|s| s.stack.iter().any(|f| matches!(f, Frame::Native(_))));
+    let native = has_native.then(|| {
+        Arc::new(NativeContext {
+            modules: ModuleMap::current_process(),
+        })
+    });
     let sites = report
         .sites
         .into_iter()
-        .map(|s| site_to_py(py, s))
+        .map(|s| site_to_py(py, s, &native))
         .collect::<PyResult<Vec<_>>>()?;
     Ok(Report {
         peak_bytes: report.peak_bytes,
@@ -140,12 +208,14 @@ fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
 /// one of them runs, and its stacks end there (empty: charge the whole window).
 /// `boundary`: a frame below the test (its stacks never go past it).
 /// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all'.
+/// `native`: also record native return addresses (hybrid stacks).
 #[pyfunction]
-#[pyo3(signature = (entry_codes, boundary=None, mode="spawned"))]
+#[pyo3(signature = (entry_codes, boundary=None, mode="spawned", native=false))]
 fn start(
     entry_codes: Vec<Bound<'_, PyAny>>,
     boundary: Option<Bound<'_, PyAny>>,
     mode: &str,
+    native: bool,
 ) -> PyResult<()> {
     let mode = thread_mode(mode)?;
     if entry_codes.len() > pyframes::MAX_ENTRY_CODES {
@@ -158,7 +228,8 @@ fn start(
     capture::set_python_stack_source(pyframes::source());
     pymem::install();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
-    capture::start(mode, !codes.is_empty()).map_err(|e| TrackingError::new_err(e.to_string()))
+    capture::start(mode, !codes.is_empty(), native)
+        .map_err(|e| TrackingError::new_err(e.to_string()))
 }
 
 /// Stop tracking and return the test's `Report`.

@@ -4,7 +4,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use heapgate_core::capture::{
-    CodeNames, FrameKey, PythonStack, PythonStackSource, MAX_PYTHON_FRAMES,
+    CodeNames, CodeRange, FrameKey, PythonStack, PythonStackSource, MAX_PYTHON_FRAMES,
 };
 use libc::{c_int, c_void};
 use pyo3::ffi;
@@ -14,6 +14,7 @@ use pyo3::ffi;
 struct RawFrame {
     code: usize,
     line: u32,
+    group_end: u32,
 }
 
 extern "C" {
@@ -26,6 +27,7 @@ extern "C" {
         reached: *mut c_int,
     ) -> c_int;
     fn hg_py_frame_handle(frame: *mut ffi::PyObject) -> *const c_void;
+    fn hg_py_eval_function(start: *mut usize, end: *mut usize) -> c_int;
     fn hg_py_code_names(
         code: usize,
         function: *mut u8,
@@ -55,7 +57,11 @@ pub fn set_entry(codes: &[*mut ffi::PyObject], boundary: Option<*mut ffi::PyObje
 }
 
 fn walk(stack: &mut PythonStack) {
-    let mut raw = [RawFrame { code: 0, line: 0 }; MAX_PYTHON_FRAMES];
+    let mut raw = [RawFrame {
+        code: 0,
+        line: 0,
+        group_end: 0,
+    }; MAX_PYTHON_FRAMES];
     let mut entry = [0usize; MAX_ENTRY_CODES];
     for (e, slot) in entry.iter_mut().zip(&ENTRY) {
         *e = slot.load(Ordering::Relaxed);
@@ -74,14 +80,16 @@ fn walk(stack: &mut PythonStack) {
         )
     };
     let n = n.clamp(0, MAX_PYTHON_FRAMES as c_int) as usize;
-    for (key, f) in stack.frames.iter_mut().zip(&raw[..n]) {
-        *key = FrameKey::Python {
+    for (i, f) in raw[..n].iter().enumerate() {
+        stack.frames[i] = FrameKey::Python {
             code: f.code,
             line: f.line,
         };
+        stack.group_end[i] = f.group_end != 0;
     }
     stack.len = n;
-    stack.reached_entry = reached != 0;
+    stack.reached_entry = reached == 1;
+    stack.complete = reached != 0;
 }
 
 fn describe(code: usize) -> CodeNames {
@@ -105,7 +113,20 @@ fn describe(code: usize) -> CodeNames {
     )
 }
 
+fn eval_function() -> CodeRange {
+    let (mut start, mut end) = (0usize, 0usize);
+    // SAFETY: the shim writes two integers; dladdr1 only reads loader data.
+    if unsafe { hg_py_eval_function(&mut start, &mut end) } == 0 {
+        return CodeRange::default();
+    }
+    CodeRange { start, end }
+}
+
 /// The source the capture layer reads Python stacks from.
 pub fn source() -> PythonStackSource {
-    PythonStackSource { walk, describe }
+    PythonStackSource {
+        walk,
+        describe,
+        eval_function: eval_function(),
+    }
 }

@@ -7,8 +7,10 @@
 mod elf_got;
 mod guard;
 mod hooks;
+pub mod hybrid;
 mod threads;
 mod tracker;
+mod unwind;
 
 use std::cell::RefCell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -16,6 +18,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use guard::Guard;
 pub use tracker::{Allocator, CodeNames, Frame, FrameKey, SiteReport, TestReport, Tracker};
+pub use unwind::{CodeRange, MAX_NATIVE_FRAMES};
 
 use guard::Charge;
 use tracker::RemovedBlock;
@@ -52,10 +55,16 @@ pub const MAX_PYTHON_FRAMES: usize = 128;
 pub struct PythonStack {
     /// The frames; only `len` are valid.
     pub frames: [FrameKey; MAX_PYTHON_FRAMES],
+    /// `group_end[i]`: frame `i` is the outermost frame run by one C-level call of the
+    /// interpreter's frame-evaluation function (see [`hybrid::merge`]).
+    pub group_end: [bool; MAX_PYTHON_FRAMES],
     /// How many frames were written.
     pub len: usize,
     /// True when the walk reached the test's own function (its entry frame).
     pub reached_entry: bool,
+    /// True when the walk ended at the test's entry or boundary frame (not at the thread's
+    /// first frame or the depth limit): native frames below it are not the test's.
+    pub complete: bool,
 }
 
 /// How the capture layer reads Python stacks; provided by the Python layer, which alone knows
@@ -66,12 +75,15 @@ pub struct PythonStackSource {
     pub walk: fn(&mut PythonStack),
     /// The (function, filename) of a code object that is alive on the calling thread's stack.
     pub describe: fn(usize) -> CodeNames,
+    /// The interpreter's frame-evaluation function, whose native frames run Python frames.
+    pub eval_function: CodeRange,
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
 static GENERATION: AtomicU64 = AtomicU64::new(0);
 static MODE: AtomicU8 = AtomicU8::new(0);
 static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
+static NATIVE: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
 static PYTHON: OnceLock<PythonStackSource> = OnceLock::new();
 
@@ -122,8 +134,9 @@ pub fn install() -> Result<(), CaptureError> {
 
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
 /// charged only for allocations made while the test's own function is on its stack (as the
-/// Python layer reports through [`PythonStack::reached_entry`]).
-pub fn start(mode: ThreadMode, require_entry: bool) -> Result<(), CaptureError> {
+/// Python layer reports through [`PythonStack::reached_entry`]). With `native`, every
+/// allocation also records its native return addresses (hybrid with the Python frames).
+pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), CaptureError> {
     install()?;
     let mut s = session();
     if is_active() {
@@ -144,6 +157,7 @@ pub fn start(mode: ThreadMode, require_entry: bool) -> Result<(), CaptureError> 
     }
     MODE.store(mode as u8, Ordering::SeqCst);
     REQUIRE_ENTRY.store(require_entry, Ordering::SeqCst);
+    NATIVE.store(native, Ordering::SeqCst);
     Charge {
         generation,
         test_thread: true,
@@ -193,6 +207,12 @@ pub fn recorder() -> Option<Recorder> {
     Guard::enter().map(|g| Recorder { _guard: g })
 }
 
+/// An allocation's stack keys: the Python frames as walked, or a hybrid stack.
+enum StackKeys {
+    Python,
+    Hybrid(Vec<FrameKey>),
+}
+
 /// A heap block taken out of the live table by [`Recorder::take`].
 pub struct TakenBlock {
     generation: u64,
@@ -215,16 +235,45 @@ impl Recorder {
         counted.then_some((generation, entry_rule))
     }
 
-    fn stack(&self) -> Option<PythonStack> {
+    fn python_stack(&self) -> PythonStack {
         let mut stack = PythonStack {
             frames: [FrameKey::Native(0); MAX_PYTHON_FRAMES],
+            group_end: [false; MAX_PYTHON_FRAMES],
             len: 0,
             reached_entry: false,
+            complete: false,
         };
         if let Some(python) = PYTHON.get() {
             (python.walk)(&mut stack);
         }
-        Some(stack)
+        stack
+    }
+
+    /// The allocation's stack: Python frames alone, or hybrid with native frames.
+    fn stack_keys(&self, python: &PythonStack) -> StackKeys {
+        if !NATIVE.load(Ordering::Relaxed) {
+            return StackKeys::Python;
+        }
+        let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
+        let py = &python.frames[..python.len];
+        let ends = &python.group_end[..python.len];
+        // The test's frames run in this many interpreter calls: the unwind can stop there.
+        let budget = python.complete.then(|| ends.iter().filter(|e| **e).count());
+        let mut native = Box::new(unwind::NativeStack {
+            frames: [0; MAX_NATIVE_FRAMES],
+            len: 0,
+        });
+        unwind::unwind(&mut native, eval, budget);
+        let mut keys = Vec::with_capacity(native.len + python.len);
+        hybrid::merge(
+            &native.frames[..native.len],
+            py,
+            ends,
+            |ip| eval.contains(ip),
+            python.complete,
+            &mut keys,
+        );
+        StackKeys::Hybrid(keys)
     }
 
     fn with_tracker(&self, generation: u64, f: impl FnOnce(&mut Tracker)) {
@@ -236,9 +285,13 @@ impl Recorder {
         }
     }
 
-    fn node_for(&self, tracker: &mut Tracker, stack: &PythonStack) -> u32 {
+    fn node_for(&self, tracker: &mut Tracker, python: &PythonStack, keys: &StackKeys) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
-        tracker.intern_stack(&stack.frames[..stack.len], &mut |code| match describe {
+        let frames = match keys {
+            StackKeys::Python => &python.frames[..python.len],
+            StackKeys::Hybrid(keys) => keys.as_slice(),
+        };
+        tracker.intern_stack(frames, &mut |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
         })
@@ -249,30 +302,31 @@ impl Recorder {
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
-        let Some(stack) = self.stack() else { return };
-        if entry_rule && !stack.reached_entry {
+        let python = self.python_stack();
+        if entry_rule && !python.reached_entry {
             return;
         }
+        let keys = self.stack_keys(&python);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &stack);
+            let node = self.node_for(t, &python, &keys);
             t.on_alloc(addr, size as u64, allocator, node);
         });
     }
 
     /// Record `len` bytes mapped at `addr`.
     pub(crate) fn record_mmap(&self, addr: usize, len: usize) {
-        let Some((generation, entry_rule)) = self.charged() else {
+        let counted = self.charged().and_then(|(generation, entry_rule)| {
+            let python = self.python_stack();
+            (!entry_rule || python.reached_entry).then_some((generation, python))
+        });
+        let Some((generation, python)) = counted else {
             // Not ours, but it may replace (MAP_FIXED) a mapping that is.
             self.record_munmap(addr, len);
             return;
         };
-        let Some(stack) = self.stack() else { return };
-        if entry_rule && !stack.reached_entry {
-            self.record_munmap(addr, len);
-            return;
-        }
+        let keys = self.stack_keys(&python);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &stack);
+            let node = self.node_for(t, &python, &keys);
             t.on_mmap(addr, len as u64, node);
         });
     }
