@@ -1,7 +1,7 @@
 """Type stubs for heapgate's Rust core (rust/python)."""
 
 from types import CodeType, FrameType
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 class TrackingError(RuntimeError): ...
 
@@ -24,6 +24,8 @@ class Site:
     total_bytes: int
     total_count: int
     stack: tuple[StackFrame, ...]
+    # {definitely_lost_bytes, definitely_lost_count, indirectly_lost_..., still_reachable_...}
+    leak_kinds: Optional[dict[str, int]]
 
 class Report:
     peak_bytes: int
@@ -33,6 +35,54 @@ class Report:
     leaked_bytes: int
     leaked_count: int
     sites: list[Site]
+    leak_kinds: Optional[dict[str, int]]
+    def peak_failure(
+        self,
+        limit: int,
+        mode: str = "spawned",
+        rootpath: Optional[str] = None,
+        max_sites: int = 5,
+        max_frames: Optional[int] = None,
+    ) -> str: ...
+    def record(
+        self,
+        nodeid: str,
+        outcome: str,
+        memory_failed: bool,
+        limit: Optional[int],
+        mode: str,
+        facts: Mapping[str, Optional[str]],
+    ) -> Record: ...
+
+# --- reports and artifacts (rust/python/src/records.rs) ---
+
+class ReportFileError(ValueError): ...
+
+class Record:
+    """One test's capture (rust/core/src/record): written, read, rendered."""
+
+    nodeid: str
+    outcome: str
+    memory_failed: bool
+    peak_bytes: int
+    leaked_bytes: int
+    limit: Optional[int]
+    heapgate_version: str
+    @staticmethod
+    def read(path: str) -> Record: ...
+    def write(self, path: str) -> None: ...
+    def flamegraph_svg(self) -> str: ...
+    def folded(self, leaked: bool = False) -> str: ...
+    def text(
+        self, rootpath: Optional[str] = None, max_sites: int = 5, max_frames: Optional[int] = None
+    ) -> str: ...
+
+def session_report(
+    tests: Sequence[tuple[Record, Optional[str], Optional[str]]],
+    facts: Mapping[str, Optional[str]],
+) -> str: ...
+def read_session_report(path: str) -> str: ...
+def junit_from_session(path: str, base: Optional[str] = None) -> str: ...
 
 def start(
     entry_codes: Sequence[CodeType],
@@ -43,3 +93,27 @@ def start(
 def stop() -> Report: ...
 def is_active() -> bool: ...
 def install() -> None: ...
+
+# --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
+
+from typing import Callable
+
+class ObjectDebugInfo:
+    path: str
+    build_id: Optional[str]
+    # 'embedded', 'build-id', 'debuglink', 'debuginfod', 'symtab', 'minidebuginfo', 'none',
+    # or 'unreadable' (see error)
+    source: str
+    debug_file: Optional[str]
+    debuglink: Optional[str]
+    error: Optional[str]
+
+class Symbolizer:
+    def __init__(self, on_message: Optional[Callable[[str], None]] = None) -> None: ...
+    def addr2line(self, argv: Sequence[str]) -> str: ...
+    def symbolize(
+        self, path: str, addresses: Sequence[int]
+    ) -> list[list[tuple[Optional[str], Optional[str], int, bool]]]: ...
+    def doctor(self, paths: Optional[Sequence[str]] = None) -> list[ObjectDebugInfo]: ...
+
+def loaded_objects() -> list[str]: ...

@@ -9,9 +9,9 @@ from typing import TYPE_CHECKING, Optional, Sequence
 from .limits import format_size
 
 if TYPE_CHECKING:
-    from ._native import Report, Site, StackFrame
+    from ._native import Report, StackFrame
 
-__all__ = ["format_frame", "peak_failure", "thread_rule_text"]
+__all__ = ["format_frame", "peak_failure", "summary_lines", "thread_rule_text"]
 
 _THREAD_RULES = {
     "current_thread": "allocations of the test's own thread while the test function ran (current_thread_only=True)",
@@ -48,26 +48,6 @@ def format_frame(frame: StackFrame, rootpath: Optional[Path] = None) -> str:
     return frame.function
 
 
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def _site_lines(index: int, site: Site, bytes_: int, count: int, rootpath: Optional[Path], max_frames: Optional[int]) -> list[str]:
-    lines = [
-        f"  #{index} {format_size(bytes_)} ({bytes_} bytes) in "
-        f"{_plural(count, 'allocation')} through {site.allocator}"
-    ]
-    stack: Sequence[StackFrame] = site.stack
-    if not stack:
-        lines.append("      (no Python frames: a native thread started by the test; --native shows its stack)")
-    shown = stack if max_frames is None else stack[:max_frames]
-    for frame in shown:
-        lines.append(f"      {format_frame(frame, rootpath)}")
-    if len(shown) < len(stack):
-        lines.append(f"      ... {len(stack) - len(shown)} more frames (--stacks)")
-    return lines
-
-
 def peak_failure(
     limit: int,
     report: Report,
@@ -76,16 +56,24 @@ def peak_failure(
     max_sites: int = 5,
     max_frames: Optional[int] = None,
 ) -> str:
-    """The failure message of a test whose peak exceeded ``limit``."""
-    lines = [
-        f"Test was limited to {format_size(limit)} but allocated "
-        f"{format_size(report.peak_bytes)} at its peak",
-        f"  limit {limit} bytes, peak {report.peak_bytes} bytes in "
-        f"{_plural(report.peak_count, 'live allocation')}",
-        f"  charged: {thread_rule_text(mode)}",
-        "Top locations at the peak (allocating frame first):",
-    ]
-    sites = [s for s in report.sites if s.bytes_at_peak > 0][:max_sites]
-    for i, site in enumerate(sites, 1):
-        lines.extend(_site_lines(i, site, site.bytes_at_peak, site.count_at_peak, rootpath, max_frames))
-    return "\n".join(lines)
+    """The failure message of a test whose peak exceeded ``limit`` (made by the Rust core's
+    report/text.rs, the same text ``heapgate report`` prints for a capture file)."""
+    return report.peak_failure(limit, mode, str(rootpath) if rootpath is not None else None, max_sites, max_frames)
+
+
+# (peak bytes, allocations, leaked bytes, limit or None, node id, failed a memory check)
+SummaryRow = tuple[int, int, int, Optional[int], str, bool]
+
+
+def summary_lines(rows: Sequence[SummaryRow], most: Optional[int]) -> list[str]:
+    """The compact table of tracked tests, highest peak first; ``most`` rows (0/None: all)."""
+    ranked = sorted(rows, key=lambda r: r[0], reverse=True)
+    shown = ranked if not most else ranked[:most]
+    lines = [f"{'peak':>10} {'allocations':>11} {'leaked':>10} {'limit':>10}  test"]
+    for peak, count, leaked, limit, nodeid, failed in shown:
+        limit_text = format_size(limit) if limit is not None else "-"
+        mark = "  FAILED" if failed else ""
+        lines.append(f"{format_size(peak):>10} {count:>11} {format_size(leaked):>10} {limit_text:>10}  {nodeid}{mark}")
+    if len(shown) < len(ranked):
+        lines.append(f"({len(ranked) - len(shown)} more tracked tests; --most-allocations=0 shows all)")
+    return lines

@@ -9,16 +9,17 @@ from __future__ import annotations
 import inspect
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 import pytest
 
-from .formatting import peak_failure
-from .limits import format_size
+from .artifacts import ArtifactDir, DirError, Written, process_facts
+from .formatting import peak_failure, summary_lines
 from .markers import MARKERS, Checks, MarkerError, checks_for
 
 if TYPE_CHECKING:
-    from ._native import Report
+    from ._native import Record, Report
 
 try:
     from . import _native
@@ -41,6 +42,8 @@ class TestResult:
     report: Report
     checks: Checks
     failure: Optional[str] = None
+    record: Optional[Record] = None
+    written: Optional[Written] = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -77,7 +80,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         metavar="N",
         help="Show at most N frames of each allocation stack in failures (default: all).",
     )
+    group.addoption(
+        "--heapgate-dir",
+        default=None,
+        metavar="DIR",
+        help="Write a capture file and a flamegraph SVG for each test that failed a memory check, "
+        "plus heapgate.json and heapgate-junit.xml for the session, to DIR.",
+    )
+    group.addoption(
+        "--heapgate-dir-all",
+        action="store_true",
+        default=None,
+        help="With --heapgate-dir: write a capture file and flamegraph for every tracked test.",
+    )
     parser.addini("heapgate", "Track every test (as --heapgate).", type="bool", default=False)
+    parser.addini("heapgate_dir", "Directory for reports and artifacts (as --heapgate-dir).", default="")
+    parser.addini("heapgate_dir_all", "Artifacts for every tracked test (as --heapgate-dir-all).", type="bool", default=False)
     parser.addini("native", "Record native stacks (as --native).", type="bool", default=False)
     parser.addini("hide_heapgate_summary", "Hide the summary (as --hide-heapgate-summary).", type="bool", default=False)
     parser.addini("most_allocations", "Tests shown in the summary (as --most-allocations).", default="5")
@@ -114,6 +132,13 @@ class HeapgatePlugin:
         self.most_allocations = _int_option(config, "most_allocations", 0)
         self.max_frames = _int_option(config, "stacks", 1)
         self.results: list[TestResult] = []
+        self.artifacts = _artifact_dir(config)
+        self.artifacts_all = bool(_option(config, "heapgate_dir_all"))
+        self.facts = process_facts(config.rootpath)
+        family = config.getini("junit_family") if _has_ini(config, "junit_family") else "xunit2"
+        # pytest writes testcase properties for xunit1/legacy; xunit2's schema has none there.
+        self.junit_properties = family in ("xunit1", "legacy")
+        self.problems: list[str] = []
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -148,15 +173,44 @@ class HeapgatePlugin:
         result = item.stash[RESULT]
         self.results.append(result)
         failure = self._failure(result)
-        if failure is None:
-            return
-        result.failure = failure
         rep: pytest.TestReport = outcome.get_result()
-        if rep.passed:
-            rep.outcome = "failed"
-            rep.longrepr = failure
-        else:
-            rep.sections.append(("heapgate", failure))
+        if failure is not None:
+            result.failure = failure
+            if rep.passed:
+                rep.outcome = "failed"
+                rep.longrepr = failure
+            else:
+                rep.sections.append(("heapgate", failure))
+        self._artifacts(item, result, rep.outcome)
+
+    def _artifacts(self, item: pytest.Item, result: TestResult, outcome: str) -> None:
+        """Capture file and flamegraph in --heapgate-dir; properties for --junitxml."""
+        lm = result.checks.limit_memory
+        written = None
+        if self.artifacts is not None:
+            result.record = result.report.record(
+                result.nodeid,
+                outcome,
+                result.failure is not None,
+                lm.limit if lm else None,
+                result.checks.thread_mode,
+                self.facts,
+            )
+            if result.failure is not None or self.artifacts_all:
+                try:
+                    written = result.written = self.artifacts.write_test(result.record)
+                except OSError as e:
+                    self.problems.append(f"heapgate: cannot write artifacts for {result.nodeid}: {e}")
+        if self.junit_properties:
+            svg = str(self.artifacts.path / written.flamegraph) if self.artifacts and written and written.flamegraph else ""
+            item.user_properties.extend(
+                [
+                    ("heapgate_peak_bytes", result.report.peak_bytes),
+                    ("heapgate_limit_bytes", lm.limit if lm else ""),
+                    ("heapgate_leaked_bytes", result.report.leaked_bytes),
+                    ("heapgate_flamegraph", svg),
+                ]
+            )
 
     def _failure(self, result: TestResult) -> Optional[str]:
         lm = result.checks.limit_memory
@@ -170,26 +224,72 @@ class HeapgatePlugin:
             )
         return None
 
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.artifacts is None:
+            return
+        tests = [(r.record, r.written or Written()) for r in self.results if r.record is not None]
+        if not tests and getattr(self.config.option, "dist", "no") not in ("no", None):
+            return  # the pytest-xdist controller: its workers write the reports
+        try:
+            self.artifacts.write_session(tests, self.facts)
+        except OSError as e:
+            self.problems.append(f"heapgate: cannot write the session report: {e}")
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        for problem in self.problems:
+            tr.write_line(problem, red=True)
+        if self.artifacts is not None and self.results:
+            files = sum(1 for r in self.results if r.written is not None)
+            tr.write_line(
+                f"heapgate: {self.artifacts.json_path.name}, {self.artifacts.junit_path.name} "
+                f"and {files} test capture{'s' if files != 1 else ''} in {self.artifacts.path}"
+            )
         if self.hide_summary or not self.results:
             return
-        n = self.most_allocations
-        ranked = sorted(self.results, key=lambda r: r.report.peak_bytes, reverse=True)
-        shown = ranked if not n else ranked[:n]
-        tr = terminalreporter
-        tr.write_sep("=", "heapgate: memory per test")
-        header = f"{'peak':>10} {'allocations':>11} {'leaked':>10} {'limit':>10}  test"
-        tr.write_line(header)
-        for r in shown:
-            lm = r.checks.limit_memory
-            limit = format_size(lm.limit) if lm else "-"
-            mark = "  FAILED" if r.failure else ""
-            tr.write_line(
-                f"{format_size(r.report.peak_bytes):>10} {r.report.total_count:>11} "
-                f"{format_size(r.report.leaked_bytes):>10} {limit:>10}  {r.nodeid}{mark}"
+        rows = [
+            (
+                r.report.peak_bytes,
+                r.report.total_count,
+                r.report.leaked_bytes,
+                r.checks.limit_memory.limit if r.checks.limit_memory else None,
+                r.nodeid,
+                r.failure is not None,
             )
-        if len(shown) < len(ranked):
-            tr.write_line(f"({len(ranked) - len(shown)} more tracked tests; --most-allocations=0 shows all)")
+            for r in self.results
+        ]
+        tr.write_sep("=", "heapgate: memory per test")
+        for line in summary_lines(rows, self.most_allocations):
+            tr.write_line(line)
+
+
+def _has_ini(config: pytest.Config, name: str) -> bool:
+    try:
+        config.getini(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _artifact_dir(config: pytest.Config) -> Optional[ArtifactDir]:
+    """--heapgate-dir (relative to the invocation directory) or ini heapgate_dir (relative to
+    the rootdir); a directory that cannot be written is a usage error."""
+    flag = config.getoption("heapgate_dir")
+    if flag:
+        path = Path(config.invocation_params.dir, flag)
+    else:
+        ini = config.getini("heapgate_dir")
+        if not ini:
+            return None
+        path = Path(config.rootpath, str(ini))
+    suffix = ""
+    workerinput = getattr(config, "workerinput", None)
+    if isinstance(workerinput, dict):
+        suffix = str(workerinput.get("workerid", ""))
+    try:
+        return ArtifactDir(path, suffix)
+    except DirError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def _entry_codes(item: pytest.Item) -> list[Any]:

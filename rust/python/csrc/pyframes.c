@@ -180,3 +180,83 @@ int hg_py_eval_function(uintptr_t *start, uintptr_t *end) {
     *end = *start + (sym->st_size ? sym->st_size : 1);
     return 1;
 }
+
+/* Addresses of the GC heads of every object CPython's cyclic GC tracks (all generations and
+ * the permanent one), for the leak scan: a pointer to a GC head is a GC-list link, not a
+ * reference. Writes at most `cap`, returns how many there are. The GIL must be held. */
+#include "internal/pycore_interp.h"
+#include "internal/pycore_gc.h"
+
+static size_t walk_generation(PyGC_Head *head, uintptr_t *out, size_t cap, size_t n) {
+    for (PyGC_Head *g = (PyGC_Head *)head->_gc_next; g != head && g != NULL;
+         g = (PyGC_Head *)g->_gc_next) {
+        if (n < cap) out[n] = (uintptr_t)g;
+        n++;
+    }
+    return n;
+}
+
+size_t hg_py_gc_heads(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    struct _gc_runtime_state *gc = &interp->gc;
+    size_t n = 0;
+    for (int i = 0; i < NUM_GENERATIONS; i++) {
+        n = walk_generation(&gc->generations[i].head, out, cap, n);
+    }
+    n = walk_generation(&gc->permanent_generation.head, out, cap, n);
+    return n;
+}
+
+/* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
+ * 3.9-3.13; sizes come from the headers where CPython publishes them). */
+#if PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_obmalloc.h"
+#define HG_POOL_SIZE POOL_SIZE
+#define HG_ALIGNMENT_SHIFT ALIGNMENT_SHIFT
+#elif PY_VERSION_HEX >= 0x030A0000
+#define HG_POOL_SIZE (1 << 14) /* 3.10, 3.11: large pools with the radix tree (64-bit) */
+#define HG_ALIGNMENT_SHIFT 4
+#else
+#define HG_POOL_SIZE (1 << 12)
+#define HG_ALIGNMENT_SHIFT 4
+#endif
+
+void hg_py_pool_layout(size_t *pool_size, size_t *overhead, unsigned *alignment_shift) {
+    size_t header = 4 * sizeof(void *) + 4 * sizeof(unsigned int);
+    size_t align = (size_t)1 << HG_ALIGNMENT_SHIFT;
+    *pool_size = HG_POOL_SIZE;
+    *overhead = (header + align - 1) & ~(align - 1);
+    *alignment_shift = HG_ALIGNMENT_SHIFT;
+}
+
+/* The leak scan's entry, called directly by the interpreter: everything above this frame is
+ * the callers' (live), everything below is ours or left by calls that have returned (stale,
+ * and must not count as references). The callers' callee-saved registers are captured with
+ * setjmp. Compiled without sibling-call optimisation, so `registers` outlives the call. */
+#include <setjmp.h>
+
+typedef PyObject *(*hg_scan_callback)(uintptr_t stack_from, const uintptr_t *registers,
+                                      size_t n_registers);
+static hg_scan_callback scan_callback = NULL;
+
+static PyObject *scan_leaks_entry(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    jmp_buf registers;
+    setjmp(registers);
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    PyObject *result = scan_callback(here, (const uintptr_t *)(void *)&registers,
+                                     sizeof(jmp_buf) / (sizeof(uintptr_t)));
+    __asm__ volatile("" ::: "memory");
+    return result;
+}
+
+static PyMethodDef scan_leaks_def = {
+    "scan_leaks", scan_leaks_entry, METH_NOARGS,
+    "scan_leaks() -> dict\n--\n\nClassify the tracked test's live blocks by reachability "
+    "(call after gc.collect(), before stop()). Returns totals per kind."};
+
+PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) {
+    scan_callback = callback;
+    return PyCFunction_NewEx(&scan_leaks_def, module, NULL);
+}

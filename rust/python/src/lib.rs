@@ -1,18 +1,25 @@
 //! `heapgate._native`: the thin pyo3 layer over `heapgate-core`. It knows Python objects;
 //! the core does not. Start/stop a tracked test and hand its numbers to the plugin.
 
+mod leaks;
 mod pyframes;
 mod pymem;
+mod records;
+mod symbols;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use heapgate_core::capture::{self, Frame, SiteReport, TestReport, ThreadMode};
-use heapgate_core::report::{resolve_stack, FrameKind, InterpreterModules, ReportFrame};
+use heapgate_core::capture::{self, Frame, LeakKinds, TestReport, ThreadMode};
+use heapgate_core::record::{Capture, ProcessFacts, TestInfo};
+use heapgate_core::report::{
+    peak_failure, FrameKind, InterpreterModules, ReportFrame, ResolvedCapture, Resolver,
+    TextOptions,
+};
 use heapgate_core::symbolize::{ModuleMap, Symbolizer, SymbolizerOptions};
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyTuple};
+use pyo3::types::{PyDict, PyList, PyTuple};
 
 pyo3::create_exception!(
     _native,
@@ -49,11 +56,6 @@ impl StackFrame {
     }
 }
 
-/// What native stacks need to be resolved later: the module map at the end of the test.
-struct NativeContext {
-    modules: ModuleMap,
-}
-
 fn symbolizer() -> &'static Symbolizer {
     static SYMBOLIZER: OnceLock<Symbolizer> = OnceLock::new();
     SYMBOLIZER.get_or_init(|| Symbolizer::new(SymbolizerOptions::from_env()))
@@ -69,6 +71,14 @@ fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
             .ok();
         InterpreterModules::new(executable.as_deref())
     })
+}
+
+/// The resolver of this process's stacks.
+pub(crate) fn live_resolver(py: Python<'_>) -> Resolver<'static> {
+    Resolver {
+        symbolizer: symbolizer(),
+        interpreter: interpreter_modules(py),
+    }
 }
 
 /// What one allocation site (a stack and an allocator) held.
@@ -88,8 +98,9 @@ struct Site {
     total_bytes: u64,
     #[pyo3(get)]
     total_count: u64,
-    raw: Vec<Frame>,
-    native: Option<Arc<NativeContext>>,
+    kinds: Option<LeakKinds>,
+    data: Arc<ResolvedCapture>,
+    index: usize,
     resolved: OnceLock<Py<PyTuple>>,
 }
 
@@ -101,10 +112,8 @@ impl Site {
         if let Some(stack) = self.resolved.get() {
             return Ok(stack.clone_ref(py));
         }
-        let empty = ModuleMap::new(Vec::new());
-        let modules = self.native.as_ref().map_or(&empty, |n| &n.modules);
-        let interpreter = interpreter_modules(py);
-        let frames = py.detach(|| resolve_stack(&self.raw, modules, symbolizer(), interpreter));
+        let resolver = live_resolver(py);
+        let frames = py.detach(|| self.data.stack(self.index, &resolver).to_vec());
         let frames = frames
             .into_iter()
             .map(|f| Py::new(py, frame_to_py(f)))
@@ -112,19 +121,100 @@ impl Site {
         let stack = PyTuple::new(py, frames)?.unbind();
         Ok(self.resolved.get_or_init(|| stack).clone_ref(py))
     }
+
+    /// The site's live blocks by reachability, when a leak scan ran.
+    #[getter]
+    fn leak_kinds<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.kinds
+            .as_ref()
+            .map(|k| leaks::kinds_to_dict(py, k))
+            .transpose()
+    }
 }
 
 /// What one tracked test allocated.
-#[pyclass(frozen, get_all, module = "heapgate._native")]
+#[pyclass(frozen, module = "heapgate._native")]
 struct Report {
+    #[pyo3(get)]
     peak_bytes: u64,
+    #[pyo3(get)]
     peak_count: u64,
+    #[pyo3(get)]
     total_bytes: u64,
+    #[pyo3(get)]
     total_count: u64,
+    #[pyo3(get)]
     leaked_bytes: u64,
+    #[pyo3(get)]
     leaked_count: u64,
     /// Sites, largest at peak first.
+    #[pyo3(get)]
     sites: Py<PyList>,
+    data: Arc<ResolvedCapture>,
+}
+
+#[pymethods]
+impl Report {
+    /// The failure text of a test whose peak exceeded `limit` (report/text.rs).
+    #[pyo3(signature = (limit, mode="spawned", rootpath=None, max_sites=5, max_frames=None))]
+    fn peak_failure(
+        &self,
+        py: Python<'_>,
+        limit: u64,
+        mode: &str,
+        rootpath: Option<PathBuf>,
+        max_sites: usize,
+        max_frames: Option<usize>,
+    ) -> String {
+        let resolver = live_resolver(py);
+        py.detach(|| {
+            peak_failure(
+                limit,
+                &self.data,
+                &resolver,
+                mode,
+                &TextOptions {
+                    rootpath: rootpath.as_deref(),
+                    max_sites,
+                    max_frames,
+                },
+            )
+        })
+    }
+
+    /// All live blocks by reachability, when a leak scan ran.
+    #[getter]
+    fn leak_kinds<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
+        self.data
+            .capture()
+            .totals
+            .leak_kinds
+            .as_ref()
+            .map(|k| leaks::kinds_to_dict(py, &LeakKinds::from(k)))
+            .transpose()
+    }
+
+    /// This report as a capture of test `nodeid` (see records.rs).
+    #[pyo3(signature = (nodeid, outcome, memory_failed, limit, mode, facts))]
+    fn record(
+        &self,
+        nodeid: String,
+        outcome: String,
+        memory_failed: bool,
+        limit: Option<u64>,
+        mode: String,
+        facts: records::Facts,
+    ) -> records::Record {
+        records::Record::from_live(
+            &self.data,
+            nodeid,
+            outcome,
+            memory_failed,
+            limit,
+            mode,
+            facts,
+        )
+    }
 }
 
 fn frame_to_py(frame: ReportFrame) -> StackFrame {
@@ -143,42 +233,44 @@ fn frame_to_py(frame: ReportFrame) -> StackFrame {
     }
 }
 
-fn site_to_py(
-    py: Python<'_>,
-    site: SiteReport,
-    native: &Option<Arc<NativeContext>>,
-) -> PyResult<Py<Site>> {
-    Py::new(
-        py,
-        Site {
-            allocator: site.allocator.name(),
-            bytes_at_peak: site.bytes_at_peak,
-            count_at_peak: site.count_at_peak,
-            leaked_bytes: site.leaked_bytes,
-            leaked_count: site.leaked_count,
-            total_bytes: site.total_bytes,
-            total_count: site.total_count,
-            raw: site.stack,
-            native: native.clone(),
-            resolved: OnceLock::new(),
-        },
-    )
-}
-
 fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
     let has_native = report
         .sites
         .iter()
         .any(|s| s.stack.iter().any(|f| matches!(f, Frame::Native(_))));
-    let native = has_native.then(|| {
-        Arc::new(NativeContext {
-            modules: ModuleMap::current_process(),
-        })
-    });
+    let modules = if has_native {
+        ModuleMap::current_process()
+    } else {
+        ModuleMap::new(Vec::new())
+    };
+    let data = Arc::new(ResolvedCapture::new(Capture::from_report(
+        &report,
+        &modules,
+        ProcessFacts::default(),
+        TestInfo::default(),
+    )));
     let sites = report
         .sites
-        .into_iter()
-        .map(|s| site_to_py(py, s, &native))
+        .iter()
+        .enumerate()
+        .map(|(index, site)| {
+            Py::new(
+                py,
+                Site {
+                    allocator: site.allocator.name(),
+                    bytes_at_peak: site.bytes_at_peak,
+                    count_at_peak: site.count_at_peak,
+                    leaked_bytes: site.leaked_bytes,
+                    leaked_count: site.leaked_count,
+                    total_bytes: site.total_bytes,
+                    total_count: site.total_count,
+                    kinds: site.leak_kinds,
+                    data: Arc::clone(&data),
+                    index,
+                    resolved: OnceLock::new(),
+                },
+            )
+        })
         .collect::<PyResult<Vec<_>>>()?;
     Ok(Report {
         peak_bytes: report.peak_bytes,
@@ -188,6 +280,7 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
         leaked_bytes: report.leaked_bytes,
         leaked_count: report.leaked_count,
         sites: PyList::new(py, sites)?.unbind(),
+        data,
     })
 }
 
@@ -263,5 +356,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Site>()?;
     m.add_class::<StackFrame>()?;
     m.add("TrackingError", m.py().get_type::<TrackingError>())?;
+    records::register(m)?;
+    symbols::register(m)?;
+    leaks::register(m)?;
     Ok(())
 }

@@ -8,6 +8,7 @@ mod elf_got;
 mod guard;
 mod hooks;
 pub mod hybrid;
+mod scan;
 mod threads;
 mod tracker;
 mod unwind;
@@ -17,7 +18,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use guard::Guard;
-pub use tracker::{Allocator, CodeNames, Frame, FrameKey, SiteReport, TestReport, Tracker};
+pub use scan::{LeakKind, PoolLayout};
+pub use tracker::{
+    Allocator, CodeNames, Frame, FrameKey, LeakKinds, LeakTally, SiteReport, TestReport, Tracker,
+};
 pub use unwind::{CodeRange, MAX_NATIVE_FRAMES};
 
 use guard::Charge;
@@ -175,6 +179,130 @@ pub fn stop() -> Result<TestReport, CaptureError> {
     Charge::NONE.set();
     let s = session();
     Ok(s.as_ref().map(|s| s.tracker.report()).unwrap_or_default())
+}
+
+/// Classify the tracked test's live blocks by reachability (definitely lost, indirectly
+/// lost, still reachable); the result appears in the next [`stop`]'s report.
+///
+/// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
+/// block can be freed or unmapped while it is read (a thread that frees one waits).
+/// `gc_heads`: CPython's GC heads (links between them are not references). `stack_from`: an
+/// address in the caller's frame; the calling thread's stack is scanned from there up, plus
+/// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
+pub fn scan_leaks(
+    gc_heads: &[usize],
+    stack_from: usize,
+    registers: &[usize],
+    pools: Option<scan::PoolLayout>,
+) -> Result<LeakKinds, CaptureError> {
+    let _guard = Guard::enter();
+    let mut s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    let Some(session) = s.as_mut() else {
+        return Err(CaptureError::NotActive);
+    };
+    let candidates = session.tracker.leak_candidates();
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|text| scan::parse_maps(&text))
+        .unwrap_or_default();
+    let stack_pointers = scan::blocked_thread_stack_pointers();
+    let mut top = vec![0usize; 8192];
+    let is_thread_stack = |start: usize, end: usize| {
+        let from = end
+            .saturating_sub(top.len() * std::mem::size_of::<usize>())
+            .max(start);
+        let mut words = vec![0usize; (end - from) / std::mem::size_of::<usize>()];
+        let n = read_words(from, &mut words);
+        n == words.len() && scan::has_thread_control_block(&words, end)
+    };
+    let regions = scan::root_regions(&maps, stack_from, &stack_pointers, &is_thread_stack);
+    drop(maps);
+    let mut roots = |visit: &mut dyn FnMut(&[usize])| {
+        visit(registers);
+        for region in &regions {
+            visit_region(*region, &candidates, pools.as_ref(), &mut top, visit);
+        }
+    };
+    let read_block = |start: usize, len: usize| -> Vec<usize> {
+        // SAFETY: a live tracked block; it cannot be freed while we hold the tracker's lock
+        // (the free and munmap hooks take the lock before releasing memory).
+        unsafe { std::slice::from_raw_parts(start as *const u8, len) }
+            .chunks_exact(std::mem::size_of::<usize>())
+            .map(|c| usize::from_ne_bytes(c.try_into().expect("word-sized chunk")))
+            .collect()
+    };
+    let kinds = scan::classify(&candidates, gc_heads, &mut roots, &read_block);
+    session.tracker.set_leak_kinds(&candidates, &kinds);
+    Ok(session.tracker.report().leak_kinds.unwrap_or_default())
+}
+
+/// Hand the root words of `region` to `visit`, chunk by chunk: candidates' words left out,
+/// and in pymalloc pools only the words of blocks in use.
+fn visit_region(
+    region: scan::Region,
+    candidates: &[scan::Candidate],
+    pools: Option<&scan::PoolLayout>,
+    buffer: &mut Vec<usize>,
+    visit: &mut dyn FnMut(&[usize]),
+) {
+    let word = std::mem::size_of::<usize>();
+    let chunk = match pools {
+        Some(layout) if region.anonymous => layout.pool_size,
+        _ => 64 * 1024,
+    };
+    let (start, end) = (region.start.get() & !(word - 1), region.end.get());
+    let mut at = start;
+    let mut kept = Vec::with_capacity(chunk / word);
+    while at < end {
+        // Chunks follow the pool grid, so a pool is always read whole.
+        let chunk_end = ((at / chunk) + 1) * chunk;
+        let len = (chunk_end.min(end) - at) / word;
+        if len == 0 {
+            break;
+        }
+        buffer.resize(len, 0);
+        let n = read_words(at, &mut buffer[..len]);
+        if n == len {
+            let mut mask = pools
+                .filter(|_| region.anonymous)
+                .and_then(|layout| scan::pool_mask(&buffer[..len], at, layout))
+                .unwrap_or_else(|| vec![true; len]);
+            scan::mask_out_candidates(&mut mask, at, candidates);
+            kept.clear();
+            kept.extend(
+                buffer[..len]
+                    .iter()
+                    .zip(&mask)
+                    .filter(|(_, m)| **m)
+                    .map(|(w, _)| *w),
+            );
+            visit(&kept);
+        }
+        at = chunk_end;
+    }
+}
+
+/// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
+/// meanwhile reads as a failure, never as a crash. Returns the number of words read.
+fn read_words(at: usize, buffer: &mut [usize]) -> usize {
+    let bytes = std::mem::size_of_val(buffer);
+    let local = libc::iovec {
+        iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
+        iov_len: bytes,
+    };
+    let remote = libc::iovec {
+        iov_base: at as *mut libc::c_void,
+        iov_len: bytes,
+    };
+    // SAFETY: copies at most `bytes` bytes into our own buffer of that size.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        0
+    } else {
+        n as usize / std::mem::size_of::<usize>()
+    }
 }
 
 fn mode() -> ThreadMode {

@@ -8,6 +8,8 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+use super::scan::{Candidate, LeakKind};
+
 /// The API an allocation came through. A site is a (stack, allocator) pair, as in memray.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Allocator {
@@ -122,6 +124,18 @@ pub type CodeNames = (String, String);
 
 const ROOT: u32 = 0;
 
+/// Addresses are stored with the top bit set: a non-canonical value that never equals a
+/// pointer, so the leak scan does not find the tracker's own tables pointing at every block.
+const TAG: usize = 1 << (usize::BITS - 1);
+
+fn tagged(addr: usize) -> usize {
+    addr | TAG
+}
+
+fn untagged(key: usize) -> usize {
+    key & !TAG
+}
+
 #[derive(Clone, Copy, Debug)]
 struct TrieNode {
     parent: u32,
@@ -148,6 +162,49 @@ struct Site {
     total_count: u64,
 }
 
+/// Bytes and blocks of one kind.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeakTally {
+    /// Bytes.
+    pub bytes: u64,
+    /// Blocks.
+    pub count: u64,
+}
+
+/// Live memory at the end of a test by reachability (see `capture::scan_leaks`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LeakKinds {
+    /// No pointer to it anywhere.
+    pub definitely_lost: LeakTally,
+    /// Pointed to only from lost blocks.
+    pub indirectly_lost: LeakTally,
+    /// Still pointed to from a root or a reachable block.
+    pub still_reachable: LeakTally,
+}
+
+impl LeakKinds {
+    fn add(&mut self, kind: LeakKind, bytes: u64) {
+        let tally = match kind {
+            LeakKind::DefinitelyLost => &mut self.definitely_lost,
+            LeakKind::IndirectlyLost => &mut self.indirectly_lost,
+            LeakKind::StillReachable => &mut self.still_reachable,
+        };
+        tally.bytes += bytes;
+        tally.count += 1;
+    }
+
+    fn merge(&mut self, other: &LeakKinds) {
+        for (a, b) in [
+            (&mut self.definitely_lost, other.definitely_lost),
+            (&mut self.indirectly_lost, other.indirectly_lost),
+            (&mut self.still_reachable, other.still_reachable),
+        ] {
+            a.bytes += b.bytes;
+            a.count += b.count;
+        }
+    }
+}
+
 /// One site in a finished test's report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteReport {
@@ -167,6 +224,8 @@ pub struct SiteReport {
     pub total_count: u64,
     /// The stack, allocating frame first.
     pub stack: Vec<Frame>,
+    /// The site's live blocks by reachability, when a leak scan ran.
+    pub leak_kinds: Option<LeakKinds>,
 }
 
 /// What one tracked test allocated.
@@ -186,6 +245,8 @@ pub struct TestReport {
     pub leaked_count: u64,
     /// Every site that allocated, largest at peak first.
     pub sites: Vec<SiteReport>,
+    /// All live blocks by reachability, when a leak scan ran.
+    pub leak_kinds: Option<LeakKinds>,
 }
 
 /// The accounting state of one tracked test.
@@ -206,6 +267,7 @@ pub struct Tracker {
     peak_epoch: u64,
     total: u64,
     total_count: u64,
+    leak_kinds: Option<Vec<LeakKinds>>,
 }
 
 impl Tracker {
@@ -237,6 +299,28 @@ impl Tracker {
         self.peak_epoch = 0;
         self.total = 0;
         self.total_count = 0;
+        self.leak_kinds = None;
+    }
+
+    /// Every live block (heap and mapped), sorted by address, for a leak scan.
+    pub fn leak_candidates(&self) -> Vec<Candidate> {
+        let mut blocks: Vec<Candidate> = self
+            .live
+            .iter()
+            .chain(self.mappings.iter())
+            .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site))
+            .collect();
+        blocks.sort_unstable_by_key(|c| c.start_address());
+        blocks
+    }
+
+    /// Record the scan's verdict for `candidates` (as returned by `leak_candidates`).
+    pub fn set_leak_kinds(&mut self, candidates: &[Candidate], kinds: &[LeakKind]) {
+        let mut per_site = vec![LeakKinds::default(); self.sites.len()];
+        for (c, kind) in candidates.iter().zip(kinds) {
+            per_site[c.site as usize].add(*kind, c.size);
+        }
+        self.leak_kinds = Some(per_site);
     }
 
     /// Intern a stack given allocating frame first; `describe` names a code object the first
@@ -342,38 +426,42 @@ impl Tracker {
     /// A heap block of `size` bytes at `addr` was allocated at stack `node`.
     pub fn on_alloc(&mut self, addr: usize, size: u64, allocator: Allocator, node: u32) {
         // An address we still hold was freed behind our back (an untracked path): drop it.
-        if let Some(old) = self.live.remove(&addr) {
+        if let Some(old) = self.live.remove(&tagged(addr)) {
             self.remove(old);
         }
         let site = self.site(node, allocator);
-        self.live.insert(addr, LiveBlock { size, site });
+        self.live.insert(tagged(addr), LiveBlock { size, site });
         self.add(site, size);
     }
 
     /// The heap block at `addr` was freed. Returns what it was, if it was ours, so that a
     /// failed `realloc` can put it back with [`Tracker::restore`].
     pub fn on_free(&mut self, addr: usize) -> Option<RemovedBlock> {
-        let block = self.live.remove(&addr)?;
+        let block = self.live.remove(&tagged(addr))?;
         self.remove(block);
-        Some(RemovedBlock { addr, block })
+        Some(RemovedBlock {
+            key: tagged(addr),
+            block,
+        })
     }
 
     /// Put back a block taken by [`Tracker::on_free`] (its `realloc` failed).
     pub fn restore(&mut self, removed: RemovedBlock) {
-        let RemovedBlock { addr, block } = removed;
+        let RemovedBlock { key, block } = removed;
         let s = self.touch(block.site);
         s.current += block.size;
         s.current_count += 1;
         self.current += block.size;
         self.current_count += 1;
-        self.live.insert(addr, block);
+        self.live.insert(key, block);
     }
 
     /// `len` bytes were mapped at `addr` (any previous mapping there is replaced).
     pub fn on_mmap(&mut self, addr: usize, len: u64, node: u32) {
         self.on_munmap(addr, len);
         let site = self.site(node, Allocator::Mmap);
-        self.mappings.insert(addr, LiveBlock { size: len, site });
+        self.mappings
+            .insert(tagged(addr), LiveBlock { size: len, site });
         self.add(site, len);
     }
 
@@ -385,13 +473,13 @@ impl Tracker {
         }
         let overlapping: Vec<(usize, LiveBlock)> = self
             .mappings
-            .range(..end)
+            .range(..tagged(end))
             .rev()
-            .take_while(|(start, b)| **start + b.size as usize > addr)
-            .map(|(s, b)| (*s, *b))
+            .take_while(|(start, b)| untagged(**start) + b.size as usize > addr)
+            .map(|(s, b)| (untagged(*s), *b))
             .collect();
         for (start, block) in overlapping {
-            self.mappings.remove(&start);
+            self.mappings.remove(&tagged(start));
             self.remove(block);
             let block_end = start + block.size as usize;
             // Keep the parts of the mapping outside the unmapped range.
@@ -403,7 +491,7 @@ impl Tracker {
                         size: (piece_end - piece_start) as u64,
                         site: block.site,
                     };
-                    self.mappings.insert(piece_start, piece);
+                    self.mappings.insert(tagged(piece_start), piece);
                     let s = self.touch(block.site);
                     s.current += piece.size;
                     s.current_count += 1;
@@ -449,9 +537,20 @@ impl Tracker {
                     total_bytes: s.total,
                     total_count: s.total_count,
                     stack: self.stack_of(s.node),
+                    leak_kinds: None,
                 }
             })
             .collect();
+        if let Some(kinds) = &self.leak_kinds {
+            for (report, k) in sites.iter_mut().zip(kinds) {
+                report.leak_kinds = Some(*k);
+            }
+        }
+        let leak_kinds = self.leak_kinds.as_ref().map(|kinds| {
+            let mut total = LeakKinds::default();
+            kinds.iter().for_each(|k| total.merge(k));
+            total
+        });
         sites.sort_by(|a, b| {
             (b.bytes_at_peak, b.leaked_bytes, b.total_bytes).cmp(&(
                 a.bytes_at_peak,
@@ -467,6 +566,7 @@ impl Tracker {
             leaked_bytes: self.current,
             leaked_count: self.current_count,
             sites,
+            leak_kinds,
         }
     }
 }
@@ -474,7 +574,7 @@ impl Tracker {
 /// A block removed from the live table, kept so a failed `realloc` can restore it.
 #[derive(Clone, Copy, Debug)]
 pub struct RemovedBlock {
-    addr: usize,
+    key: usize,
     block: LiveBlock,
 }
 

@@ -184,10 +184,18 @@ impl Default for SymbolizerOptions {
 }
 
 impl SymbolizerOptions {
-    /// Defaults plus `DEBUGINFOD_URLS` (space-separated) and `HEAPGATE_DEBUGINFOD_TIMEOUT`
-    /// (seconds, default 30).
+    /// Defaults plus `DEBUGINFOD_URLS` (space-separated), `HEAPGATE_DEBUGINFOD_TIMEOUT`
+    /// (seconds, default 30) and `HEAPGATE_DEBUG_ROOTS` (colon-separated debug directories,
+    /// searched before `/usr/lib/debug`).
     pub fn from_env() -> Self {
         let mut options = SymbolizerOptions::default();
+        if let Some(roots) = std::env::var_os("HEAPGATE_DEBUG_ROOTS") {
+            let mut extra: Vec<PathBuf> = std::env::split_paths(&roots)
+                .filter(|root| !root.as_os_str().is_empty())
+                .collect();
+            extra.append(&mut options.debug_roots);
+            options.debug_roots = extra;
+        }
         if let Ok(urls) = std::env::var("DEBUGINFOD_URLS") {
             options.debuginfod_urls = urls.split_whitespace().map(str::to_owned).collect();
         }

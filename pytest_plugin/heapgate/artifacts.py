@@ -1,0 +1,114 @@
+"""Files heapgate leaves in ``--heapgate-dir``: per-test capture files and flamegraphs, the
+session's ``heapgate.json`` and ``heapgate-junit.xml``.
+
+Names come from the node id, made safe: only ``A-Z a-z 0-9 . _ -`` survive, no leading dot,
+no ``..``, at most :data:`MAX_STEM` characters, and a short hash of the full node id keeps
+names distinct and the same run to run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import re
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional, Sequence
+
+if TYPE_CHECKING:
+    from ._native import Record
+
+__all__ = [
+    "CAPTURE_SUFFIX",
+    "JSON_NAME",
+    "JUNIT_NAME",
+    "MAX_STEM",
+    "ArtifactDir",
+    "DirError",
+    "Written",
+    "process_facts",
+    "safe_name",
+]
+
+CAPTURE_SUFFIX = ".heapgate"
+JSON_NAME = "heapgate.json"
+JUNIT_NAME = "heapgate-junit.xml"
+MAX_STEM = 80
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_DOTS = re.compile(r"\.{2,}")
+
+
+def safe_name(nodeid: str) -> str:
+    """A file-name stem for ``nodeid``: safe characters only, capped, with a stable hash."""
+    digest = hashlib.sha256(nodeid.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    stem = _DOTS.sub(".", _UNSAFE.sub("_", nodeid)).strip("._-")
+    stem = stem[:MAX_STEM].rstrip("._-") or "test"
+    return f"{stem}-{digest}"
+
+
+def process_facts(rootdir: Optional[Path]) -> dict[str, Optional[str]]:
+    """What captures and the session report say about this process."""
+    return {
+        "python_version": platform.python_version(),
+        "platform": platform.platform(),
+        "executable": sys.executable or None,
+        "rootdir": str(rootdir) if rootdir is not None else None,
+    }
+
+
+class DirError(Exception):
+    """The artifact directory cannot be used; the message names it and says why."""
+
+
+@dataclass
+class Written:
+    """Files written for one test, relative to the directory."""
+
+    capture: Optional[str] = None
+    flamegraph: Optional[str] = None
+
+
+class ArtifactDir:
+    """The ``--heapgate-dir`` directory, created and checked for writing up front."""
+
+    def __init__(self, path: Path, suffix: str = "") -> None:
+        self.path = path
+        self.suffix = suffix
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            fd, probe = tempfile.mkstemp(prefix=".heapgate-probe-", dir=path)
+            os.close(fd)
+            os.unlink(probe)
+        except OSError as e:
+            reason = e.strerror or str(e)
+            raise DirError(f"heapgate: --heapgate-dir {str(path)!r} is not a writable directory: {reason}") from None
+
+    def write_test(self, record: Record) -> Written:
+        """Capture file and flamegraph SVG of one test."""
+        stem = safe_name(record.nodeid)
+        capture = f"{stem}{CAPTURE_SUFFIX}"
+        svg = f"{stem}.svg"
+        record.write(str(self.path / capture))
+        (self.path / svg).write_text(record.flamegraph_svg(), encoding="utf-8")
+        return Written(capture, svg)
+
+    @property
+    def json_path(self) -> Path:
+        return self.path / (JSON_NAME if not self.suffix else f"heapgate-{self.suffix}.json")
+
+    @property
+    def junit_path(self) -> Path:
+        return self.path / (JUNIT_NAME if not self.suffix else f"heapgate-junit-{self.suffix}.xml")
+
+    def write_session(self, tests: Sequence[tuple[Record, Written]], facts: dict[str, Optional[str]]) -> None:
+        """``heapgate.json`` and ``heapgate-junit.xml`` for the session."""
+        from . import _native
+
+        text = _native.session_report([(r, w.capture, w.flamegraph) for r, w in tests], facts)
+        self.json_path.write_text(text, encoding="utf-8")
+        junit = _native.junit_from_session(str(self.json_path), str(self.path.resolve()))
+        self.junit_path.write_text(junit, encoding="utf-8")

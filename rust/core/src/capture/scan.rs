@@ -1,0 +1,627 @@
+//! Conservative reachability of a test's live blocks, as valgrind memcheck and LeakSanitizer
+//! classify leaks: **definitely lost** (no pointer to it from any root), **indirectly lost**
+//! (reachable only from lost blocks), **still reachable**.
+//!
+//! Roots are every readable and writable mapping of the process — writable segments of loaded
+//! objects, the live part of thread stacks, and all other heap memory, tracked or not — except
+//! the candidate blocks themselves, which are scanned only once reached. Dead stack memory
+//! (below a thread's stack pointer, and stacks glibc keeps cached for threads that ended) is
+//! not a root: stale copies of a pointer there would hide a leak.
+//!
+//! CPython's cyclic GC links every tracked container into a list through the `PyGC_Head`
+//! before the object; a word that points exactly at a candidate's GC head is that link, not
+//! a reference, and is ignored.
+
+use std::fs;
+
+/// How a leaked block is classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakKind {
+    /// No pointer to it anywhere.
+    DefinitelyLost,
+    /// Pointed to only from lost blocks.
+    IndirectlyLost,
+    /// A root or a reachable block still points to it.
+    StillReachable,
+}
+
+/// A block to classify: `[start, end)` with the caller's site id.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    /// Tagged start address (see `tracker::TAG`): the scan's own tables never look like
+    /// pointers to the blocks they describe.
+    start_tagged: usize,
+    end_tagged: usize,
+    /// The site the block belongs to.
+    pub site: u32,
+    /// Bytes.
+    pub size: u64,
+}
+
+const TAG: usize = 1 << (usize::BITS - 1);
+
+impl Candidate {
+    /// A candidate block at `start` of `size` bytes.
+    pub fn new(start: usize, size: u64, site: u32) -> Candidate {
+        Candidate {
+            start_tagged: start | TAG,
+            end_tagged: (start + size as usize) | TAG,
+            site,
+            size,
+        }
+    }
+
+    /// The block's address.
+    pub fn start_address(&self) -> usize {
+        self.start_tagged & !TAG
+    }
+
+    fn start(&self) -> usize {
+        self.start_address()
+    }
+
+    fn len(&self) -> usize {
+        (self.end_tagged & !TAG) - self.start()
+    }
+}
+
+/// An address kept with its top bit set while heapgate holds it, so that no table of the
+/// scan (which lives in scanned heap memory, and leaves stale copies when freed) ever reads
+/// as a pointer to a block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Addr(usize);
+
+impl Addr {
+    /// Hold `address`.
+    pub fn new(address: usize) -> Addr {
+        Addr(address | TAG)
+    }
+
+    /// The address.
+    pub fn get(self) -> usize {
+        self.0 & !TAG
+    }
+}
+
+/// A memory range to treat as a root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Region {
+    /// First byte.
+    pub start: Addr,
+    /// One past the last byte.
+    pub end: Addr,
+    /// Anonymous memory (where pymalloc's pools can be).
+    pub anonymous: bool,
+}
+
+impl Region {
+    /// `[start, end)`.
+    pub fn new(start: usize, end: usize, anonymous: bool) -> Region {
+        Region {
+            start: Addr::new(start),
+            end: Addr::new(end),
+            anonymous,
+        }
+    }
+}
+
+/// pymalloc's pool geometry for the running CPython (the pool header layout is the same in
+/// 3.9–3.13: `ref`, `freeblock`, `nextpool`, `prevpool`, `arenaindex`, `szidx`, `nextoffset`,
+/// `maxnextoffset`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolLayout {
+    /// Bytes per pool (a power of two; pools are aligned to it).
+    pub pool_size: usize,
+    /// Bytes of pool header before the first block.
+    pub overhead: usize,
+    /// log2 of the size-class granularity.
+    pub alignment_shift: u32,
+}
+
+/// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
+/// in use, except each block's first word (a reference count, a GC link or, in a free block,
+/// a free-list link — never a reference). Free blocks, never-used blocks and empty pools hold
+/// only stale data. `None` when the chunk is not a pymalloc pool.
+pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Vec<bool>> {
+    let word = std::mem::size_of::<usize>();
+    if std::mem::size_of_val(words) != layout.pool_size
+        || base % layout.pool_size != 0
+        || words.len() < 6
+    {
+        return None;
+    }
+    let count = words[0] & 0xffff_ffff;
+    let freeblock = words[1];
+    let header = &words[4..6];
+    let szidx = header[0] >> 32;
+    let nextoffset = header[1] & 0xffff_ffff;
+    let maxnextoffset = header[1] >> 32;
+    let size = (szidx + 1) << layout.alignment_shift;
+    let capacity = (layout.pool_size - layout.overhead) / size.max(1);
+    let plausible = szidx < 64
+        && maxnextoffset == layout.pool_size - size
+        && nextoffset >= layout.overhead
+        && nextoffset <= layout.pool_size
+        && (nextoffset - layout.overhead) % size == 0
+        && count <= capacity
+        && (freeblock == 0 || (freeblock > base && freeblock < base + layout.pool_size));
+    if !plausible {
+        return None;
+    }
+    let mut mask = vec![false; words.len()];
+    if count == 0 {
+        return Some(mask);
+    }
+    let mut in_use = vec![false; capacity];
+    let used_blocks = ((nextoffset - layout.overhead) / size).min(capacity);
+    in_use[..used_blocks].fill(true);
+    // Walk the pool's free list (bounded, and only through block starts inside the pool).
+    let mut free = freeblock;
+    for _ in 0..capacity {
+        if free == 0 || free < base + layout.overhead || free >= base + layout.pool_size {
+            break;
+        }
+        let offset = free - base - layout.overhead;
+        if offset % size != 0 {
+            break;
+        }
+        let index = offset / size;
+        if index >= capacity || !in_use[index] {
+            break;
+        }
+        in_use[index] = false;
+        free = words[(free - base) / word];
+    }
+    for i in (0..capacity).filter(|i| in_use[*i]) {
+        let first = (layout.overhead + i * size) / word;
+        let last = ((layout.overhead + (i + 1) * size) / word).min(words.len());
+        mask[first + 1..last].fill(true);
+    }
+    Some(mask)
+}
+
+/// Clear, in `mask`, the words of `[base, base + 8 * mask.len())` that lie in candidates:
+/// they are scanned only if the candidate is reached.
+pub fn mask_out_candidates(mask: &mut [bool], base: usize, candidates: &[Candidate]) {
+    let word = std::mem::size_of::<usize>();
+    let end = base + mask.len() * word;
+    let first = candidates.partition_point(|c| (c.end_tagged & !TAG) <= base);
+    for c in &candidates[first..] {
+        if c.start() >= end {
+            break;
+        }
+        let from = c.start().max(base) - base;
+        let to = (c.end_tagged & !TAG).min(end) - base;
+        mask[from / word..to.div_ceil(word)].fill(false);
+    }
+}
+
+/// Find the candidate containing `word` (tag-compared), if any.
+fn find(candidates: &[Candidate], word: usize) -> Option<usize> {
+    let key = word | TAG;
+    let i = candidates.partition_point(|c| c.end_tagged <= key);
+    (i < candidates.len() && candidates[i].start_tagged <= key).then_some(i)
+}
+
+struct Scanner<'a> {
+    candidates: &'a [Candidate],
+    gc_heads: &'a [usize],
+    lo: usize,
+    hi: usize,
+}
+
+impl Scanner<'_> {
+    /// Candidates that `words` point into (GC-list links excluded).
+    fn targets(&self, words: &[usize], mut hit: impl FnMut(usize)) {
+        for &w in words {
+            if w < self.lo || w >= self.hi {
+                continue;
+            }
+            if let Some(i) = find(self.candidates, w) {
+                if self.gc_heads.binary_search(&(w | TAG)).is_err() {
+                    hit(i);
+                }
+            }
+        }
+    }
+}
+
+/// Hands every root word to the visitor it is given.
+pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize])) + 'a;
+
+/// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
+/// to its argument (candidates' own words excluded: see [`mask_out_candidates`]);
+/// `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
+pub fn classify(
+    candidates: &[Candidate],
+    gc_heads: &[usize],
+    roots: &mut RootWords<'_>,
+    read_block: &dyn Fn(usize, usize) -> Vec<usize>,
+) -> Vec<LeakKind> {
+    let n = candidates.len();
+    let mut kinds = vec![LeakKind::DefinitelyLost; n];
+    if n == 0 {
+        return kinds;
+    }
+    let mut heads: Vec<usize> = gc_heads.iter().map(|h| h | TAG).collect();
+    heads.sort_unstable();
+    let scanner = Scanner {
+        candidates,
+        gc_heads: &heads,
+        lo: candidates[0].start(),
+        hi: candidates[n - 1].end_tagged & !TAG,
+    };
+    let mut reachable = vec![false; n];
+    let mut work = Vec::new();
+    roots(&mut |words| {
+        scanner.targets(words, |i| {
+            if !reachable[i] {
+                reachable[i] = true;
+                work.push(i);
+            }
+        })
+    });
+    while let Some(i) = work.pop() {
+        let words = read_block(candidates[i].start(), candidates[i].len());
+        scanner.targets(&words, |j| {
+            if !reachable[j] {
+                reachable[j] = true;
+                work.push(j);
+            }
+        });
+    }
+    // Among the unreachable: pointed to by another lost block → indirectly lost.
+    let mut pointed = vec![false; n];
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in (0..n).filter(|i| !reachable[*i]) {
+        let words = read_block(candidates[i].start(), candidates[i].len());
+        scanner.targets(&words, |j| {
+            if j != i && !reachable[j] {
+                pointed[j] = true;
+                edges[i].push(j);
+            }
+        });
+    }
+    for (i, kind) in kinds.iter_mut().enumerate() {
+        *kind = if reachable[i] {
+            LeakKind::StillReachable
+        } else if pointed[i] {
+            LeakKind::IndirectlyLost
+        } else {
+            LeakKind::DefinitelyLost
+        };
+    }
+    // A cycle of lost blocks with no lost block outside pointing in: its lowest block is
+    // definitely lost, the rest indirectly (as they are reachable from it).
+    let mut seen = vec![false; n];
+    let definitely: Vec<usize> = (0..n)
+        .filter(|i| kinds[*i] == LeakKind::DefinitelyLost)
+        .collect();
+    for i in definitely {
+        mark_from(i, &edges, &mut seen);
+    }
+    for i in 0..n {
+        if !reachable[i] && !seen[i] {
+            kinds[i] = LeakKind::DefinitelyLost;
+            mark_from(i, &edges, &mut seen);
+        }
+    }
+    kinds
+}
+
+fn mark_from(start: usize, edges: &[Vec<usize>], seen: &mut [bool]) {
+    let mut stack = vec![start];
+    while let Some(i) = stack.pop() {
+        if !seen[i] {
+            seen[i] = true;
+            stack.extend(edges[i].iter().copied());
+        }
+    }
+}
+
+/// One line of `/proc/self/maps`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mapping {
+    /// First byte.
+    pub start: Addr,
+    /// One past the last byte.
+    pub end: Addr,
+    /// `rwxp`-style permissions.
+    pub perms: String,
+    /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory.
+    pub path: String,
+}
+
+/// Parse `/proc/PID/maps` text.
+pub fn parse_maps(text: &str) -> Vec<Mapping> {
+    text.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (range, perms) = (fields.next()?, fields.next()?);
+            let path = fields.nth(3).unwrap_or("").to_string();
+            let (start, end) = range.split_once('-')?;
+            Some(Mapping {
+                start: Addr::new(usize::from_str_radix(start, 16).ok()?),
+                end: Addr::new(usize::from_str_radix(end, 16).ok()?),
+                perms: perms.to_string(),
+                path,
+            })
+        })
+        .collect()
+}
+
+/// Root regions of a process from its mappings: readable+writable memory, with the scanning
+/// thread's stack taken from `own_stack_from` up, other threads' stacks cut to their live
+/// part (`stack_pointers`, with the 128-byte red zone below each), and other thread stacks
+/// (`is_thread_stack`: cached stacks of threads that ended, or of threads running right now)
+/// left out.
+pub fn root_regions(
+    maps: &[Mapping],
+    own_stack_from: usize,
+    stack_pointers: &[usize],
+    is_thread_stack: &dyn Fn(usize, usize) -> bool,
+) -> Vec<Region> {
+    let mut regions = Vec::new();
+    for m in maps {
+        let bytes = m.perms.as_bytes();
+        if bytes.len() < 2 || bytes[0] != b'r' || bytes[1] != b'w' {
+            continue;
+        }
+        if matches!(
+            m.path.as_str(),
+            "[vvar]" | "[vdso]" | "[vsyscall]" | "[vvar_vclock]"
+        ) {
+            continue;
+        }
+        let (start, end) = (m.start.get(), m.end.get());
+        let anonymous = m.path.is_empty();
+        if start <= own_stack_from && own_stack_from < end {
+            regions.push(Region::new(own_stack_from, end, false));
+            continue;
+        }
+        if let Some(sp) = stack_pointers.iter().find(|sp| start <= **sp && **sp < end) {
+            // The red zone below the stack pointer may hold live values of a leaf function.
+            regions.push(Region::new(sp.saturating_sub(128).max(start), end, false));
+            continue;
+        }
+        if m.path == "[stack]" || (anonymous && is_thread_stack(start, end)) {
+            continue;
+        }
+        regions.push(Region::new(start, end, anonymous));
+    }
+    regions
+}
+
+/// x86-64 glibc puts a thread's control block at the top of its stack mapping; it starts
+/// with `tcb` and (two words on) `self`, both pointing at itself. Given the top `words` of a
+/// mapping that ends at `end`, is that fingerprint there?
+pub fn has_thread_control_block(words: &[usize], end: usize) -> bool {
+    let word = std::mem::size_of::<usize>();
+    let base = end - std::mem::size_of_val(words);
+    words
+        .iter()
+        .enumerate()
+        .take(words.len().saturating_sub(2))
+        .any(|(i, w)| *w == base + i * word && words[i + 2] == *w)
+}
+
+/// Stack pointers of this process's other threads that are blocked (from
+/// `/proc/self/task/*/syscall`); running threads do not report one, and the calling thread
+/// (whose own file shows the `read` it is in) is left out.
+pub fn blocked_thread_stack_pointers() -> Vec<usize> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    // SAFETY: gettid has no preconditions.
+    let own = unsafe { libc::gettid() }.to_string();
+    tasks
+        .filter_map(|t| t.ok())
+        .filter(|t| t.file_name().to_str() != Some(own.as_str()))
+        .filter_map(|t| fs::read_to_string(t.path().join("syscall")).ok())
+        .filter_map(|text| {
+            let fields: Vec<&str> = text.split_whitespace().collect();
+            // "nr args... sp pc" or "-1 sp pc" when blocked; "running" otherwise.
+            let sp = fields.len().checked_sub(2).filter(|_| fields.len() >= 3)?;
+            usize::from_str_radix(fields[sp].trim_start_matches("0x"), 16).ok()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake address space: candidate blocks and roots are word arrays at fake addresses.
+    struct Memory {
+        words: Vec<(usize, Vec<usize>)>,
+    }
+
+    impl Memory {
+        fn read(&self, start: usize, len: usize) -> Vec<usize> {
+            let mut out = Vec::new();
+            for (base, words) in &self.words {
+                for (k, w) in words.iter().enumerate() {
+                    let at = base + k * 8;
+                    if at >= start && at < start + len {
+                        out.push(*w);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    fn run(
+        memory: &Memory,
+        candidates: &[Candidate],
+        roots: &[Region],
+        heads: &[usize],
+    ) -> Vec<LeakKind> {
+        let mut visit_roots = |visit: &mut dyn FnMut(&[usize])| {
+            for r in roots {
+                let (start, len) = (r.start.get(), r.end.get() - r.start.get());
+                let mut mask = vec![true; len / 8];
+                mask_out_candidates(&mut mask, start, candidates);
+                let kept: Vec<usize> = memory
+                    .words
+                    .iter()
+                    .flat_map(|(base, ws)| {
+                        ws.iter().enumerate().map(move |(k, w)| (base + k * 8, *w))
+                    })
+                    .filter(|(at, _)| *at >= start && *at < start + len && mask[(*at - start) / 8])
+                    .map(|(_, w)| w)
+                    .collect();
+                visit(&kept);
+            }
+        };
+        classify(candidates, heads, &mut visit_roots, &|s, l| {
+            memory.read(s, l)
+        })
+    }
+
+    #[test]
+    fn lost_head_indirect_rest_and_reachable_cache() {
+        use LeakKind::*;
+        // list: A(0x1000) -> B(0x2000) -> C(0x3000); cache D(0x4000) referenced from a root.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0x2000, 0]),
+                (0x2000, vec![0x3008, 0]), // interior pointer
+                (0x3000, vec![0, 0]),
+                (0x4000, vec![0, 0]),
+                (0x9000, vec![0x4000, 7, 0x1234]), // root
+            ],
+        };
+        let candidates: Vec<Candidate> = [0x1000, 0x2000, 0x3000, 0x4000]
+            .iter()
+            .map(|a| Candidate::new(*a, 16, 0))
+            .collect();
+        let roots = [Region::new(0x9000, 0x9018, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [
+                DefinitelyLost,
+                IndirectlyLost,
+                IndirectlyLost,
+                StillReachable
+            ]
+        );
+    }
+
+    #[test]
+    fn gc_list_links_are_not_references() {
+        use LeakKind::*;
+        // A root container's GC head links to the leaked object's GC head (0x1000); a real
+        // reference would point at the object after the head (0x1010).
+        let memory = Memory {
+            words: vec![(0x1000, vec![0, 0, 0, 0]), (0x9000, vec![0x1000, 0x1000])],
+        };
+        let candidates = [Candidate::new(0x1000, 32, 0)];
+        let roots = [Region::new(0x9000, 0x9010, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[0x1000]),
+            [DefinitelyLost]
+        );
+        let referenced = Memory {
+            words: vec![(0x1000, vec![0, 0, 0, 0]), (0x9000, vec![0x1000, 0x1010])],
+        };
+        assert_eq!(
+            run(&referenced, &candidates, &roots, &[0x1000]),
+            [StillReachable]
+        );
+    }
+
+    #[test]
+    fn a_lost_cycle_has_one_definitely_lost_block() {
+        use LeakKind::*;
+        let memory = Memory {
+            words: vec![(0x1000, vec![0x2000]), (0x2000, vec![0x1000])],
+        };
+        let candidates = [Candidate::new(0x1000, 8, 0), Candidate::new(0x2000, 8, 1)];
+        assert_eq!(
+            run(&memory, &candidates, &[], &[]),
+            [DefinitelyLost, IndirectlyLost]
+        );
+    }
+
+    #[test]
+    fn roots_exclude_the_candidates_themselves() {
+        use LeakKind::*;
+        // The block points at itself and sits inside a root region: still lost.
+        let memory = Memory {
+            words: vec![(0x1000, vec![0x1000, 0])],
+        };
+        let candidates = [Candidate::new(0x1000, 16, 0)];
+        let roots = [Region::new(0x0f00, 0x1100, false)];
+        assert_eq!(run(&memory, &candidates, &roots, &[]), [DefinitelyLost]);
+    }
+
+    #[test]
+    fn maps_give_live_stacks_and_skip_cached_ones() {
+        let text = "\
+55d0-55e0 r--p 00000000 08:01 1 /usr/bin/python3.11
+55e0-55f0 rw-p 00010000 08:01 1 /usr/bin/python3.11
+6000-7000 rw-p 00000000 00:00 0 [heap]
+7000-8000 ---p 00000000 00:00 0
+8000-9000 rw-p 00000000 00:00 0
+9000-a000 ---p 00000000 00:00 0
+a000-b000 rw-p 00000000 00:00 0
+c000-d000 rw-p 00000000 00:00 0
+f000-f800 rw-p 00000000 00:00 0 [stack]
+ff00-ff10 r--p 00000000 00:00 0 [vvar]
+";
+        let maps = parse_maps(text);
+        assert_eq!(maps.len(), 10);
+        let is_stack = |start: usize, _end: usize| start == 0x8000;
+        let regions = root_regions(&maps, 0xf400, &[0xa800], &is_stack);
+        let starts: Vec<(usize, usize)> = regions
+            .iter()
+            .map(|r| (r.start.get(), r.end.get()))
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                (0x55e0, 0x55f0),
+                (0x6000, 0x7000),
+                (0xa800 - 128, 0xb000),
+                (0xc000, 0xd000),
+                (0xf400, 0xf800)
+            ]
+        );
+    }
+
+    #[test]
+    fn pools_scan_only_blocks_in_use_without_their_first_word() {
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+        };
+        let base = 0x10000;
+        let mut words = vec![0usize; 32];
+        // 4 blocks of 32 bytes (szidx 1) were handed out; block 1 is free again.
+        let size = 32;
+        words[0] = 3; // count
+        words[1] = base + 48 + size; // freeblock -> block 1
+        words[4] = 1usize << 32; // arenaindex 0, szidx 1
+        words[5] = ((256 - size) << 32) | (48 + 4 * size); // maxnextoffset, nextoffset
+        let mask = pool_mask(&words, base, &layout).expect("a pool");
+        let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
+        // blocks 0, 2, 3 at words 6.., 14.., 18..; each 4 words, first skipped.
+        assert_eq!(scanned, [7, 8, 9, 15, 16, 17, 19, 20, 21]);
+        words[5] = 12345;
+        assert!(pool_mask(&words, base, &layout).is_none());
+    }
+
+    #[test]
+    fn a_thread_control_block_is_recognised() {
+        let end = 0x2000;
+        let mut words = vec![0usize; 16];
+        let at = end - 16 * 8 + 5 * 8;
+        words[5] = at;
+        words[7] = at;
+        assert!(has_thread_control_block(&words, end));
+        words[7] = 0;
+        assert!(!has_thread_control_block(&words, end));
+    }
+}

@@ -1,0 +1,241 @@
+#![allow(clippy::single_range_in_vec_init)]
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::capture::{Allocator, Frame, SiteReport, TestReport};
+
+fn py(function: &str, line: u32) -> Frame {
+    Frame::Python {
+        function: function.to_string(),
+        filename: "test_x.py".to_string(),
+        line,
+    }
+}
+
+fn report() -> TestReport {
+    TestReport {
+        peak_bytes: 3_000_100,
+        peak_count: 2,
+        total_bytes: 3_000_200,
+        total_count: 3,
+        leaked_bytes: 100,
+        leaked_count: 1,
+        leak_kinds: None,
+        sites: vec![
+            SiteReport {
+                allocator: Allocator::Malloc,
+                bytes_at_peak: 3_000_000,
+                count_at_peak: 1,
+                leaked_bytes: 0,
+                leaked_count: 0,
+                total_bytes: 3_000_000,
+                total_count: 1,
+                leak_kinds: None,
+                stack: vec![Frame::Native(0x1234), py("helper", 4), py("test_big", 8)],
+            },
+            SiteReport {
+                allocator: Allocator::PyObj,
+                bytes_at_peak: 100,
+                count_at_peak: 1,
+                leaked_bytes: 100,
+                leaked_count: 1,
+                total_bytes: 200,
+                total_count: 2,
+                leak_kinds: None,
+                stack: vec![py("test_big", 9)],
+            },
+            SiteReport {
+                allocator: Allocator::Malloc,
+                bytes_at_peak: 0,
+                count_at_peak: 0,
+                leaked_bytes: 0,
+                leaked_count: 0,
+                total_bytes: 0,
+                total_count: 0,
+                leak_kinds: None,
+                stack: vec![],
+            },
+        ],
+    }
+}
+
+fn modules() -> ModuleMap {
+    ModuleMap::new(vec![
+        Module {
+            path: "/opt/ext/hgtest.so".into(),
+            base: 0x1000,
+            ranges: vec![0x1000..0x2000],
+            build_id: Some(vec![0xab, 0xcd]),
+            debuglink: None,
+        },
+        Module {
+            path: "/unused.so".into(),
+            base: 0x9000,
+            ranges: vec![0x9000..0xa000],
+            build_id: None,
+            debuglink: None,
+        },
+    ])
+}
+
+fn capture() -> Capture {
+    Capture::from_report(
+        &report(),
+        &modules(),
+        ProcessFacts {
+            python_version: "3.11.2".into(),
+            platform: "Linux".into(),
+            heapgate_version: "0.1.0".into(),
+            executable: Some("/usr/bin/python3".into()),
+            rootdir: Some("/work/proj".into()),
+        },
+        TestInfo {
+            nodeid: "test_x.py::test_big".into(),
+            outcome: "failed".into(),
+            memory_failed: true,
+            limits: Limits {
+                limit_memory: Some(1 << 20),
+                thread_mode: "spawned".into(),
+            },
+        },
+    )
+}
+
+#[test]
+fn round_trip_keeps_every_stack_and_number() {
+    let c = capture();
+    let back = Capture::from_bytes(&c.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.to_test_report(), report());
+}
+
+#[test]
+fn stacks_share_trie_nodes_and_only_used_modules_are_kept() {
+    let c = capture();
+    // test_big:8 and test_big:9 are different frames; helper's parent is test_big:8.
+    assert_eq!(c.frames.len(), 4);
+    assert_eq!(c.nodes.len(), 4);
+    assert_eq!(c.modules.len(), 1);
+    assert_eq!(c.modules[0].build_id.as_deref(), Some(&[0xab, 0xcd][..]));
+    assert_eq!(c.sites[2].node, None);
+}
+
+#[test]
+fn a_truncated_file_is_named_as_such() {
+    let bytes = capture().to_bytes().unwrap();
+    for cut in [0, 3, 10, HEADER_LEN, bytes.len() - 1] {
+        let err = Capture::from_bytes(&bytes[..cut]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("truncated") || text.contains("magic"),
+            "{cut}: {text}"
+        );
+    }
+    let err = Capture::from_bytes(&bytes[..bytes.len() - 1]).unwrap_err();
+    assert!(matches!(err, RecordError::Truncated { .. }), "{err}");
+}
+
+#[test]
+fn a_flipped_bit_is_a_checksum_error() {
+    let mut bytes = capture().to_bytes().unwrap();
+    let i = HEADER_LEN + 5;
+    bytes[i] ^= 0x10;
+    let err = Capture::from_bytes(&bytes).unwrap_err();
+    assert!(matches!(err, RecordError::Checksum { .. }), "{err}");
+    assert!(err.to_string().contains("checksum mismatch"));
+}
+
+#[test]
+fn other_versions_and_other_files_are_refused() {
+    let mut bytes = capture().to_bytes().unwrap();
+    bytes[8] = 9;
+    assert!(matches!(
+        Capture::from_bytes(&bytes),
+        Err(RecordError::UnsupportedVersion { found: 9, .. })
+    ));
+    assert!(matches!(
+        Capture::from_bytes(b"<svg></svg> and more bytes"),
+        Err(RecordError::BadMagic)
+    ));
+}
+
+#[test]
+fn inconsistent_indices_are_refused_even_with_a_good_checksum() {
+    let mut c = capture();
+    c.nodes[0].parent = Some(3);
+    let err = Capture::from_bytes(&c.to_bytes().unwrap()).unwrap_err();
+    assert!(matches!(err, RecordError::Invalid(_)), "{err}");
+    let mut c = capture();
+    c.sites[0].node = Some(99);
+    assert!(Capture::from_bytes(&c.to_bytes().unwrap()).is_err());
+}
+
+#[test]
+fn a_capture_is_kilobytes() {
+    assert!(capture().to_bytes().unwrap().len() < 1024);
+}
+
+/// A file with a valid header (so the checks reach the decoder) around `payload`.
+fn framed(payload: &[u8]) -> Vec<u8> {
+    let mut out = MAGIC.to_vec();
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+
+    /// The reader never panics on arbitrary bytes.
+    #[test]
+    fn reader_never_panics_on_random_bytes(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = Capture::from_bytes(&bytes);
+    }
+
+    /// ... nor on a random payload behind a valid header (the decoder and validator see it).
+    #[test]
+    fn reader_never_panics_on_random_payloads(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
+        if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
+            for i in 0..c.sites.len() {
+                let _ = c.site_stack(i);
+            }
+            let _ = c.to_test_report();
+        }
+    }
+
+    /// ... nor on a real capture with bytes changed, removed or added: any change is caught.
+    #[test]
+    fn reader_rejects_every_mutation(
+        index in any::<prop::sample::Index>(),
+        xor in 1u8..=255,
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let bytes = capture().to_bytes().unwrap();
+        let mut flipped = bytes.clone();
+        let i = index.index(flipped.len());
+        flipped[i] ^= xor;
+        prop_assert!(Capture::from_bytes(&flipped).is_err());
+        let n = cut.index(bytes.len());
+        prop_assert!(Capture::from_bytes(&bytes[..n]).is_err());
+        let mut longer = bytes.clone();
+        longer.push(xor);
+        prop_assert!(Capture::from_bytes(&longer).is_err());
+    }
+
+    /// ... and valid-but-mutated payloads decode or fail cleanly.
+    #[test]
+    fn reader_never_panics_on_mutated_payloads(index in any::<prop::sample::Index>(), xor in 1u8..=255) {
+        let bytes = capture().to_bytes().unwrap();
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        let i = index.index(payload.len());
+        payload[i] ^= xor;
+        if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
+            for i in 0..c.sites.len() {
+                let _ = c.site_stack(i);
+            }
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! Golden files (insta) for every report format, from one fixed capture with deterministic
+//! addresses: the failure text, folded stacks, the session JSON and JUnit XML.
+#![allow(clippy::single_range_in_vec_init)]
+
+use std::path::Path;
+use std::sync::Arc;
+
+use heapgate_core::capture::{Allocator, Frame, SiteReport, TestReport};
+use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
+use heapgate_core::report::{
+    flamegraph_svg, folded_stacks, junit_xml, peak_failure, Artifacts, InterpreterModules,
+    ResolvedCapture, Resolver, SessionFacts, SessionReport, TestEntry, TextOptions, Weight,
+};
+use heapgate_core::symbolize::{Module, ModuleMap, Symbolizer, SymbolizerOptions};
+
+fn py(function: &str, file: &str, line: u32) -> Frame {
+    Frame::Python {
+        function: function.to_string(),
+        filename: file.to_string(),
+        line,
+    }
+}
+
+fn site(allocator: Allocator, at_peak: u64, leaked: u64, stack: Vec<Frame>) -> SiteReport {
+    SiteReport {
+        allocator,
+        bytes_at_peak: at_peak,
+        count_at_peak: u64::from(at_peak > 0),
+        leaked_bytes: leaked,
+        leaked_count: u64::from(leaked > 0),
+        total_bytes: at_peak.max(leaked),
+        total_count: 1,
+        leak_kinds: None,
+        stack,
+    }
+}
+
+/// A test that went over its 5 MiB limit: a native allocation in an object that is not on
+/// this disk (so its frame stays `??`, the same on every machine), and Python allocations.
+fn fixed_capture() -> Capture {
+    let report = TestReport {
+        peak_bytes: 10_485_760 + 4_096 + 57,
+        peak_count: 3,
+        total_bytes: 10_485_760 + 4_096 + 57 + 100,
+        total_count: 4,
+        leaked_bytes: 57,
+        leaked_count: 1,
+        leak_kinds: None,
+        sites: vec![
+            site(
+                Allocator::Malloc,
+                10_485_760,
+                0,
+                vec![
+                    Frame::Native(0x7f00_0000_1234),
+                    py("helper", "/proj/tests/test_text.py", 4),
+                    py("test_big", "/proj/tests/test_text.py", 8),
+                ],
+            ),
+            site(
+                Allocator::PyObj,
+                4_096,
+                0,
+                vec![py("test_big", "/proj/tests/test_text.py", 9)],
+            ),
+            site(
+                Allocator::PyObj,
+                57,
+                57,
+                vec![py("make; \"it\" <now>", "/elsewhere/lib.py", 12)],
+            ),
+            site(Allocator::Mmap, 0, 0, vec![]),
+        ],
+    };
+    let modules = ModuleMap::new(vec![Module {
+        path: "/nonexistent/heapgate-fixture/ext.so".into(),
+        base: 0x7f00_0000_0000,
+        ranges: vec![0x7f00_0000_0000..0x7f00_0001_0000],
+        build_id: Some(vec![0xde, 0xad, 0xbe, 0xef]),
+        debuglink: None,
+    }]);
+    Capture::from_report(
+        &report,
+        &modules,
+        ProcessFacts {
+            python_version: "3.11.2".into(),
+            platform: "Linux-x86_64".into(),
+            heapgate_version: "0.0.0-fixture".into(),
+            executable: Some("/usr/bin/python3".into()),
+            rootdir: Some("/proj".into()),
+        },
+        TestInfo {
+            nodeid: "tests/test_text.py::test_big[<a&b>]".into(),
+            outcome: "failed".into(),
+            memory_failed: true,
+            limits: Limits {
+                limit_memory: Some(5 << 20),
+                thread_mode: "spawned".into(),
+            },
+        },
+    )
+}
+
+fn with_resolver<T>(f: impl FnOnce(&ResolvedCapture, &Resolver<'_>) -> T) -> T {
+    let symbolizer = Symbolizer::new(SymbolizerOptions {
+        debug_roots: Vec::new(),
+        debuginfod_urls: Vec::new(),
+        debuginfod_cache: None,
+        messages: Some(Arc::new(|_: &str| {})),
+        ..SymbolizerOptions::default()
+    });
+    let interpreter = InterpreterModules::new(None);
+    let resolver = Resolver {
+        symbolizer: &symbolizer,
+        interpreter: &interpreter,
+    };
+    let bytes = fixed_capture().to_bytes().unwrap();
+    let capture = ResolvedCapture::new(Capture::from_bytes(&bytes).unwrap());
+    f(&capture, &resolver)
+}
+
+#[test]
+fn failure_text() {
+    let text = with_resolver(|c, r| {
+        peak_failure(
+            5 << 20,
+            c,
+            r,
+            "spawned",
+            &TextOptions {
+                rootpath: Some(Path::new("/proj")),
+                ..TextOptions::default()
+            },
+        )
+    });
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn failure_text_with_few_frames() {
+    let text = with_resolver(|c, r| {
+        peak_failure(
+            5 << 20,
+            c,
+            r,
+            "current_thread",
+            &TextOptions {
+                rootpath: None,
+                max_sites: 1,
+                max_frames: Some(1),
+            },
+        )
+    });
+    insta::assert_snapshot!(text);
+}
+
+#[test]
+fn folded() {
+    insta::assert_snapshot!(with_resolver(|c, r| folded_stacks(
+        c,
+        r,
+        Weight::BytesAtPeak
+    )));
+    insta::assert_snapshot!(
+        "folded_leaks",
+        with_resolver(|c, r| folded_stacks(c, r, Weight::BytesLeaked))
+    );
+}
+
+fn session() -> SessionReport {
+    with_resolver(|c, r| {
+        let entry = TestEntry::new(
+            c,
+            r,
+            Artifacts {
+                capture: Some("tests_test_text.py__test_big_a_b_-0123abcd.heapgate".into()),
+                flamegraph: Some("tests_test_text.py__test_big_a_b_-0123abcd.svg".into()),
+            },
+        );
+        let facts = SessionFacts {
+            python_version: "3.11.2".into(),
+            platform: "Linux-x86_64".into(),
+            heapgate_version: "0.0.0-fixture".into(),
+            rootdir: Some("/proj".into()),
+            ..SessionFacts::default()
+        };
+        SessionReport::new(facts, vec![entry])
+    })
+}
+
+#[test]
+fn session_json() {
+    let report = session();
+    let json = report.to_json();
+    assert_eq!(SessionReport::from_json(&json).unwrap(), report);
+    insta::assert_snapshot!(json);
+}
+
+#[test]
+fn junit() {
+    let xml = junit_xml(&session(), Some(Path::new("/artifacts"))).unwrap();
+    insta::assert_snapshot!(xml);
+}
+
+#[test]
+fn a_session_report_of_another_version_is_refused() {
+    let json = session()
+        .to_json()
+        .replace("\"version\": 1", "\"version\": 99");
+    let err = SessionReport::from_json(&json).unwrap_err();
+    assert!(err.to_string().contains("version 99"), "{err}");
+}
+
+#[test]
+fn flamegraph_is_titled_and_shows_binary_sizes() {
+    let svg = with_resolver(flamegraph_svg).unwrap();
+    assert!(
+        svg.contains("heapgate: tests/test_text.py::test_big[&lt;a&amp;b&gt;]"),
+        "{svg}"
+    );
+    assert!(svg.contains("helper (tests/test_text.py:4) (10.0MiB, 10,485,760 bytes"));
+    assert!(svg.contains("limit 5.0MiB"));
+}

@@ -1,0 +1,114 @@
+/* Known leaks for heapgate's leak tests, built by the tests with gcc -g. */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* malloc'd and forgotten: definitely lost. */
+static PyObject *leak_malloc(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    char *p = malloc(n);
+    memset(p, 0x11, n);
+    Py_RETURN_NONE;
+}
+
+static PyObject *leak_calloc(PyObject *self, PyObject *args) {
+    Py_ssize_t count, size;
+    if (!PyArg_ParseTuple(args, "nn", &count, &size)) return NULL;
+    char *p = calloc(count, size);
+    p[0] = 1;
+    Py_RETURN_NONE;
+}
+
+/* Kept in a static cache: still reachable. */
+static void *cache = NULL;
+
+static PyObject *fill_cache(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    if (cache == NULL) {
+        cache = malloc(n);
+        memset(cache, 0x22, n);
+    }
+    Py_RETURN_NONE;
+}
+
+/* A linked list whose head pointer is dropped: head definitely lost, the rest indirectly. */
+struct node { struct node *next; char payload[]; };
+
+static PyObject *leak_list(PyObject *self, PyObject *args) {
+    Py_ssize_t nodes, size;
+    if (!PyArg_ParseTuple(args, "nn", &nodes, &size)) return NULL;
+    struct node *head = NULL;
+    for (Py_ssize_t i = 0; i < nodes; i++) {
+        struct node *n = malloc(sizeof(struct node) + size);
+        memset(n->payload, 0x33, size);
+        n->next = head;
+        head = n;
+    }
+    Py_RETURN_NONE;
+}
+
+/* Each of n threads (GIL released) leaks `size` bytes. */
+static void *leaky_worker(void *arg) {
+    size_t size = *(size_t *)arg;
+    char *p = malloc(size);
+    memset(p, 0x44, size);
+    return NULL;
+}
+
+static PyObject *leak_in_threads(PyObject *self, PyObject *args) {
+    Py_ssize_t n, size;
+    if (!PyArg_ParseTuple(args, "nn", &n, &size)) return NULL;
+    if (n < 1 || n > 64) return PyErr_Format(PyExc_ValueError, "1..64 threads");
+    pthread_t tids[64];
+    size_t s = (size_t)size;
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t i = 0; i < n; i++) pthread_create(&tids[i], NULL, leaky_worker, &s);
+    for (Py_ssize_t i = 0; i < n; i++) pthread_join(tids[i], NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
+/* Python objects created through the C API whose references are never released. */
+static PyObject *leak_pyobjects(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromFormat("leaked string number %zd with some padding", i);
+        PyObject *l = PyList_New(3);
+        (void)s;
+        (void)l;
+    }
+    Py_RETURN_NONE;
+}
+
+/* The same objects, released: no leak. */
+static PyObject *release_pyobjects(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyObject *s = PyUnicode_FromFormat("leaked string number %zd with some padding", i);
+        PyObject *l = PyList_New(3);
+        Py_XDECREF(s);
+        Py_XDECREF(l);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef methods[] = {
+    {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
+    {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
+    {"fill_cache", fill_cache, METH_VARARGS, "malloc(n) kept in a static"},
+    {"leak_list", leak_list, METH_VARARGS, "linked list of nodes, head forgotten"},
+    {"leak_in_threads", leak_in_threads, METH_VARARGS, "n threads each leak size bytes"},
+    {"leak_pyobjects", leak_pyobjects, METH_VARARGS, "str and list references leaked"},
+    {"release_pyobjects", release_pyobjects, METH_VARARGS, "str and list released"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "hgleak", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_hgleak(void) { return PyModule_Create(&module); }
