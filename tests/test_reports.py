@@ -159,7 +159,9 @@ def test_junitxml_properties_where_the_family_allows(run, pytester: pytest.Pytes
         assert big == {}
         return
     assert big["heapgate_limit_bytes"] == str(1024 * 1024)
-    assert big["heapgate_leaked_bytes"] == "0"
+    # Before 3.11 the test function's frame object (a real allocation) is still alive at the end.
+    leaked = int(big["heapgate_leaked_bytes"] or "-1")
+    assert leaked == 0 if sys.version_info >= (3, 11) else 0 <= leaked <= 1024
     assert (big["heapgate_flamegraph"] or "").endswith(".svg") and Path(big["heapgate_flamegraph"] or "").is_file()
     fits = {p.get("name"): p.get("value") for p in cases["test_fits"].iter("property")}
     assert fits["heapgate_flamegraph"] == "" and fits["heapgate_limit_bytes"] == str(10 * 1024 * 1024)

@@ -93,6 +93,9 @@ def start(
 def stop() -> Report: ...
 def is_active() -> bool: ...
 def install() -> None: ...
+def scan_leaks() -> dict[str, int]:
+    """Classify the tracked test's live blocks by reachability (after gc.collect(), before
+    stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 

@@ -6,6 +6,7 @@ are not measured. Markers are enforced whenever the plugin is installed.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import sys
 from dataclasses import dataclass
@@ -16,6 +17,8 @@ import pytest
 
 from .artifacts import ArtifactDir, DirError, Written, process_facts
 from .formatting import peak_failure, summary_lines
+from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
+from .limits import LimitError, parse_size
 from .markers import MARKERS, Checks, MarkerError, checks_for
 
 if TYPE_CHECKING:
@@ -42,6 +45,7 @@ class TestResult:
     report: Report
     checks: Checks
     failure: Optional[str] = None
+    reachable_native: tuple[int, int] = (0, 0)
     record: Optional[Record] = None
     written: Optional[Written] = None
 
@@ -59,6 +63,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         default=None,
         help="Also record native stacks (C/C++/Rust frames, symbolized lazily for reports).",
+    )
+    group.addoption(
+        "--native-leaks",
+        nargs="?",
+        const="0",
+        default=None,
+        metavar="LIMIT",
+        help="Check every test for memory lost by native code (definitely and indirectly lost, "
+        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native.",
+    )
+    group.addoption(
+        "--native-leaks-suppressions",
+        default=None,
+        metavar="FILE",
+        help="LeakSanitizer-style suppressions ('leak:PATTERN' lines) for --native-leaks.",
     )
     group.addoption(
         "--hide-heapgate-summary",
@@ -97,6 +116,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addini("heapgate_dir", "Directory for reports and artifacts (as --heapgate-dir).", default="")
     parser.addini("heapgate_dir_all", "Artifacts for every tracked test (as --heapgate-dir-all).", type="bool", default=False)
     parser.addini("native", "Record native stacks (as --native).", type="bool", default=False)
+    parser.addini("native_leaks", "Native leak check for every test: a limit such as 0 or '4KiB' (as --native-leaks).", default="")
+    parser.addini("native_leaks_suppressions", "Suppressions file for the native leak check.", default="")
     parser.addini("hide_heapgate_summary", "Hide the summary (as --hide-heapgate-summary).", type="bool", default=False)
     parser.addini("most_allocations", "Tests shown in the summary (as --most-allocations).", default="5")
     parser.addini("stacks", "Frames shown per stack (as --stacks).", default="")
@@ -139,11 +160,13 @@ class HeapgatePlugin:
         # pytest writes testcase properties for xunit1/legacy; xunit2's schema has none there.
         self.junit_properties = family in ("xunit1", "legacy")
         self.problems: list[str] = []
+        self.native_leaks = _native_leaks_default(config)
+        self.suppressions = _suppressions(config)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         try:
-            item.stash[CHECKS] = checks_for(item)
+            item.stash[CHECKS] = checks_for(item, self.native_leaks)
             return
         except MarkerError as e:
             problem = f"heapgate: {e}"
@@ -158,9 +181,17 @@ class HeapgatePlugin:
             return
         # The frame that runs this hook stays on the stack for the whole call: stacks end there.
         boundary = sys._getframe(1)
-        _native.start(_entry_codes(item), boundary, checks.thread_mode, self.native)
+        # Native leaks are judged by where memory came from: that needs native stacks.
+        native = self.native or checks.native_leaks is not None
+        _native.start(_entry_codes(item), boundary, checks.thread_mode, native)
         try:
             yield
+            if checks.needs_collect:
+                # Still tracking: what the collection frees is no leak (and it allocates
+                # nothing that is charged, as the test's function is no longer running).
+                gc.collect()
+            if checks.native_leaks is not None:
+                _native.scan_leaks()
         finally:
             report = _native.stop()
         item.stash[RESULT] = TestResult(item.nodeid, report, checks)
@@ -213,16 +244,24 @@ class HeapgatePlugin:
             )
 
     def _failure(self, result: TestResult) -> Optional[str]:
-        lm = result.checks.limit_memory
-        if lm is not None and result.report.peak_bytes > lm.limit:
-            return peak_failure(
-                lm.limit,
-                result.report,
-                result.checks.thread_mode,
-                rootpath=self.config.rootpath,
-                max_frames=self.max_frames,
-            )
-        return None
+        """Every failed memory check's text, or None."""
+        checks, report, root = result.checks, result.report, self.config.rootpath
+        failures = []
+        lm = checks.limit_memory
+        if lm is not None and report.peak_bytes > lm.limit:
+            failures.append(peak_failure(lm.limit, report, checks.thread_mode, rootpath=root, max_frames=self.max_frames))
+        ll = checks.limit_leaks
+        if ll is not None:
+            text = limit_leaks_failure(ll.limit, report, ll.filter_fn, rootpath=root, max_frames=self.max_frames)
+            if text is not None:
+                failures.append(text)
+        nl = checks.native_leaks
+        if nl is not None:
+            native = native_leaks_result(nl.limit, report, self.suppressions, rootpath=root, max_frames=self.max_frames)
+            result.reachable_native = (native.reachable_bytes, native.reachable_blocks)
+            if native.failure is not None:
+                failures.append(native.failure)
+        return "\n\n".join(failures) if failures else None
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.artifacts is None:
@@ -239,6 +278,7 @@ class HeapgatePlugin:
         tr = terminalreporter
         for problem in self.problems:
             tr.write_line(problem, red=True)
+        self._native_leak_summary(tr)
         if self.artifacts is not None and self.results:
             files = sum(1 for r in self.results if r.written is not None)
             tr.write_line(
@@ -261,6 +301,48 @@ class HeapgatePlugin:
         tr.write_sep("=", "heapgate: memory per test")
         for line in summary_lines(rows, self.most_allocations):
             tr.write_line(line)
+
+
+    def _native_leak_summary(self, tr: Any) -> None:
+        """Suppressions' effect; still-reachable native memory in verbose mode only."""
+        if self.native_leaks is None and not any(r.checks.native_leaks for r in self.results):
+            return
+        for s in self.suppressions:
+            tr.write_line(f"heapgate: suppression leak:{s.pattern} ({s.source}) absorbed {s.bytes} bytes in {s.blocks} blocks")
+        if self.config.option.verbose > 0:
+            for r in self.results:
+                reachable, blocks = r.reachable_native
+                if reachable:
+                    tr.write_line(f"heapgate: {r.nodeid}: {reachable} bytes in {blocks} blocks of native memory still reachable")
+
+
+def _native_leaks_default(config: pytest.Config) -> Optional[int]:
+    """--native-leaks[=LIMIT] or ini native_leaks: the limit every test is checked against."""
+    flag = config.getoption("native_leaks")
+    value = flag if flag is not None else str(config.getini("native_leaks")).strip()
+    if value in ("", None) or str(value).lower() in ("false", "no", "off"):
+        return None
+    if str(value).lower() in ("true", "yes", "on"):
+        return 0
+    try:
+        return parse_size(str(value) if not str(value).isdigit() else int(value), "--native-leaks limit")
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
+def _suppressions(config: pytest.Config) -> list[Suppression]:
+    flag = config.getoption("native_leaks_suppressions")
+    if flag:
+        path = Path(config.invocation_params.dir, flag)
+    else:
+        ini = str(config.getini("native_leaks_suppressions")).strip()
+        if not ini:
+            return []
+        path = Path(config.rootpath, ini)
+    try:
+        return load_suppressions(path)
+    except SuppressionError as e:
+        raise pytest.UsageError(str(e)) from None
 
 
 def _has_ini(config: pytest.Config, name: str) -> bool:

@@ -54,6 +54,7 @@ pub(crate) fn kinds_to_dict<'py>(
         ("definitely_lost", kinds.definitely_lost),
         ("indirectly_lost", kinds.indirectly_lost),
         ("still_reachable", kinds.still_reachable),
+        ("possibly_lost", kinds.possibly_lost),
     ] {
         d.set_item(format!("{name}_bytes"), tally.bytes)?;
         d.set_item(format!("{name}_count"), tally.count)?;

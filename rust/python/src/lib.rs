@@ -21,6 +21,12 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyTuple};
 
+/// heapgate's own heap memory is zeroed when freed, so stale copies of pointers in it never
+/// hide a leak from the leak scan (see `capture::ScrubbingAllocator`).
+#[global_allocator]
+static ALLOCATOR: heapgate_core::capture::ScrubbingAllocator =
+    heapgate_core::capture::ScrubbingAllocator;
+
 pyo3::create_exception!(
     _native,
     TrackingError,

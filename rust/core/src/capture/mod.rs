@@ -9,6 +9,7 @@ mod guard;
 mod hooks;
 pub mod hybrid;
 mod scan;
+mod scrub;
 mod threads;
 mod tracker;
 mod unwind;
@@ -19,6 +20,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use guard::Guard;
 pub use scan::{LeakKind, PoolLayout};
+pub use scrub::ScrubbingAllocator;
 pub use tracker::{
     Allocator, CodeNames, Frame, FrameKey, LeakKinds, LeakTally, SiteReport, TestReport, Tracker,
 };
@@ -47,6 +49,9 @@ pub enum CaptureError {
     /// `stop` with nothing tracked.
     #[error("no test is being tracked")]
     NotActive,
+    /// The leak scan could not map its scratch memory.
+    #[error("the leak scan could not map scratch memory")]
+    ScanMemory,
     /// Not Linux/ELF on x86-64 or aarch64.
     #[error("allocation tracking is only available on Linux (x86-64, aarch64)")]
     Unsupported,
@@ -203,26 +208,34 @@ pub fn scan_leaks(
     let Some(session) = s.as_mut() else {
         return Err(CaptureError::NotActive);
     };
-    let candidates = session.tracker.leak_candidates();
+    let candidates = session.tracker.leak_candidates(&usable_size);
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map(|text| scan::parse_maps(&text))
         .unwrap_or_default();
     let stack_pointers = scan::blocked_thread_stack_pointers();
-    let mut top = vec![0usize; 8192];
-    let is_thread_stack = |start: usize, end: usize| {
-        let from = end
-            .saturating_sub(top.len() * std::mem::size_of::<usize>())
-            .max(start);
-        let mut words = vec![0usize; (end - from) / std::mem::size_of::<usize>()];
-        let n = read_words(from, &mut words);
-        n == words.len() && scan::has_thread_control_block(&words, end)
-    };
-    let regions = scan::root_regions(&maps, stack_from, &stack_pointers, &is_thread_stack);
+    // Copies of memory made while reading must not be read back as roots: they live in a
+    // private mapping left out of the regions.
+    let mut scratch = scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())
+        .ok_or(CaptureError::ScanMemory)?;
+    let (scratch_start, scratch_end) = scratch.range();
+    let regions: Vec<scan::Region> = {
+        let buffer = scratch.words();
+        let mut is_thread_stack = |start: usize, end: usize| {
+            let from = end.saturating_sub(std::mem::size_of_val(buffer)).max(start);
+            let words = &mut buffer[..(end - from) / std::mem::size_of::<usize>()];
+            let n = read_words(from, words);
+            n == words.len() && scan::has_thread_control_block(words, end)
+        };
+        scan::root_regions(&maps, stack_from, &stack_pointers, &mut is_thread_stack)
+    }
+    .into_iter()
+    .filter(|r| r.end.get() <= scratch_start || r.start.get() >= scratch_end)
+    .collect();
     drop(maps);
     let mut roots = |visit: &mut dyn FnMut(&[usize])| {
         visit(registers);
         for region in &regions {
-            visit_region(*region, &candidates, pools.as_ref(), &mut top, visit);
+            visit_region(*region, &candidates, pools.as_ref(), scratch.words(), visit);
         }
     };
     let read_block = |start: usize, len: usize| -> Vec<usize> {
@@ -238,23 +251,40 @@ pub fn scan_leaks(
     Ok(session.tracker.report().leak_kinds.unwrap_or_default())
 }
 
+/// How much memory the allocator gave a live block. Blocks from the C library's allocators
+/// are asked; CPython's domains round to pymalloc's 16-byte classes (their pointers may come
+/// from debug hooks or another allocator, which the C library cannot be asked about).
+fn usable_size(address: usize, size: u64, allocator: Allocator) -> usize {
+    if allocator == Allocator::Mmap {
+        size as usize
+    } else if allocator.is_python() {
+        (size as usize + 15) & !15
+    } else {
+        // SAFETY: a live block that the C library's allocator returned through our hook (the
+        // tracker's lock keeps it from being freed meanwhile).
+        unsafe { libc::malloc_usable_size(address as *mut libc::c_void) }
+    }
+}
+
 /// Hand the root words of `region` to `visit`, chunk by chunk: candidates' words left out,
 /// and in pymalloc pools only the words of blocks in use.
 fn visit_region(
     region: scan::Region,
     candidates: &[scan::Candidate],
     pools: Option<&scan::PoolLayout>,
-    buffer: &mut Vec<usize>,
+    buffer: &mut [usize],
     visit: &mut dyn FnMut(&[usize]),
 ) {
     let word = std::mem::size_of::<usize>();
+    // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
+    let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
     let chunk = match pools {
         Some(layout) if region.anonymous => layout.pool_size,
-        _ => 64 * 1024,
-    };
+        _ => std::mem::size_of_val(buffer),
+    }
+    .min(std::mem::size_of_val(buffer));
     let (start, end) = (region.start.get() & !(word - 1), region.end.get());
     let mut at = start;
-    let mut kept = Vec::with_capacity(chunk / word);
     while at < end {
         // Chunks follow the pool grid, so a pool is always read whole.
         let chunk_end = ((at / chunk) + 1) * chunk;
@@ -262,25 +292,57 @@ fn visit_region(
         if len == 0 {
             break;
         }
-        buffer.resize(len, 0);
-        let n = read_words(at, &mut buffer[..len]);
-        if n == len {
+        let words = &mut buffer[..len];
+        if read_words(at, words) == len {
             let mut mask = pools
                 .filter(|_| region.anonymous)
-                .and_then(|layout| scan::pool_mask(&buffer[..len], at, layout))
+                .and_then(|layout| scan::pool_mask(words, at, layout))
                 .unwrap_or_else(|| vec![true; len]);
             scan::mask_out_candidates(&mut mask, at, candidates);
-            kept.clear();
-            kept.extend(
-                buffer[..len]
-                    .iter()
-                    .zip(&mask)
-                    .filter(|(_, m)| **m)
-                    .map(|(w, _)| *w),
-            );
-            visit(&kept);
+            if explain {
+                explain_references(words, &mask, at, region, candidates);
+            }
+            // Words that are not roots become 0 (never a reference) in our scratch copy.
+            for (w, keep) in words.iter_mut().zip(&mask) {
+                if !keep {
+                    *w = 0;
+                }
+            }
+            visit(words);
         }
         at = chunk_end;
+    }
+}
+
+fn explain_references(
+    words: &[usize],
+    mask: &[bool],
+    at: usize,
+    region: scan::Region,
+    candidates: &[scan::Candidate],
+) {
+    let word = std::mem::size_of::<usize>();
+    for (i, w) in words.iter().enumerate().filter(|(i, _)| mask[*i]) {
+        if let Some(c) = candidates
+            .iter()
+            .find(|c| c.start_address() <= *w && *w < c.start_address() + c.size as usize)
+        {
+            let around: Vec<String> = words[i.saturating_sub(3)..(i + 4).min(words.len())]
+                .iter()
+                .map(|w| format!("{w:#x}"))
+                .collect();
+            eprintln!(
+                "heapgate: block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+                c.start_address(),
+                c.size,
+                w,
+                at + i * word,
+                around.join(" "),
+                region.start.get(),
+                region.end.get(),
+                if region.anonymous { " (anonymous)" } else { "" }
+            );
+        }
     }
 }
 
@@ -387,10 +449,10 @@ impl Recorder {
         let ends = &python.group_end[..python.len];
         // The test's frames run in this many interpreter calls: the unwind can stop there.
         let budget = python.complete.then(|| ends.iter().filter(|e| **e).count());
-        let mut native = Box::new(unwind::NativeStack {
+        let mut native = unwind::NativeStack {
             frames: [0; MAX_NATIVE_FRAMES],
             len: 0,
-        });
+        };
         unwind::unwind(&mut native, eval, budget);
         let mut keys = Vec::with_capacity(native.len + python.len);
         hybrid::merge(

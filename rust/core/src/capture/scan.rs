@@ -8,6 +8,10 @@
 //! (below a thread's stack pointer, and stacks glibc keeps cached for threads that ended) is
 //! not a root: stale copies of a pointer there would hide a leak.
 //!
+//! A block that roots point into only far from its start (past [`START_WINDOW`]) is
+//! **possibly lost**, as valgrind says: such a pointer may be a cursor into a live buffer, or
+//! stale bytes in the unused tail of another block.
+//!
 //! CPython's cyclic GC links every tracked container into a list through the `PyGC_Head`
 //! before the object; a word that points exactly at a candidate's GC head is that link, not
 //! a reference, and is ignored.
@@ -23,7 +27,13 @@ pub enum LeakKind {
     IndirectlyLost,
     /// A root or a reachable block still points to it.
     StillReachable,
+    /// Only pointers far into its interior (not to its start) were found.
+    PossiblyLost,
 }
+
+/// A pointer into a block's first bytes counts as a pointer to its start: an object header
+/// or a base class may come first (CPython objects sit 16 or 32 bytes into their block).
+pub const START_WINDOW: usize = 64;
 
 /// A block to classify: `[start, end)` with the caller's site id.
 #[derive(Clone, Copy, Debug)]
@@ -32,6 +42,9 @@ pub struct Candidate {
     /// pointers to the blocks they describe.
     start_tagged: usize,
     end_tagged: usize,
+    /// End of the memory the allocator gave (the requested size plus slack): the slack
+    /// holds stale bytes and is no root either.
+    usable_end_tagged: usize,
     /// The site the block belongs to.
     pub site: u32,
     /// Bytes.
@@ -46,9 +59,17 @@ impl Candidate {
         Candidate {
             start_tagged: start | TAG,
             end_tagged: (start + size as usize) | TAG,
+            usable_end_tagged: (start + size as usize) | TAG,
             site,
             size,
         }
+    }
+
+    /// The allocator gave `usable` bytes for this block (at least its size).
+    pub fn with_usable_size(mut self, usable: usize) -> Candidate {
+        let end = self.start() + usable.max(self.size as usize);
+        self.usable_end_tagged = end | TAG;
+        self
     }
 
     /// The block's address.
@@ -185,13 +206,20 @@ pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Ve
 pub fn mask_out_candidates(mask: &mut [bool], base: usize, candidates: &[Candidate]) {
     let word = std::mem::size_of::<usize>();
     let end = base + mask.len() * word;
-    let first = candidates.partition_point(|c| (c.end_tagged & !TAG) <= base);
+    // Usable ends may overlap the next block's header: look back a little.
+    let first = candidates
+        .partition_point(|c| (c.end_tagged & !TAG) <= base)
+        .saturating_sub(1);
     for c in &candidates[first..] {
         if c.start() >= end {
             break;
         }
+        let usable_end = c.usable_end_tagged & !TAG;
+        if usable_end <= base {
+            continue;
+        }
         let from = c.start().max(base) - base;
-        let to = (c.end_tagged & !TAG).min(end) - base;
+        let to = usable_end.min(end) - base;
         mask[from / word..to.div_ceil(word)].fill(false);
     }
 }
@@ -211,15 +239,16 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    /// Candidates that `words` point into (GC-list links excluded).
-    fn targets(&self, words: &[usize], mut hit: impl FnMut(usize)) {
+    /// Candidates that `words` point into (GC-list links excluded), and whether the pointer
+    /// is near the block's start.
+    fn targets(&self, words: &[usize], mut hit: impl FnMut(usize, bool)) {
         for &w in words {
             if w < self.lo || w >= self.hi {
                 continue;
             }
             if let Some(i) = find(self.candidates, w) {
                 if self.gc_heads.binary_search(&(w | TAG)).is_err() {
-                    hit(i);
+                    hit(i, w - self.candidates[i].start() < START_WINDOW);
                 }
             }
         }
@@ -252,30 +281,27 @@ pub fn classify(
         hi: candidates[n - 1].end_tagged & !TAG,
     };
     let mut reachable = vec![false; n];
+    let mut interior = vec![false; n];
     let mut work = Vec::new();
-    roots(&mut |words| {
-        scanner.targets(words, |i| {
-            if !reachable[i] {
-                reachable[i] = true;
-                work.push(i);
-            }
-        })
-    });
+    let mut reach = |i: usize, start: bool, work: &mut Vec<usize>| {
+        if !start {
+            interior[i] = true;
+        } else if !reachable[i] {
+            reachable[i] = true;
+            work.push(i);
+        }
+    };
+    roots(&mut |words| scanner.targets(words, |i, start| reach(i, start, &mut work)));
     while let Some(i) = work.pop() {
         let words = read_block(candidates[i].start(), candidates[i].len());
-        scanner.targets(&words, |j| {
-            if !reachable[j] {
-                reachable[j] = true;
-                work.push(j);
-            }
-        });
+        scanner.targets(&words, |j, start| reach(j, start, &mut work));
     }
     // Among the unreachable: pointed to by another lost block → indirectly lost.
     let mut pointed = vec![false; n];
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
     for i in (0..n).filter(|i| !reachable[*i]) {
         let words = read_block(candidates[i].start(), candidates[i].len());
-        scanner.targets(&words, |j| {
+        scanner.targets(&words, |j, _| {
             if j != i && !reachable[j] {
                 pointed[j] = true;
                 edges[i].push(j);
@@ -285,6 +311,8 @@ pub fn classify(
     for (i, kind) in kinds.iter_mut().enumerate() {
         *kind = if reachable[i] {
             LeakKind::StillReachable
+        } else if interior[i] {
+            LeakKind::PossiblyLost
         } else if pointed[i] {
             LeakKind::IndirectlyLost
         } else {
@@ -301,7 +329,7 @@ pub fn classify(
         mark_from(i, &edges, &mut seen);
     }
     for i in 0..n {
-        if !reachable[i] && !seen[i] {
+        if !reachable[i] && !interior[i] && !seen[i] {
             kinds[i] = LeakKind::DefinitelyLost;
             mark_from(i, &edges, &mut seen);
         }
@@ -359,7 +387,7 @@ pub fn root_regions(
     maps: &[Mapping],
     own_stack_from: usize,
     stack_pointers: &[usize],
-    is_thread_stack: &dyn Fn(usize, usize) -> bool,
+    is_thread_stack: &mut dyn FnMut(usize, usize) -> bool,
 ) -> Vec<Region> {
     let mut regions = Vec::new();
     for m in maps {
@@ -572,8 +600,8 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
 ";
         let maps = parse_maps(text);
         assert_eq!(maps.len(), 10);
-        let is_stack = |start: usize, _end: usize| start == 0x8000;
-        let regions = root_regions(&maps, 0xf400, &[0xa800], &is_stack);
+        let mut is_stack = |start: usize, _end: usize| start == 0x8000;
+        let regions = root_regions(&maps, 0xf400, &[0xa800], &mut is_stack);
         let starts: Vec<(usize, usize)> = regions
             .iter()
             .map(|r| (r.start.get(), r.end.get()))
@@ -623,5 +651,26 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
         assert!(has_thread_control_block(&words, end));
         words[7] = 0;
         assert!(!has_thread_control_block(&words, end));
+    }
+
+    #[test]
+    fn a_block_only_pointed_into_far_from_its_start_is_possibly_lost() {
+        use LeakKind::*;
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0; 32]),
+                (0x2000, vec![0; 32]),
+                (0x9000, vec![0x1000 + 200, 0x2000 + 16]),
+            ],
+        };
+        let candidates = [
+            Candidate::new(0x1000, 256, 0),
+            Candidate::new(0x2000, 256, 1),
+        ];
+        let roots = [Region::new(0x9000, 0x9010, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [PossiblyLost, StillReachable]
+        );
     }
 }

@@ -180,6 +180,8 @@ pub struct LeakKinds {
     pub indirectly_lost: LeakTally,
     /// Still pointed to from a root or a reachable block.
     pub still_reachable: LeakTally,
+    /// Pointed into only far from its start.
+    pub possibly_lost: LeakTally,
 }
 
 impl LeakKinds {
@@ -188,6 +190,7 @@ impl LeakKinds {
             LeakKind::DefinitelyLost => &mut self.definitely_lost,
             LeakKind::IndirectlyLost => &mut self.indirectly_lost,
             LeakKind::StillReachable => &mut self.still_reachable,
+            LeakKind::PossiblyLost => &mut self.possibly_lost,
         };
         tally.bytes += bytes;
         tally.count += 1;
@@ -198,6 +201,7 @@ impl LeakKinds {
             (&mut self.definitely_lost, other.definitely_lost),
             (&mut self.indirectly_lost, other.indirectly_lost),
             (&mut self.still_reachable, other.still_reachable),
+            (&mut self.possibly_lost, other.possibly_lost),
         ] {
             a.bytes += b.bytes;
             a.count += b.count;
@@ -303,13 +307,23 @@ impl Tracker {
     }
 
     /// Every live block (heap and mapped), sorted by address, for a leak scan.
-    pub fn leak_candidates(&self) -> Vec<Candidate> {
-        let mut blocks: Vec<Candidate> = self
-            .live
+    /// `usable_size(address, size, allocator)` says how much memory the allocator really
+    /// gave a heap block (its slack is masked out of the roots too).
+    pub fn leak_candidates(
+        &self,
+        usable_size: &dyn Fn(usize, u64, Allocator) -> usize,
+    ) -> Vec<Candidate> {
+        let heap = self.live.iter().map(|(key, b)| {
+            let address = untagged(*key);
+            let allocator = self.sites[b.site as usize].allocator;
+            Candidate::new(address, b.size, b.site)
+                .with_usable_size(usable_size(address, b.size, allocator))
+        });
+        let mapped = self
+            .mappings
             .iter()
-            .chain(self.mappings.iter())
-            .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site))
-            .collect();
+            .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site));
+        let mut blocks: Vec<Candidate> = heap.chain(mapped).collect();
         blocks.sort_unstable_by_key(|c| c.start_address());
         blocks
     }

@@ -159,6 +159,8 @@ pub struct RecordedLeakKinds {
     pub indirectly_lost: (u64, u64),
     /// (bytes, blocks) still reachable.
     pub still_reachable: (u64, u64),
+    /// (bytes, blocks) pointed into only far from their start.
+    pub possibly_lost: (u64, u64),
 }
 
 impl From<&LeakKinds> for RecordedLeakKinds {
@@ -168,6 +170,7 @@ impl From<&LeakKinds> for RecordedLeakKinds {
             definitely_lost: t(k.definitely_lost),
             indirectly_lost: t(k.indirectly_lost),
             still_reachable: t(k.still_reachable),
+            possibly_lost: t(k.possibly_lost),
         }
     }
 }
@@ -179,6 +182,7 @@ impl From<&RecordedLeakKinds> for LeakKinds {
             definitely_lost: t(k.definitely_lost),
             indirectly_lost: t(k.indirectly_lost),
             still_reachable: t(k.still_reachable),
+            possibly_lost: t(k.possibly_lost),
         }
     }
 }

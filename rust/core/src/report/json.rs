@@ -80,6 +80,8 @@ pub struct Leaked {
     pub indirectly_lost_bytes: Option<u64>,
     /// Of `bytes`, still reachable (when a leak scan ran).
     pub still_reachable_bytes: Option<u64>,
+    /// Of `bytes`, pointed into only far from its start (when a leak scan ran).
+    pub possibly_lost_bytes: Option<u64>,
 }
 
 /// A top location: a site with its resolved stack.
@@ -158,6 +160,7 @@ impl TestEntry {
             definitely_lost_bytes: c.totals.leak_kinds.map(|k| k.definitely_lost.0),
             indirectly_lost_bytes: c.totals.leak_kinds.map(|k| k.indirectly_lost.0),
             still_reachable_bytes: c.totals.leak_kinds.map(|k| k.still_reachable.0),
+            possibly_lost_bytes: c.totals.leak_kinds.map(|k| k.possibly_lost.0),
             ..Leaked::default()
         };
         for site in &c.sites {

@@ -1,0 +1,271 @@
+"""Leak checks end to end: limit_leaks (per location) and --native-leaks (by reachability)."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+# Lines in tests/csrc/hgleak.c where the leaking calls are made.
+MALLOC_LINE = 12
+CALLOC_LINE = 20
+LIST_LINE = 46
+THREAD_LINE = 57
+UNICODE_LINE = 80
+LIST_NEW_LINE = 81
+
+
+def kinds(result: pytest.RunResult, test: str) -> dict[str, int]:
+    """Bytes per kind from a test's --native-leaks failure text."""
+    text = result.stdout.str()
+    section = text.split(f"_ {test} _", 1)[1]
+    found = {}
+    for kind in ("definitely lost", "indirectly lost", "possibly lost"):
+        m = re.search(rf"{kind}[^:]*: (\d+) bytes", section)
+        assert m, section[:2000]
+        found[kind] = int(m.group(1))
+    return found
+
+
+def lost(found: dict[str, int]) -> int:
+    return sum(found.values())
+
+
+def test_limit_leaks_names_the_leaking_line(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_pyleak="""
+        import pytest
+
+        cache = []
+
+        @pytest.mark.limit_leaks("1 KB")
+        def test_keeps_a_buffer():
+            cache.append(bytearray(100_000))
+
+        @pytest.mark.limit_leaks("1 MB")
+        def test_keeps_less_than_the_limit():
+            cache.append(bytearray(100_000))
+
+        @pytest.mark.limit_leaks("1 KB", filter_fn=lambda stack: not any(f.function.split(".")[-1] == "keep" for f in stack.frames))
+        def test_filtered_location():
+            def keep():
+                cache.append(bytearray(100_000))
+            keep()
+
+        @pytest.mark.limit_leaks("1 KB")
+        def test_frees_everything():
+            data = [bytearray(100_000) for _ in range(5)]
+            del data
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=3, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "Test was limited to 1.0KiB of leaked memory per location, but 1 location leaked more",
+            "  #1 97.7KiB (100??? bytes) in * through *",
+            "      test_keeps_a_buffer at test_pyleak.py:7",
+        ]
+    )
+
+
+def test_a_bad_limit_leaks_marker_errors_that_test(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_bad="""
+        import pytest
+
+        @pytest.mark.limit_leaks("lots")
+        def test_bad():
+            pass
+
+        @pytest.mark.limit_leaks("1MB", filter_fn="not callable")
+        def test_bad_filter():
+            pass
+
+        def test_fine():
+            pass
+        """
+    )
+    result = run()
+    result.assert_outcomes(passed=1, errors=2)
+    out = result.stdout.str()
+    assert "heapgate: @pytest.mark.limit_leaks: invalid leak limit 'lots'" in out
+    assert "filter_fn must be callable" in out
+
+
+NATIVE_TESTS = """
+import pytest, hgleak
+
+def test_malloc():
+    hgleak.leak_malloc(100_000)
+
+def test_calloc():
+    hgleak.leak_calloc(1000, 7)
+
+def test_static_cache():
+    hgleak.fill_cache(50_000)
+
+def test_list():
+    hgleak.leak_list(10, 1000)
+
+def test_threads():
+    hgleak.leak_in_threads(4, 30_000)
+
+def test_pyobjects():
+    hgleak.leak_pyobjects(20)
+
+def test_pyobjects_released():
+    hgleak.release_pyobjects(20)
+
+@pytest.mark.native_leaks(False)
+def test_opted_out():
+    hgleak.leak_malloc(1000)
+
+@pytest.mark.native_leaks("1 MB")
+def test_own_limit():
+    hgleak.leak_malloc(1000)
+"""
+
+
+# The reachability scan is conservative, like valgrind's and LeakSanitizer's: a dangling
+# pointer elsewhere in the process to the address a leaked block now occupies makes that
+# block look still reachable. pytest's logging plugin was seen to leave one such pointer
+# (in C-level state) that matches the first block a session leaks; the byte-exact sessions
+# below run without it so that every count is deterministic. README: "Known limits".
+EXACT = ("-p", "no:logging")
+
+
+@pytest.fixture
+def native_session(run, pytester: pytest.Pytester) -> pytest.RunResult:
+    pytester.makepyfile(test_native_leaks=NATIVE_TESTS)
+    return run("--native-leaks", "-v", *EXACT)
+
+
+def test_native_leaks_outcomes(native_session: pytest.RunResult) -> None:
+    native_session.assert_outcomes(passed=4, failed=5)
+    out = native_session.stdout.str()
+    for name in ("test_malloc", "test_calloc", "test_list", "test_threads", "test_pyobjects"):
+        assert f"test_native_leaks.py::{name} FAILED" in out
+    for name in ("test_static_cache", "test_pyobjects_released", "test_opted_out", "test_own_limit"):
+        assert f"test_native_leaks.py::{name} PASSED" in out
+
+
+def test_native_leak_byte_counts_are_exact(native_session: pytest.RunResult) -> None:
+    malloc = kinds(native_session, "test_malloc")
+    assert lost(malloc) == 100_000
+    assert malloc["indirectly lost"] == 0
+    linked = kinds(native_session, "test_list")
+    # The head (8-byte link + 1000 payload) has no pointer to it; the other nine hang off it.
+    assert linked["definitely lost"] == 1008
+    assert lost(linked) == 10 * 1008
+    threads = kinds(native_session, "test_threads")
+    assert lost(threads) == 4 * 30_000
+    assert threads["indirectly lost"] == 0
+
+
+def test_native_leak_text_names_the_c_function_and_the_test_line(native_session: pytest.RunResult) -> None:
+    native_session.stdout.fnmatch_lines(
+        [
+            "Test leaked 97.7KiB from native code (limit 0B, --native-leaks)",
+            "Lost memory by location (allocating frame first):",
+            "  #1 97.7KiB: 100000 bytes * lost in 1 block through malloc",
+            f"      leak_malloc at */hgleak.c:{MALLOC_LINE}",
+            "      test_malloc at test_native_leaks.py:4",
+        ]
+    )
+    native_session.stdout.fnmatch_lines(
+        [
+            f"      leak_list at */hgleak.c:{LIST_LINE}",
+            "      test_list at test_native_leaks.py:13",
+        ]
+    )
+    native_session.stdout.fnmatch_lines([f"      leaky_worker at */hgleak.c:{THREAD_LINE}"])
+
+
+def test_calloc_leak_fails(native_session: pytest.RunResult) -> None:
+    out = native_session.stdout.str()
+    assert "test_native_leaks.py::test_calloc FAILED" in out
+    assert lost(kinds(native_session, "test_calloc")) == 7000
+    assert f"leak_calloc at " in out and f"hgleak.c:{CALLOC_LINE}" in out
+
+
+def test_python_objects_leaked_by_c_code_are_native_leaks(native_session: pytest.RunResult) -> None:
+    native_session.stdout.fnmatch_lines(
+        [
+            "      PyUnicode_FromFormat at *unicodeobject.c:*",
+            f"      leak_pyobjects at */hgleak.c:{UNICODE_LINE}",
+            "      test_pyobjects at test_native_leaks.py:19",
+        ]
+    )
+    native_session.stdout.fnmatch_lines([f"      leak_pyobjects at */hgleak.c:{LIST_NEW_LINE}"])
+    assert kinds(native_session, "test_pyobjects")["definitely lost"] > 0
+
+
+def test_still_reachable_memory_is_reported_in_verbose_mode_only(native_session: pytest.RunResult) -> None:
+    native_session.stdout.fnmatch_lines(
+        ["heapgate: test_native_leaks.py::test_static_cache: 50000 bytes in 1 blocks of native memory still reachable"]
+    )
+
+
+def test_pure_python_caches_and_a_large_first_import_are_not_native_leaks(run, pytester: pytest.Pytester) -> None:
+    pytest.importorskip("numpy", reason="numpy is installed by .ci/test; it is the large extension imported")
+    pytester.makepyfile(
+        test_caches="""
+        import functools, sys
+
+        @functools.lru_cache(maxsize=None)
+        def square(x):
+            return [x] * 10
+
+        def test_lru_cache():
+            for i in range(500):
+                square(i)
+
+        def test_interned_strings():
+            kept = [sys.intern(f"heapgate-interned-{i}") for i in range(500)]
+
+        def test_first_import_of_numpy():
+            import numpy
+            assert numpy.arange(10).sum() == 45
+        """
+    )
+    result = run("--native-leaks")
+    result.assert_outcomes(passed=3)
+
+
+def test_a_suppression_removes_exactly_its_stack(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(
+        test_two_leaks="""
+        import hgleak
+
+        def test_two():
+            hgleak.leak_malloc(100_000)
+            hgleak.leak_calloc(1000, 7)
+        """
+    )
+    (pytester.path / "leaks.supp").write_text("# known leak in a third-party function\nleak:leak_malloc\n")
+    result = run("--native-leaks", "--native-leaks-suppressions=leaks.supp", *EXACT)
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert lost(kinds(result, "test_two")) == 7000
+    assert "suppressed by leak:leak_malloc (leaks.supp:2): 100000 bytes in 1 block" in out
+    assert "heapgate: suppression leak:leak_malloc (leaks.supp:2) absorbed 100000 bytes in 1 blocks" in out
+    assert "leak_malloc at" not in out.split("Lost memory by location")[1]
+
+
+def test_a_bad_suppressions_file_is_a_usage_error(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    (pytester.path / "bad.supp").write_text("leak:ok\nrace:something\n")
+    result = run("--native-leaks", "--native-leaks-suppressions=bad.supp")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*bad.supp:2: expected 'leak:PATTERN'*"])
+    missing = run("--native-leaks", "--native-leaks-suppressions=missing.supp")
+    assert missing.ret == pytest.ExitCode.USAGE_ERROR
+    missing.stderr.fnmatch_lines(["*cannot read suppressions file*missing.supp*"])
+
+
+def test_a_bad_native_leaks_limit_is_a_usage_error(run, pytester: pytest.Pytester) -> None:
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    result = run("--native-leaks=lots")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*invalid --native-leaks limit 'lots'*"])
