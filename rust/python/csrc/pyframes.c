@@ -36,10 +36,36 @@ static int is_entry(uintptr_t code, const uintptr_t *entry, int n_entry) {
     return 0;
 }
 
+/* Each allocation asks for the line of every frame of its stack; a loop asks the same few
+ * questions a million times. A small per-thread cache keyed by (code object, its line
+ * table, instruction offset) answers them without walking the line table again; the line
+ * table in the key guards against a new code object at a freed one's address. */
+#define HG_LINE_CACHE 512
+struct hg_line_entry {
+    const void *code;
+    const void *table;
+    int offset;
+    uint32_t line;
+};
+static __thread struct hg_line_entry hg_lines[HG_LINE_CACHE];
+
 static uint32_t line_at(PyCodeObject *code, int byte_offset) {
     if (byte_offset < 0) return (uint32_t)code->co_firstlineno;
+#if PY_VERSION_HEX >= 0x030A0000
+    const void *table = code->co_linetable;
+#else
+    const void *table = code->co_lnotab;
+#endif
+    size_t slot = (((uintptr_t)code >> 4) ^ ((uintptr_t)byte_offset * 0x9E3779B1u)) & (HG_LINE_CACHE - 1);
+    struct hg_line_entry *e = &hg_lines[slot];
+    if (e->code == code && e->table == table && e->offset == byte_offset) return e->line;
     int line = PyCode_Addr2Line(code, byte_offset);
-    return line < 0 ? (uint32_t)code->co_firstlineno : (uint32_t)line;
+    uint32_t result = line < 0 ? (uint32_t)code->co_firstlineno : (uint32_t)line;
+    e->code = code;
+    e->table = table;
+    e->offset = byte_offset;
+    e->line = result;
+    return result;
 }
 
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of

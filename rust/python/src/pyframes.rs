@@ -3,23 +3,13 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use heapgate_core::capture::{
-    CodeNames, CodeRange, FrameKey, PythonStack, PythonStackSource, MAX_PYTHON_FRAMES,
-};
+use heapgate_core::capture::{CodeNames, CodeRange, PyFrameRef, PythonStack, PythonStackSource};
 use libc::{c_int, c_void};
 use pyo3::ffi;
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct RawFrame {
-    code: usize,
-    line: u32,
-    group_end: u32,
-}
-
 extern "C" {
     fn hg_py_walk(
-        out: *mut RawFrame,
+        out: *mut PyFrameRef,
         max: c_int,
         entry: *const usize,
         n_entry: c_int,
@@ -57,37 +47,27 @@ pub fn set_entry(codes: &[*mut ffi::PyObject], boundary: Option<*mut ffi::PyObje
 }
 
 fn walk(stack: &mut PythonStack) {
-    let mut raw = [RawFrame {
-        code: 0,
-        line: 0,
-        group_end: 0,
-    }; MAX_PYTHON_FRAMES];
     let mut entry = [0usize; MAX_ENTRY_CODES];
     for (e, slot) in entry.iter_mut().zip(&ENTRY) {
         *e = slot.load(Ordering::Relaxed);
     }
     let n_entry = ENTRY_LEN.load(Ordering::Relaxed);
     let mut reached: c_int = 0;
-    // SAFETY: buffers are sized as passed; the shim reads only the calling thread's frames.
+    let (buffer, capacity) = stack.buffer();
+    // SAFETY: the shim writes at most `capacity` frames into the stack's own buffer and
+    // reads only the calling thread's frames.
     let n = unsafe {
         hg_py_walk(
-            raw.as_mut_ptr(),
-            MAX_PYTHON_FRAMES as c_int,
+            buffer,
+            capacity as c_int,
             entry.as_ptr(),
             n_entry as c_int,
             BOUNDARY.load(Ordering::Relaxed) as *const c_void,
             &mut reached,
         )
     };
-    let n = n.clamp(0, MAX_PYTHON_FRAMES as c_int) as usize;
-    for (i, f) in raw[..n].iter().enumerate() {
-        stack.frames[i] = FrameKey::Python {
-            code: f.code,
-            line: f.line,
-        };
-        stack.group_end[i] = f.group_end != 0;
-    }
-    stack.len = n;
+    // SAFETY: the shim wrote the first `n` frames.
+    unsafe { stack.set_len(n.max(0) as usize) };
     stack.reached_entry = reached == 1;
     stack.complete = reached != 0;
 }

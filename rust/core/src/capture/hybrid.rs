@@ -3,16 +3,16 @@
 //! of Python frames (the innermost group first).
 
 use super::tracker::FrameKey;
+use super::PyFrameRef;
 
 /// Merge `native` return addresses (innermost first) with `python` frames (innermost first,
-/// `group_end[i]` set on the last frame of each interpreter call). Every native frame that
+/// `group_end` set on the last frame of each interpreter call). Every native frame that
 /// `is_eval` recognises becomes its group of Python frames. Python frames left over (the
 /// unwind stopped early or failed) are appended; with `python_complete`, native frames below
 /// the last group are dropped (they are below the test).
 pub fn merge(
     native: &[usize],
-    python: &[FrameKey],
-    group_end: &[bool],
+    python: &[PyFrameRef],
     is_eval: impl Fn(usize) -> bool,
     python_complete: bool,
     out: &mut Vec<FrameKey>,
@@ -21,9 +21,9 @@ pub fn merge(
     for &ip in native {
         if is_eval(ip) && next < python.len() {
             while next < python.len() {
-                out.push(python[next]);
+                out.push(python[next].key());
                 next += 1;
-                if group_end[next - 1] {
+                if python[next - 1].group_end != 0 {
                     break;
                 }
             }
@@ -34,7 +34,7 @@ pub fn merge(
             out.push(FrameKey::Native(ip));
         }
     }
-    out.extend_from_slice(&python[next..]);
+    out.extend(python[next..].iter().map(PyFrameRef::key));
 }
 
 #[cfg(test)]
@@ -53,8 +53,20 @@ mod tests {
         ends: &[bool],
         complete: bool,
     ) -> Vec<FrameKey> {
+        let python: Vec<PyFrameRef> = python
+            .iter()
+            .zip(ends)
+            .map(|(k, end)| match k {
+                FrameKey::Python { code, line } => PyFrameRef {
+                    code: *code,
+                    line: *line,
+                    group_end: u32::from(*end),
+                },
+                FrameKey::Native(_) => unreachable!("python frames only"),
+            })
+            .collect();
         let mut out = Vec::new();
-        merge(native, python, ends, |ip| ip == EVAL, complete, &mut out);
+        merge(native, &python, |ip| ip == EVAL, complete, &mut out);
         out
     }
 

@@ -15,6 +15,7 @@ mod tracker;
 mod unwind;
 
 use std::cell::RefCell;
+use std::mem::MaybeUninit;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
@@ -60,20 +61,80 @@ pub enum CaptureError {
 /// The deepest Python stack recorded per allocation.
 pub const MAX_PYTHON_FRAMES: usize = 128;
 
-/// A Python stack read by the Python layer at allocation time, innermost frame first.
+/// One Python frame as the walker writes it (C layout: the C shim fills these directly).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PyFrameRef {
+    /// Address of the code object.
+    pub code: usize,
+    /// Line being executed.
+    pub line: u32,
+    /// Non-zero on the outermost frame run by one C-level call of the interpreter's
+    /// frame-evaluation function (see [`hybrid::merge`]).
+    pub group_end: u32,
+}
+
+impl PyFrameRef {
+    /// The frame as the tracker interns it.
+    pub fn key(&self) -> FrameKey {
+        FrameKey::Python {
+            code: self.code,
+            line: self.line,
+        }
+    }
+}
+
+/// A Python stack read by the Python layer at allocation time, innermost frame first. Its
+/// buffer is left uninitialised: a walk writes only the frames it finds.
 pub struct PythonStack {
-    /// The frames; only `len` are valid.
-    pub frames: [FrameKey; MAX_PYTHON_FRAMES],
-    /// `group_end[i]`: frame `i` is the outermost frame run by one C-level call of the
-    /// interpreter's frame-evaluation function (see [`hybrid::merge`]).
-    pub group_end: [bool; MAX_PYTHON_FRAMES],
-    /// How many frames were written.
-    pub len: usize,
+    frames: [MaybeUninit<PyFrameRef>; MAX_PYTHON_FRAMES],
+    len: usize,
     /// True when the walk reached the test's own function (its entry frame).
     pub reached_entry: bool,
     /// True when the walk ended at the test's entry or boundary frame (not at the thread's
     /// first frame or the depth limit): native frames below it are not the test's.
     pub complete: bool,
+}
+
+impl PythonStack {
+    /// An empty stack.
+    #[inline]
+    pub fn new() -> PythonStack {
+        PythonStack {
+            frames: [const { MaybeUninit::uninit() }; MAX_PYTHON_FRAMES],
+            len: 0,
+            reached_entry: false,
+            complete: false,
+        }
+    }
+
+    /// The buffer a walker writes frames into, and its capacity in frames.
+    pub fn buffer(&mut self) -> (*mut PyFrameRef, usize) {
+        (
+            self.frames.as_mut_ptr() as *mut PyFrameRef,
+            MAX_PYTHON_FRAMES,
+        )
+    }
+
+    /// Declare how many frames the walker wrote.
+    ///
+    /// # Safety
+    /// The first `len` entries of [`PythonStack::buffer`] must have been written.
+    pub unsafe fn set_len(&mut self, len: usize) {
+        self.len = len.min(MAX_PYTHON_FRAMES);
+    }
+
+    /// The frames written, innermost first.
+    pub fn frames(&self) -> &[PyFrameRef] {
+        // SAFETY: set_len's contract: the first `len` entries are initialised.
+        unsafe { std::slice::from_raw_parts(self.frames.as_ptr() as *const PyFrameRef, self.len) }
+    }
+}
+
+impl Default for PythonStack {
+    fn default() -> Self {
+        PythonStack::new()
+    }
 }
 
 /// How the capture layer reads Python stacks; provided by the Python layer, which alone knows
@@ -425,18 +486,10 @@ impl Recorder {
         counted.then_some((generation, entry_rule))
     }
 
-    fn python_stack(&self) -> PythonStack {
-        let mut stack = PythonStack {
-            frames: [FrameKey::Native(0); MAX_PYTHON_FRAMES],
-            group_end: [false; MAX_PYTHON_FRAMES],
-            len: 0,
-            reached_entry: false,
-            complete: false,
-        };
+    fn walk_python(&self, stack: &mut PythonStack) {
         if let Some(python) = PYTHON.get() {
-            (python.walk)(&mut stack);
+            (python.walk)(stack);
         }
-        stack
     }
 
     /// The allocation's stack: Python frames alone, or hybrid with native frames.
@@ -445,20 +498,20 @@ impl Recorder {
             return StackKeys::Python;
         }
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
-        let py = &python.frames[..python.len];
-        let ends = &python.group_end[..python.len];
+        let py = python.frames();
         // The test's frames run in this many interpreter calls: the unwind can stop there.
-        let budget = python.complete.then(|| ends.iter().filter(|e| **e).count());
+        let budget = python
+            .complete
+            .then(|| py.iter().filter(|f| f.group_end != 0).count());
         let mut native = unwind::NativeStack {
             frames: [0; MAX_NATIVE_FRAMES],
             len: 0,
         };
         unwind::unwind(&mut native, eval, budget);
-        let mut keys = Vec::with_capacity(native.len + python.len);
+        let mut keys = Vec::with_capacity(native.len + py.len());
         hybrid::merge(
             &native.frames[..native.len],
             py,
-            ends,
             |ip| eval.contains(ip),
             python.complete,
             &mut keys,
@@ -477,14 +530,16 @@ impl Recorder {
 
     fn node_for(&self, tracker: &mut Tracker, python: &PythonStack, keys: &StackKeys) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
-        let frames = match keys {
-            StackKeys::Python => &python.frames[..python.len],
-            StackKeys::Hybrid(keys) => keys.as_slice(),
-        };
-        tracker.intern_stack(frames, &mut |code| match describe {
+        let mut describe = |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
-        })
+        };
+        match keys {
+            StackKeys::Python => {
+                tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
+            }
+            StackKeys::Hybrid(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+        }
     }
 
     /// Record a heap block of `size` bytes at `addr`.
@@ -492,7 +547,8 @@ impl Recorder {
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
-        let python = self.python_stack();
+        let mut python = PythonStack::new();
+        self.walk_python(&mut python);
         if entry_rule && !python.reached_entry {
             return;
         }
@@ -505,11 +561,12 @@ impl Recorder {
 
     /// Record `len` bytes mapped at `addr`.
     pub(crate) fn record_mmap(&self, addr: usize, len: usize) {
+        let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
-            let python = self.python_stack();
-            (!entry_rule || python.reached_entry).then_some((generation, python))
+            self.walk_python(&mut python);
+            (!entry_rule || python.reached_entry).then_some(generation)
         });
-        let Some((generation, python)) = counted else {
+        let Some(generation) = counted else {
             // Not ours, but it may replace (MAP_FIXED) a mapping that is.
             self.record_munmap(addr, len);
             return;

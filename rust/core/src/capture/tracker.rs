@@ -272,6 +272,8 @@ pub struct Tracker {
     total: u64,
     total_count: u64,
     leak_kinds: Option<Vec<LeakKinds>>,
+    last_stack: Vec<FrameKey>,
+    last_node: Option<u32>,
 }
 
 impl Tracker {
@@ -304,6 +306,8 @@ impl Tracker {
         self.total = 0;
         self.total_count = 0;
         self.leak_kinds = None;
+        self.last_stack.clear();
+        self.last_node = None;
     }
 
     /// Every live block (heap and mapped), sorted by address, for a leak scan.
@@ -338,15 +342,26 @@ impl Tracker {
     }
 
     /// Intern a stack given allocating frame first; `describe` names a code object the first
-    /// time one of its frames is seen. Returns the trie node of the whole stack.
-    pub fn intern_stack(
+    /// time one of its frames is seen. Returns the trie node of the whole stack. The last
+    /// stack is remembered: a loop that allocates from one line costs one comparison.
+    pub fn intern_stack<I>(
         &mut self,
-        innermost_first: &[FrameKey],
+        innermost_first: I,
         describe: &mut dyn FnMut(usize) -> CodeNames,
-    ) -> u32 {
+    ) -> u32
+    where
+        I: IntoIterator<Item = FrameKey>,
+        I::IntoIter: DoubleEndedIterator + Clone,
+    {
+        let frames = innermost_first.into_iter();
+        if let Some(last) = self.last_node {
+            if frames.clone().eq(self.last_stack.iter().copied()) {
+                return last;
+            }
+        }
         let mut node = ROOT;
-        for key in innermost_first.iter().rev() {
-            let frame = self.intern_frame(*key, describe);
+        for key in frames.clone().rev() {
+            let frame = self.intern_frame(key, describe);
             let next = self.nodes.len() as u32;
             node = *self.node_index.entry((node, frame)).or_insert_with(|| {
                 self.nodes.push(TrieNode {
@@ -356,6 +371,9 @@ impl Tracker {
                 next
             });
         }
+        self.last_stack.clear();
+        self.last_stack.extend(frames);
+        self.last_node = Some(node);
         node
     }
 
@@ -605,7 +623,7 @@ mod tests {
             .iter()
             .map(|c| FrameKey::Python { code: *c, line: 1 })
             .collect();
-        t.intern_stack(&keys, &mut names)
+        t.intern_stack(keys, &mut names)
     }
 
     fn at_peak(r: &TestReport, function: &str) -> u64 {
