@@ -339,6 +339,13 @@ fn stop(py: Python<'_>) -> PyResult<Report> {
     report_to_py(py, report)
 }
 
+/// The tracked test's numbers so far (a `Report`), without stopping: what is live now.
+#[pyfunction]
+fn checkpoint(py: Python<'_>) -> PyResult<Report> {
+    let report = capture::checkpoint().map_err(|e| TrackingError::new_err(e.to_string()))?;
+    report_to_py(py, report)
+}
+
 /// True while a test is tracked.
 #[pyfunction]
 fn is_active() -> bool {
@@ -356,6 +363,7 @@ fn install() -> PyResult<()> {
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
     m.add_function(wrap_pyfunction!(stop, m)?)?;
+    m.add_function(wrap_pyfunction!(checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_class::<Report>()?;

@@ -428,6 +428,19 @@ fn read_words(at: usize, buffer: &mut [usize]) -> usize {
     }
 }
 
+/// The tracked test's numbers so far, without stopping: what is live now per site (for
+/// repeat-run leak growth, which compares the live memory after each run of the call).
+pub fn checkpoint() -> Result<TestReport, CaptureError> {
+    let _guard = Guard::enter();
+    let s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    s.as_ref()
+        .map(|s| s.tracker.report())
+        .ok_or(CaptureError::NotActive)
+}
+
 fn mode() -> ThreadMode {
     match MODE.load(Ordering::Relaxed) {
         0 => ThreadMode::CurrentThread,
