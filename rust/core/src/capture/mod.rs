@@ -270,6 +270,11 @@ pub fn scan_leaks(
         return Err(CaptureError::NotActive);
     };
     let candidates = session.tracker.leak_candidates(&usable_size);
+    if candidates.is_empty() {
+        // Nothing outlived the call: nothing to classify, no memory to read.
+        session.tracker.set_leak_kinds(&[], &[]);
+        return Ok(LeakKinds::default());
+    }
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map(|text| scan::parse_maps(&text))
         .unwrap_or_default();
