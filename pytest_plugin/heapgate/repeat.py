@@ -86,8 +86,8 @@ def growth_failure(
         "Growing locations (allocating frame first):",
     ]
     for i, g in enumerate(growing[:max_locations], 1):
-        per_run = ", ".join(f"+{d}" for d in g.per_run)
-        lines.append(f"  #{i} +{format_size(sum(g.per_run) // len(g.per_run))} per run ({per_run} bytes) through {g.site.allocator}")
+        steps = ", ".join(f"+{d}" for d in g.per_run)
+        lines.append(f"  #{i} +{format_size(sum(g.per_run) // len(g.per_run))} per run ({steps} bytes) through {g.site.allocator}")
         stack = g.site.stack if max_frames is None else g.site.stack[:max_frames]
         lines.extend(f"      {format_frame(f, rootpath)}" for f in stack)
     if not growing:
