@@ -12,7 +12,6 @@ CALLOC_LINE = 20
 LIST_LINE = 46
 THREAD_LINE = 57
 UNICODE_LINE = 80
-LIST_NEW_LINE = 81
 
 
 def kinds(result: pytest.RunResult, test: str) -> dict[str, int]:
@@ -151,8 +150,10 @@ def test_native_leaks_outcomes(native_session: pytest.RunResult) -> None:
 
 
 def test_native_leak_byte_counts_are_exact(native_session: pytest.RunResult) -> None:
+    # A single leaked block is "definitely lost", or "possibly lost" when stale bytes of the
+    # program happen to point into it (README, Known limits): lost either way, to the byte.
     malloc = kinds(native_session, "test_malloc")
-    assert lost(malloc) == 100_000
+    assert lost(malloc) == malloc["definitely lost"] + malloc["possibly lost"] == 100_000
     assert malloc["indirectly lost"] == 0
     linked = kinds(native_session, "test_list")
     # The head (8-byte link + 1000 payload) has no pointer to it; the other nine hang off it.
@@ -186,7 +187,7 @@ def test_calloc_leak_fails(native_session: pytest.RunResult) -> None:
     out = native_session.stdout.str()
     assert "test_native_leaks.py::test_calloc FAILED" in out
     assert lost(kinds(native_session, "test_calloc")) == 7000
-    assert f"leak_calloc at " in out and f"hgleak.c:{CALLOC_LINE}" in out
+    assert "leak_calloc at " in out and f"hgleak.c:{CALLOC_LINE}" in out
 
 
 def test_python_objects_leaked_by_c_code_are_native_leaks(native_session: pytest.RunResult) -> None:
@@ -197,7 +198,8 @@ def test_python_objects_leaked_by_c_code_are_native_leaks(native_session: pytest
             "      test_pyobjects at test_native_leaks.py:19",
         ]
     )
-    native_session.stdout.fnmatch_lines([f"      leak_pyobjects at */hgleak.c:{LIST_NEW_LINE}"])
+    # (Lists may come from CPython's free list and so allocate nothing: only the strings are
+    # certain to be new blocks.)
     assert kinds(native_session, "test_pyobjects")["definitely lost"] > 0
 
 

@@ -9,6 +9,7 @@ names distinct and the same run to run.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import platform
 import re
@@ -16,7 +17,7 @@ import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 if TYPE_CHECKING:
     from ._native import Record
@@ -31,6 +32,8 @@ __all__ = [
     "Written",
     "process_facts",
     "safe_name",
+    "session_json",
+    "test_entry",
 ]
 
 CAPTURE_SUFFIX = ".heapgate"
@@ -75,9 +78,8 @@ class Written:
 class ArtifactDir:
     """The ``--heapgate-dir`` directory, created and checked for writing up front."""
 
-    def __init__(self, path: Path, suffix: str = "") -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.suffix = suffix
         try:
             path.mkdir(parents=True, exist_ok=True)
             fd, probe = tempfile.mkstemp(prefix=".heapgate-probe-", dir=path)
@@ -98,17 +100,36 @@ class ArtifactDir:
 
     @property
     def json_path(self) -> Path:
-        return self.path / (JSON_NAME if not self.suffix else f"heapgate-{self.suffix}.json")
+        return self.path / JSON_NAME
 
     @property
     def junit_path(self) -> Path:
-        return self.path / (JUNIT_NAME if not self.suffix else f"heapgate-junit-{self.suffix}.xml")
+        return self.path / JUNIT_NAME
 
-    def write_session(self, tests: Sequence[tuple[Record, Written]], facts: dict[str, Optional[str]]) -> None:
-        """``heapgate.json`` and ``heapgate-junit.xml`` for the session."""
+    def write_session(self, entries: Sequence[dict[str, Any]], facts: dict[str, Optional[str]]) -> None:
+        """``heapgate.json`` and ``heapgate-junit.xml`` for the session, from the tests' entries
+        (see :func:`test_entry`; with pytest-xdist they come from every worker)."""
         from . import _native
 
-        text = _native.session_report([(r, w.capture, w.flamegraph) for r, w in tests], facts)
+        text = session_json(json.loads(_native.session_report([], facts)), entries)
         self.json_path.write_text(text, encoding="utf-8")
         junit = _native.junit_from_session(str(self.json_path), str(self.path.resolve()))
         self.junit_path.write_text(junit, encoding="utf-8")
+
+
+def test_entry(record: Record, written: Written, facts: dict[str, Optional[str]]) -> dict[str, Any]:
+    """One test's object in ``heapgate.json`` ``tests[]`` (plain data: it travels from a
+    pytest-xdist worker to the controller inside the test's report)."""
+    from . import _native
+
+    entry: dict[str, Any] = json.loads(_native.session_report([(record, written.capture, written.flamegraph)], facts))["tests"][0]
+    return entry
+
+
+def session_json(skeleton: dict[str, Any], entries: Sequence[dict[str, Any]]) -> str:
+    """A session report: ``skeleton``'s schema and session facts, ``entries`` as its tests,
+    the counts recomputed (the same layout and formatting as the Rust core's)."""
+    data = dict(skeleton)
+    data["session"] = dict(skeleton["session"], tracked=len(entries), memory_failures=sum(1 for e in entries if e.get("memory_failed")))
+    data["tests"] = list(entries)
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"

@@ -1,25 +1,40 @@
 """heapgate's pytest plugin: options and markers in, the core's numbers out, failures as text.
 
-Tracking covers exactly the test's call phase (``pytest_runtest_call``); setup and teardown
-are not measured. Markers are enforced whenever the plugin is installed.
+Tracking covers the test's call phase (``pytest_runtest_call``); with
+``--heapgate-include-fixtures`` it starts before the test's fixtures are set up and the peak
+spans setup and call. Teardown is never measured. Markers are enforced whenever the plugin is
+installed.
+
+Each tracked test's results travel in its call-phase ``TestReport`` (attribute ``heapgate``, a
+small dict of plain data), and the summary, ``heapgate.json`` and baselines are built from the
+reports seen in ``pytest_runtest_logreport``: in a plain session that is this process; under
+pytest-xdist it is the controller, which receives every worker's reports, so there is one
+summary and one session report. Workers write only their tests' captures and flamegraphs.
 """
 
 from __future__ import annotations
 
 import gc
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any, Generator, Optional
 
 import pytest
 
-from .artifacts import ArtifactDir, DirError, Written, process_facts
+from . import __version__
+from .artifacts import ArtifactDir, DirError, Written, process_facts, test_entry
+from .baseline import Baseline, BaselineError, Entry, increase_failure
+from .baseline import save as save_baseline
+from .baseline import summary_lines as baseline_summary_lines
 from .formatting import peak_failure, summary_lines
 from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
-from .limits import LimitError, parse_size
+from .limits import LimitError, format_size, parse_size
 from .markers import MARKERS, Checks, MarkerError, checks_for
+from .options import add_options, read_settings
 
 if TYPE_CHECKING:
     from ._native import Record, Report
@@ -31,15 +46,20 @@ try:
     UNAVAILABLE: Optional[str] = None
 except (ImportError, RuntimeError) as e:  # TrackingError is a RuntimeError
     _native = None  # type: ignore[assignment]
-    UNAVAILABLE = f"heapgate: memory tracking is unavailable here ({e}); tracking is Linux-only"
+    UNAVAILABLE = f"heapgate: memory tracking is unavailable here ({e}); tracking is Linux-only, tests run untracked"
 
 CHECKS = pytest.StashKey[Checks]()
 RESULT = pytest.StashKey["TestResult"]()
+# Tracking started in setup (--heapgate-include-fixtures) and not stopped yet.
+ACTIVE = pytest.StashKey[bool]()
+# The attribute of a call-phase TestReport that carries heapgate's results (see _transport).
+REPORT_ATTR = "heapgate"
+CACHE_PREFIX = "heapgate/peak"
 
 
 @dataclass
 class TestResult:
-    """One tracked test's outcome as the summary and reports see it."""
+    """One tracked test's outcome, in the process that ran it."""
 
     nodeid: str
     report: Report
@@ -48,22 +68,12 @@ class TestResult:
     reachable_native: tuple[int, int] = (0, 0)
     record: Optional[Record] = None
     written: Optional[Written] = None
+    absorbed: Optional[list[list[int]]] = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("heapgate", "exact memory assertions (heapgate)")
-    group.addoption(
-        "--heapgate",
-        action="store_true",
-        default=None,
-        help="Track every test (not only marked ones) and show the memory summary.",
-    )
-    group.addoption(
-        "--native",
-        action="store_true",
-        default=None,
-        help="Also record native stacks (C/C++/Rust frames, symbolized lazily for reports).",
-    )
+    add_options(parser, group)
     group.addoption(
         "--native-leaks",
         nargs="?",
@@ -80,26 +90,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="LeakSanitizer-style suppressions ('leak:PATTERN' lines) for --native-leaks.",
     )
     group.addoption(
-        "--hide-heapgate-summary",
-        action="store_true",
-        default=None,
-        help="Do not show heapgate's summary at the end of the session.",
-    )
-    group.addoption(
-        "--most-allocations",
-        type=int,
-        default=None,
-        metavar="N",
-        help="Show the N tests with the highest peak in the summary (0: all; default 5).",
-    )
-    group.addoption(
-        "--stacks",
-        type=int,
-        default=None,
-        metavar="N",
-        help="Show at most N frames of each allocation stack in failures (default: all).",
-    )
-    group.addoption(
         "--heapgate-dir",
         default=None,
         metavar="DIR",
@@ -112,47 +102,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="With --heapgate-dir: write a capture file and flamegraph for every tracked test.",
     )
-    parser.addini("heapgate", "Track every test (as --heapgate).", type="bool", default=False)
     parser.addini("heapgate_dir", "Directory for reports and artifacts (as --heapgate-dir).", default="")
     parser.addini("heapgate_dir_all", "Artifacts for every tracked test (as --heapgate-dir-all).", type="bool", default=False)
-    parser.addini("native", "Record native stacks (as --native).", type="bool", default=False)
     parser.addini("native_leaks", "Native leak check for every test: a limit such as 0 or '4KiB' (as --native-leaks).", default="")
     parser.addini("native_leaks_suppressions", "Suppressions file for the native leak check.", default="")
-    parser.addini("hide_heapgate_summary", "Hide the summary (as --hide-heapgate-summary).", type="bool", default=False)
-    parser.addini("most_allocations", "Tests shown in the summary (as --most-allocations).", default="5")
-    parser.addini("stacks", "Frames shown per stack (as --stacks).", default="")
 
 
 def _option(config: pytest.Config, name: str) -> Any:
     """The flag if given, else the ini value: flags default to None so ini keys are read."""
     value = config.getoption(name)
-    return config.getini(name) if value is None else value
-
-
-def _int_option(config: pytest.Config, name: str, minimum: int) -> Optional[int]:
-    value = _option(config, name)
-    if value in ("", None):
-        return None
+    if value is not None:
+        return value
     try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"heapgate: {name} must be a whole number, not {value!r}") from None
-    if number < minimum:
-        raise pytest.UsageError(f"heapgate: {name} must be at least {minimum}, not {number}")
-    return number
+        return config.getini(name)
+    except (pytest.UsageError, ValueError) as e:
+        raise pytest.UsageError(f"heapgate: ini option {name}: {e}") from None
 
 
 class HeapgatePlugin:
-    """Session state: which tests were tracked and what they allocated."""
+    """Session state: the options, and what the tracked tests allocated."""
 
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
-        self.track_all = bool(_option(config, "heapgate"))
-        self.native = bool(_option(config, "native"))
-        self.hide_summary = bool(_option(config, "hide_heapgate_summary"))
-        self.most_allocations = _int_option(config, "most_allocations", 0)
-        self.max_frames = _int_option(config, "stacks", 1)
-        self.results: list[TestResult] = []
+        self.settings = read_settings(config)
+        self.track_all = self.settings.track_all
+        self.native = self.settings.native
+        self.max_frames = self.settings.max_frames
+        self.is_worker = isinstance(getattr(config, "workerinput", None), dict)
         self.artifacts = _artifact_dir(config)
         self.artifacts_all = bool(_option(config, "heapgate_dir_all"))
         self.facts = process_facts(config.rootpath)
@@ -162,28 +138,72 @@ class HeapgatePlugin:
         self.problems: list[str] = []
         self.native_leaks = _native_leaks_default(config)
         self.suppressions = _suppressions(config)
+        self.baseline: Optional[Baseline] = None
+        if self.settings.compare is not None:
+            try:
+                self.baseline = Baseline.load(self.settings.compare)
+            except BaselineError as e:
+                raise pytest.UsageError(str(e)) from None
+        if self.settings.save is not None and not self.is_worker:
+            _check_writable_file(self.settings.save)
+        if self.settings.fail_on_increase and getattr(config, "cache", None) is None:
+            raise pytest.UsageError(
+                "heapgate: --fail-on-increase compares with the previous run kept in pytest's cache; "
+                "it cannot work with the cacheprovider plugin disabled (-p no:cacheprovider)"
+            )
+        # What the session's reports carried, by node id (the last attempt of a rerun test).
+        self.collected: dict[str, dict[str, Any]] = {}
+
+    def pytest_report_header(self, config: pytest.Config) -> Optional[list[str]]:
+        lines = []
+        if self.settings.trace_python_allocators:
+            lines.append(
+                "heapgate: --trace-python-allocators has no effect: heapgate always counts Python's allocators exactly"
+            )
+        return lines or None
+
+    def _tracked(self, item: pytest.Item, checks: Checks) -> bool:
+        return _native is not None and (bool(checks) or self.track_all)
+
+    def _start(self, item: pytest.Item, checks: Checks, codes: list[Any], boundary: Optional[FrameType]) -> None:
+        assert _native is not None
+        # Native leaks are judged by where memory came from: that needs native stacks.
+        native = self.native or checks.native_leaks is not None
+        _native.start(codes, boundary, checks.thread_mode, native)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         try:
-            item.stash[CHECKS] = checks_for(item, self.native_leaks)
-            return
+            checks = item.stash[CHECKS] = checks_for(item, self.native_leaks)
+            _check_item_kind(item, checks)
         except MarkerError as e:
             problem = f"heapgate: {e}"
+        else:
+            if self.settings.include_fixtures and self._tracked(item, checks):
+                # Fixtures run outside the test function: the whole window is charged, from
+                # here to the end of the call. Stacks end at the test protocol's frame, which
+                # stays on the stack through setup and call.
+                self._start(item, checks, [], _protocol_frame())
+                item.stash[ACTIVE] = True
+            return
         # Outside the except block, so the error shows alone, not as a chained traceback.
         pytest.fail(problem, pytrace=False)
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, None]:
         checks = item.stash.get(CHECKS, Checks())
-        if _native is None or not (checks or self.track_all):
+        started = item.stash.get(ACTIVE, False)
+        if not started and not self._tracked(item, checks):
             yield
             return
-        # The frame that runs this hook stays on the stack for the whole call: stacks end there.
-        boundary = sys._getframe(1)
-        # Native leaks are judged by where memory came from: that needs native stacks.
-        native = self.native or checks.native_leaks is not None
-        _native.start(_entry_codes(item), boundary, checks.thread_mode, native)
+        assert _native is not None
+        # From here, stopping is this hook's job (not teardown's).
+        item.stash[ACTIVE] = False
+        if not started:
+            # The frame that runs this hook stays on the stack for the whole call: stacks end there.
+            boundary = sys._getframe(1)
+            native = self.native or checks.native_leaks is not None
+            _native.start(_entry_codes(item), boundary, checks.thread_mode, native)
         try:
             yield
             if checks.needs_collect:
@@ -196,15 +216,24 @@ class HeapgatePlugin:
             report = _native.stop()
         item.stash[RESULT] = TestResult(item.nodeid, report, checks)
 
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        # Tracking started in setup whose call never ran (setup failed, --setup-only, ...).
+        if item.stash.get(ACTIVE, False) and _native is not None:
+            item.stash[ACTIVE] = False
+            _native.stop()
+
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
         outcome = yield
+        if call.when == "setup" and call.excinfo is not None and item.stash.get(ACTIVE, False) and _native is not None:
+            item.stash[ACTIVE] = False
+            _native.stop()
         if call.when != "call" or RESULT not in item.stash:
             return
         result = item.stash[RESULT]
-        self.results.append(result)
-        failure = self._failure(result)
         rep: pytest.TestReport = outcome.get_result()
+        failure = self._failure(result, rep.passed)
         if failure is not None:
             result.failure = failure
             if rep.passed:
@@ -213,6 +242,29 @@ class HeapgatePlugin:
             else:
                 rep.sections.append(("heapgate", failure))
         self._artifacts(item, result, rep.outcome)
+        setattr(rep, REPORT_ATTR, self._transport(result))
+
+    def _transport(self, result: TestResult) -> dict[str, Any]:
+        """The test's results as plain data, for the process that writes the session files."""
+        lm = result.checks.limit_memory
+        entry = None
+        if result.record is not None:
+            entry = test_entry(result.record, result.written or Written(), self.facts)
+        problems, self.problems = self.problems, []
+        return {
+            "nodeid": result.nodeid,
+            "peak_bytes": result.report.peak_bytes,
+            "total_count": result.report.total_count,
+            "leaked_bytes": result.report.leaked_bytes,
+            "limit": lm.limit if lm else None,
+            "memory_failed": result.failure is not None,
+            "entry": entry,
+            "written": result.written is not None,
+            "problems": problems,
+            "native_leaks": result.checks.native_leaks is not None,
+            "reachable_native": list(result.reachable_native),
+            "absorbed": result.absorbed or [],
+        }
 
     def _artifacts(self, item: pytest.Item, result: TestResult, outcome: str) -> None:
         """Capture file and flamegraph in --heapgate-dir; properties for --junitxml."""
@@ -243,13 +295,17 @@ class HeapgatePlugin:
                 ]
             )
 
-    def _failure(self, result: TestResult) -> Optional[str]:
+    def _failure(self, result: TestResult, passed: bool) -> Optional[str]:
         """Every failed memory check's text, or None."""
         checks, report, root = result.checks, result.report, self.config.rootpath
         failures = []
         lm = checks.limit_memory
         if lm is not None and report.peak_bytes > lm.limit:
             failures.append(peak_failure(lm.limit, report, checks.thread_mode, rootpath=root, max_frames=self.max_frames))
+        if lm is not None and passed:
+            text = self._fail_on_increase(result.nodeid, report.peak_bytes)
+            if text is not None:
+                failures.append(text)
         ll = checks.limit_leaks
         if ll is not None:
             text = limit_leaks_failure(ll.limit, report, ll.filter_fn, rootpath=root, max_frames=self.max_frames)
@@ -257,63 +313,169 @@ class HeapgatePlugin:
                 failures.append(text)
         nl = checks.native_leaks
         if nl is not None:
+            before = [(s.bytes, s.blocks) for s in self.suppressions]
             native = native_leaks_result(nl.limit, report, self.suppressions, rootpath=root, max_frames=self.max_frames)
             result.reachable_native = (native.reachable_bytes, native.reachable_blocks)
+            result.absorbed = [
+                [i, s.bytes - b, s.blocks - n] for i, (s, (b, n)) in enumerate(zip(self.suppressions, before)) if s.blocks != n
+            ]
             if native.failure is not None:
                 failures.append(native.failure)
+        if self.baseline is not None and result.nodeid in self.baseline.tests:
+            text = increase_failure(
+                self.baseline.tests[result.nodeid].peak_bytes,
+                report.peak_bytes,
+                self.settings.max_increase,
+                self.settings.min_increase,
+                f"--heapgate-compare {self.baseline.path.name}",
+            )
+            if text is not None:
+                failures.append(text)
         return "\n\n".join(failures) if failures else None
 
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.artifacts is None:
+    def _fail_on_increase(self, nodeid: str, peak: int) -> Optional[str]:
+        """pytest-memray's --fail-on-increase: a limit_memory test whose peak is above the one
+        its previous passing run left in pytest's cache fails (and the cache keeps the old
+        value); otherwise the cache takes this run's peak."""
+        cache = getattr(self.config, "cache", None)
+        if cache is None:
+            return None
+        key = f"{CACHE_PREFIX}/{nodeid}"
+        previous = cache.get(key, None)
+        old = previous.get("peak_bytes") if isinstance(previous, dict) else None
+        if self.settings.fail_on_increase and isinstance(old, int) and peak > old:
+            return (
+                "Test uses more memory than its previous run (--fail-on-increase)\n"
+                f"  previous peak {format_size(old)} ({old} bytes), now {format_size(peak)} ({peak} bytes): "
+                f"+{format_size(peak - old)}"
+            )
+        cache.set(key, {"peak_bytes": peak})
+        return None
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        data = getattr(report, REPORT_ATTR, None)
+        if report.when != "call" or not isinstance(data, dict):
             return
-        tests = [(r.record, r.written or Written()) for r in self.results if r.record is not None]
-        if not tests and getattr(self.config.option, "dist", "no") not in ("no", None):
-            return  # the pytest-xdist controller: its workers write the reports
-        try:
-            self.artifacts.write_session(tests, self.facts)
-        except OSError as e:
-            self.problems.append(f"heapgate: cannot write the session report: {e}")
+        nodeid = str(data.get("nodeid", report.nodeid))
+        self.collected.pop(nodeid, None)  # a rerun's last attempt counts, in the order it ran
+        self.collected[nodeid] = data
+
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        if self.is_worker:
+            return  # the controller writes the session files from the reports it receives
+        results = list(self.collected.values())
+        if self.artifacts is not None:
+            entries = [r["entry"] for r in results if isinstance(r.get("entry"), dict)]
+            try:
+                self.artifacts.write_session(entries, self.facts)
+            except OSError as e:
+                self.problems.append(f"heapgate: cannot write the session report: {e}")
+        if self.settings.save is not None:
+            tests = {r["nodeid"]: Entry(int(r["peak_bytes"]), int(r["leaked_bytes"])) for r in results}
+            try:
+                save_baseline(self.settings.save, tests, __version__)
+            except OSError as e:
+                self.problems.append(f"heapgate: cannot write the baseline {self.settings.save}: {e}")
+            else:
+                self.problems.append(f"heapgate: baseline of {len(tests)} tests written to {self.settings.save}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         tr = terminalreporter
+        results = list(self.collected.values())
+        for r in results:
+            for problem in r.get("problems") or []:
+                tr.write_line(problem, red=True)
         for problem in self.problems:
-            tr.write_line(problem, red=True)
-        self._native_leak_summary(tr)
-        if self.artifacts is not None and self.results:
-            files = sum(1 for r in self.results if r.written is not None)
+            tr.write_line(problem, red=not problem.startswith("heapgate: baseline of"))
+        self._native_leak_summary(tr, results)
+        if self.artifacts is not None and results:
+            files = sum(1 for r in results if r.get("written"))
             tr.write_line(
                 f"heapgate: {self.artifacts.json_path.name}, {self.artifacts.junit_path.name} "
                 f"and {files} test capture{'s' if files != 1 else ''} in {self.artifacts.path}"
             )
-        if self.hide_summary or not self.results:
+        if self.settings.hide_summary or not results:
             return
         rows = [
             (
-                r.report.peak_bytes,
-                r.report.total_count,
-                r.report.leaked_bytes,
-                r.checks.limit_memory.limit if r.checks.limit_memory else None,
-                r.nodeid,
-                r.failure is not None,
+                int(r["peak_bytes"]),
+                int(r["total_count"]),
+                int(r["leaked_bytes"]),
+                r["limit"],
+                str(r["nodeid"]),
+                bool(r["memory_failed"]),
             )
-            for r in self.results
+            for r in results
         ]
         tr.write_sep("=", "heapgate: memory per test")
-        for line in summary_lines(rows, self.most_allocations):
+        for line in summary_lines(rows, self.settings.most_allocations):
             tr.write_line(line)
+        if self.baseline is not None:
+            tr.write_sep("=", "heapgate: compared with the baseline")
+            peaks = {str(r["nodeid"]): int(r["peak_bytes"]) for r in results}
+            for line in baseline_summary_lines(
+                self.baseline, peaks, self.settings.max_increase, self.settings.min_increase, most=self.settings.most_allocations or 5
+            ):
+                tr.write_line(line)
 
-
-    def _native_leak_summary(self, tr: Any) -> None:
+    def _native_leak_summary(self, tr: Any, results: list[dict[str, Any]]) -> None:
         """Suppressions' effect; still-reachable native memory in verbose mode only."""
-        if self.native_leaks is None and not any(r.checks.native_leaks for r in self.results):
+        if self.native_leaks is None and not any(r.get("native_leaks") for r in results):
             return
-        for s in self.suppressions:
-            tr.write_line(f"heapgate: suppression leak:{s.pattern} ({s.source}) absorbed {s.bytes} bytes in {s.blocks} blocks")
+        totals = [[0, 0] for _ in self.suppressions]
+        for r in results:
+            for index, nbytes, blocks in r.get("absorbed") or []:
+                if 0 <= index < len(totals):
+                    totals[index][0] += nbytes
+                    totals[index][1] += blocks
+        for s, (nbytes, blocks) in zip(self.suppressions, totals):
+            tr.write_line(f"heapgate: suppression leak:{s.pattern} ({s.source}) absorbed {nbytes} bytes in {blocks} blocks")
         if self.config.option.verbose > 0:
-            for r in self.results:
-                reachable, blocks = r.reachable_native
+            for r in results:
+                reachable, blocks = (r.get("reachable_native") or [0, 0])[:2]
                 if reachable:
-                    tr.write_line(f"heapgate: {r.nodeid}: {reachable} bytes in {blocks} blocks of native memory still reachable")
+                    tr.write_line(f"heapgate: {r['nodeid']}: {reachable} bytes in {blocks} blocks of native memory still reachable")
+
+
+def _check_item_kind(item: pytest.Item, checks: Checks) -> None:
+    """A limit marker needs a Python test function to measure; on any other item (a doctest,
+    a YAML test, another plugin's item) it is an error of that item."""
+    if isinstance(item, pytest.Function):
+        return
+    named = [
+        name
+        for name, check in (("limit_memory", checks.limit_memory), ("limit_leaks", checks.limit_leaks))
+        if check is not None
+    ]
+    if checks.native_leaks is not None and checks.native_leaks.from_marker:
+        named.append("native_leaks")
+    if named:
+        raise MarkerError(
+            f"@pytest.mark.{named[0]} applies to Python test functions; {item.nodeid!r} is a "
+            f"{type(item).__name__}, which heapgate does not measure against a marker"
+        )
+
+
+def _protocol_frame() -> Optional[FrameType]:
+    """pytest's ``runtestprotocol`` frame: it runs setup, call and teardown of one test."""
+    frame: Optional[FrameType] = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "runtestprotocol" and frame.f_globals.get("__name__") == "_pytest.runner":
+            return frame
+        frame = frame.f_back
+    return None
+
+
+def _check_writable_file(path: Path) -> None:
+    """--heapgate-save's file must be writable: say so before the tests run, not after."""
+    parent = path.parent
+    if path.is_dir():
+        raise pytest.UsageError(f"heapgate: --heapgate-save {str(path)!r} is a directory, not a file")
+    probe = parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise pytest.UsageError(f"heapgate: --heapgate-save {str(path)!r} cannot be written")
 
 
 def _native_leaks_default(config: pytest.Config) -> Optional[int]:
@@ -364,12 +526,8 @@ def _artifact_dir(config: pytest.Config) -> Optional[ArtifactDir]:
         if not ini:
             return None
         path = Path(config.rootpath, str(ini))
-    suffix = ""
-    workerinput = getattr(config, "workerinput", None)
-    if isinstance(workerinput, dict):
-        suffix = str(workerinput.get("workerid", ""))
     try:
-        return ArtifactDir(path, suffix)
+        return ArtifactDir(path)
     except DirError as e:
         raise pytest.UsageError(str(e)) from None
 

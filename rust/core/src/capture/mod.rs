@@ -298,10 +298,34 @@ pub fn scan_leaks(
     .filter(|r| r.end.get() <= scratch_start || r.start.get() >= scratch_end)
     .collect();
     drop(maps);
+    // Free chunks of the main heap are no roots: read the whole heap once to find them.
+    let heap_free: Vec<(usize, usize)> = regions
+        .iter()
+        .find(|r| r.heap)
+        .and_then(|heap| {
+            let (start, end) = (heap.start.get(), heap.end.get());
+            let mut all = scrub::Scratch::new((end - start) / std::mem::size_of::<usize>())?;
+            let words = all.words();
+            (read_words(start, words) == words.len())
+                .then(|| scan::glibc_free_chunks(words, start))?
+        })
+        .unwrap_or_default();
     let mut roots = |visit: &mut dyn FnMut(&[usize])| {
         visit(registers);
         for region in &regions {
-            visit_region(*region, &candidates, pools.as_ref(), scratch.words(), visit);
+            let free = if region.heap {
+                heap_free.as_slice()
+            } else {
+                &[]
+            };
+            visit_region(
+                *region,
+                &candidates,
+                pools.as_ref(),
+                free,
+                scratch.words(),
+                visit,
+            );
         }
     };
     let read_block = |start: usize, len: usize| -> Vec<usize> {
@@ -338,6 +362,7 @@ fn visit_region(
     region: scan::Region,
     candidates: &[scan::Candidate],
     pools: Option<&scan::PoolLayout>,
+    free: &[(usize, usize)],
     buffer: &mut [usize],
     visit: &mut dyn FnMut(&[usize]),
 ) {
@@ -365,6 +390,7 @@ fn visit_region(
                 .and_then(|layout| scan::pool_mask(words, at, layout))
                 .unwrap_or_else(|| vec![true; len]);
             scan::mask_out_candidates(&mut mask, at, candidates);
+            scan::mask_out_ranges(&mut mask, at, free);
             if explain {
                 explain_references(words, &mask, at, region, candidates);
             }

@@ -113,6 +113,8 @@ pub struct Region {
     pub end: Addr,
     /// Anonymous memory (where pymalloc's pools can be).
     pub anonymous: bool,
+    /// The C library's main heap (`[heap]`), whose free chunks are not roots.
+    pub heap: bool,
 }
 
 impl Region {
@@ -122,7 +124,94 @@ impl Region {
             start: Addr::new(start),
             end: Addr::new(end),
             anonymous,
+            heap: false,
         }
+    }
+}
+
+/// The free memory of glibc's main heap, given all its words (`base`: the heap's first byte,
+/// where its first chunk starts): chunks in bins (the next chunk's PREV_INUSE bit is clear),
+/// the top chunk, and the chunks the main thread's tcache holds (the heap's first chunk;
+/// their links are mangled with safe-linking, glibc 2.32+). `None` when the words do not walk
+/// as a heap: then nothing is masked. Free memory keeps whatever it held, and a stale pointer
+/// there would hide a leak.
+pub fn glibc_free_chunks(words: &[usize], base: usize) -> Option<Vec<(usize, usize)>> {
+    const PREV_INUSE: usize = 1;
+    const TCACHE_STRUCT: usize = 0x290;
+    let word = std::mem::size_of::<usize>();
+    let end = base + std::mem::size_of_val(words);
+    let at = |addr: usize| -> Option<usize> {
+        (addr >= base && addr + word <= end && addr % word == 0)
+            .then(|| words[(addr - base) / word])
+    };
+    let mut free = Vec::new();
+    let mut chunk = base;
+    let mut previous: Option<usize> = None;
+    let mut chunks = 0usize;
+    while chunk + 2 * word <= end {
+        let size_field = at(chunk + word)?;
+        let size = size_field & !7;
+        if size < 4 * word || size % (2 * word) != 0 || chunk + size > end {
+            // The top chunk's size may run to the end; anything else means this is no heap.
+            return (chunks > 0 && chunk + size >= end).then(|| {
+                free.push((chunk, end));
+                free
+            });
+        }
+        if let Some(prev) = previous {
+            if size_field & PREV_INUSE == 0 {
+                free.push((prev, chunk));
+            }
+        }
+        previous = Some(chunk);
+        chunk += size;
+        chunks += 1;
+    }
+    // The last chunk is the top: free space at the end of the heap.
+    if let Some(prev) = previous {
+        free.push((prev, end.min(chunk)));
+    }
+    // The main thread's tcache: counts (u16 x 64) then entries (64 pointers) in the first chunk.
+    if at(base + word).map(|s| s & !7) == Some(TCACHE_STRUCT) {
+        let counts_at = base + 2 * word;
+        let entries_at = counts_at + 64 * 2;
+        for bin in 0..64 {
+            let count_word = at(counts_at + (bin * 2) / word * word)?;
+            let count = (count_word >> (((bin * 2) % word) * 8)) & 0xffff;
+            let mut entry = at(entries_at + bin * word)?;
+            for _ in 0..count.min(4096) {
+                let chunk = entry.wrapping_sub(2 * word);
+                let Some(size) = at(chunk + word).map(|s| s & !7) else {
+                    break;
+                };
+                if size < 4 * word || chunk + size > end {
+                    break;
+                }
+                free.push((chunk + 2 * word, chunk + size));
+                let Some(mangled) = at(entry) else { break };
+                entry = (entry >> 12) ^ mangled;
+                if entry == 0 {
+                    break;
+                }
+            }
+        }
+    }
+    free.sort_unstable();
+    Some(free)
+}
+
+/// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges`.
+pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]) {
+    let word = std::mem::size_of::<usize>();
+    let end = base + mask.len() * word;
+    let first = ranges.partition_point(|(_, e)| *e <= base);
+    for &(start, stop) in &ranges[first..] {
+        if start >= end {
+            break;
+        }
+        let from = start.max(base) - base;
+        let to = stop.min(end) - base;
+        mask[from.div_ceil(word)..to / word].fill(false);
     }
 }
 
@@ -415,7 +504,9 @@ pub fn root_regions(
         if m.path == "[stack]" || (anonymous && is_thread_stack(start, end)) {
             continue;
         }
-        regions.push(Region::new(start, end, anonymous));
+        let mut region = Region::new(start, end, anonymous);
+        region.heap = m.path == "[heap]";
+        regions.push(region);
     }
     regions
 }
@@ -672,5 +763,33 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
             run(&memory, &candidates, &roots, &[]),
             [PossiblyLost, StillReachable]
         );
+    }
+
+    #[test]
+    fn free_chunks_of_a_glibc_heap() {
+        let base = 0x10000;
+        // tcache struct (0x290), an in-use chunk (0x30), a free chunk (0x40, next has
+        // PREV_INUSE clear), an in-use chunk (0x20), then the top (0x100).
+        let mut words = vec![0usize; (0x290 + 0x30 + 0x40 + 0x20 + 0x100) / 8];
+        let put = |words: &mut Vec<usize>, addr: usize, v: usize| words[(addr - base) / 8] = v;
+        put(&mut words, base + 8, 0x291);
+        let a = base + 0x290;
+        put(&mut words, a + 8, 0x31);
+        let b = a + 0x30;
+        put(&mut words, b + 8, 0x41);
+        let c = b + 0x40;
+        put(&mut words, c + 8, 0x20); // PREV_INUSE clear: b is free
+        let top = c + 0x20;
+        put(&mut words, top + 8, 0x101);
+        // tcache bin 0 holds chunk `a` (count 1, entry -> a's user data).
+        put(&mut words, base + 16, 1);
+        put(&mut words, base + 16 + 128, a + 16);
+        put(&mut words, a + 16, (a + 16) >> 12); // mangled NULL
+        let free = glibc_free_chunks(&words, base).expect("walks as a heap");
+        assert_eq!(free, vec![(a + 16, a + 0x30), (b, c), (top, top + 0x100)]);
+        let mut mask = vec![true; words.len()];
+        mask_out_ranges(&mut mask, base, &free);
+        assert!(mask[(a - base) / 8 + 1] && !mask[(a - base) / 8 + 2] && !mask[(b - base) / 8]);
+        assert!(glibc_free_chunks(&[0, 3, 5], 0x1000).is_none());
     }
 }

@@ -1,0 +1,290 @@
+"""heapgate's command-line flags and ini keys, and the settings a session reads from them.
+
+Every option has a namespaced form (``--heapgate-native``, ini ``heapgate_native``). The bare
+names pytest-memray 1.11 uses (``--native``, ``--stacks``, ``--most-allocations``,
+``--trace-python-allocators``, ``--fail-on-increase``, ini ``native``, ``stacks``,
+``most_allocations``, ``trace_python_allocators``, ``fail-on-increase``) are registered too,
+so a suite migrates by renaming ``--memray`` — unless pytest-memray itself is installed: then
+those names are pytest-memray's (pytest refuses two options with one name), and heapgate
+answers to its namespaced forms only, so both plugins load side by side.
+
+A bad value (a flag's or an ini key's) is a usage error naming the option, before any test runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Optional
+
+import pytest
+
+from .limits import LimitError, parse_size
+
+__all__ = ["Settings", "add_options", "memray_installed", "read_settings"]
+
+DEFAULT_MOST_ALLOCATIONS = 5
+DEFAULT_MAX_INCREASE = "10%"
+DEFAULT_MIN_INCREASE = "64KiB"
+
+
+def memray_installed() -> bool:
+    """Is pytest-memray installed (a ``pytest11`` entry point in module ``pytest_memray``)?"""
+    try:
+        eps: Any = metadata.entry_points()
+        group = eps.select(group="pytest11") if hasattr(eps, "select") else eps.get("pytest11", ())
+        return any(str(ep.value).split(".")[0].split(":")[0] == "pytest_memray" for ep in group)
+    except Exception:  # pragma: no cover - broken metadata: assume the names are free
+        return False
+
+
+# (namespaced flag, memray's bare flag or None, dest, kind, metavar, help)
+# kind: "bool" (store_true), "value" (one argument)
+_FLAGS: tuple[tuple[str, Optional[str], str, str, Optional[str], str], ...] = (
+    ("--heapgate", None, "heapgate", "bool", None, "Track every test (not only marked ones) and show the memory summary."),
+    (
+        "--heapgate-native",
+        "--native",
+        "heapgate_native",
+        "bool",
+        None,
+        "Also record native stacks (C/C++/Rust frames, symbolized lazily for reports).",
+    ),
+    (
+        "--heapgate-stacks",
+        "--stacks",
+        "heapgate_stacks",
+        "value",
+        "N",
+        "Show at most N frames of each allocation stack in failures (default: all).",
+    ),
+    (
+        "--heapgate-most-allocations",
+        "--most-allocations",
+        "heapgate_most_allocations",
+        "value",
+        "N",
+        "Show the N tests with the highest peak in the summary (0: all; default 5).",
+    ),
+    (
+        "--hide-heapgate-summary",
+        None,
+        "hide_heapgate_summary",
+        "bool",
+        None,
+        "Do not show heapgate's summary at the end of the session.",
+    ),
+    (
+        "--heapgate-trace-python-allocators",
+        "--trace-python-allocators",
+        "heapgate_trace_python_allocators",
+        "bool",
+        None,
+        "Accepted for pytest-memray compatibility; no effect: heapgate always counts Python's allocators exactly.",
+    ),
+    (
+        "--heapgate-fail-on-increase",
+        "--fail-on-increase",
+        "heapgate_fail_on_increase",
+        "bool",
+        None,
+        "Fail a test with a limit_memory marker whose peak is higher than in its previous run "
+        "(kept in pytest's cache, as pytest-memray does).",
+    ),
+    (
+        "--heapgate-save",
+        None,
+        "heapgate_save",
+        "value",
+        "FILE",
+        "Write a baseline of every test's peak and leaked bytes to FILE (JSON, meant to be committed).",
+    ),
+    (
+        "--heapgate-compare",
+        None,
+        "heapgate_compare",
+        "value",
+        "FILE",
+        "Compare every test's peak with the baseline FILE; fail those that grew beyond the tolerance.",
+    ),
+    (
+        "--heapgate-max-increase",
+        None,
+        "heapgate_max_increase",
+        "value",
+        "PCT",
+        f"With --heapgate-compare: growth of a test's peak allowed, in percent (default {DEFAULT_MAX_INCREASE}).",
+    ),
+    (
+        "--heapgate-min-increase",
+        None,
+        "heapgate_min_increase",
+        "value",
+        "SIZE",
+        f"With --heapgate-compare: growth smaller than SIZE never fails (default {DEFAULT_MIN_INCREASE}).",
+    ),
+    (
+        "--heapgate-include-fixtures",
+        None,
+        "heapgate_include_fixtures",
+        "bool",
+        None,
+        "Count the allocations of the fixtures set up for a test in its peak (default: the call only).",
+    ),
+)
+
+# (namespaced ini, memray's bare ini or None, type, help); the flag with the same dest wins.
+_INIS: tuple[tuple[str, Optional[str], str, str], ...] = (
+    ("heapgate", None, "bool", "Track every test (as --heapgate)."),
+    ("heapgate_native", "native", "bool", "Record native stacks (as --heapgate-native)."),
+    ("heapgate_stacks", "stacks", "string", "Frames shown per stack (as --heapgate-stacks)."),
+    ("heapgate_most_allocations", "most_allocations", "string", "Tests shown in the summary (as --heapgate-most-allocations)."),
+    ("hide_heapgate_summary", None, "bool", "Hide the summary (as --hide-heapgate-summary)."),
+    (
+        "heapgate_trace_python_allocators",
+        "trace_python_allocators",
+        "bool",
+        "No effect (as --heapgate-trace-python-allocators).",
+    ),
+    ("heapgate_fail_on_increase", "fail-on-increase", "bool", "Fail tests whose peak grew since the previous run."),
+    ("heapgate_save", None, "string", "Baseline file to write (as --heapgate-save), relative to the rootdir."),
+    ("heapgate_compare", None, "string", "Baseline file to compare with (as --heapgate-compare), relative to the rootdir."),
+    ("heapgate_max_increase", None, "string", "Peak growth allowed against the baseline, e.g. '10%'."),
+    ("heapgate_min_increase", None, "string", "Peak growth that never fails, e.g. '64KiB'."),
+    ("heapgate_include_fixtures", None, "bool", "Count fixture setup in the peak (as --heapgate-include-fixtures)."),
+)
+
+
+def add_options(parser: pytest.Parser, group: Any) -> None:
+    """Register heapgate's flags and ini keys (bare memray names only when they are free)."""
+    bare = not memray_installed()
+    for flag, memray_flag, dest, kind, metavar, help_text in _FLAGS:
+        names = [flag] + ([memray_flag] if bare and memray_flag else [])
+        help_text = help_text.replace("%", "%%") if "%%" not in help_text else help_text
+        if kind == "bool":
+            group.addoption(*names, dest=dest, action="store_true", default=None, help=help_text)
+        else:
+            group.addoption(*names, dest=dest, default=None, metavar=metavar, help=help_text)
+    for name, memray_name, kind, help_text in _INIS:
+        ini_type: Any = kind
+        default: Any = False if kind == "bool" else ""
+        parser.addini(name, help_text, type=ini_type, default=default)
+        if bare and memray_name:
+            parser.addini(memray_name, f"{help_text} (pytest-memray's name)", type=ini_type, default=default)
+
+
+def _ini(config: pytest.Config, name: str) -> Any:
+    """An ini key's value; an unreadable one is a usage error naming the key."""
+    try:
+        return config.getini(name)
+    except (pytest.UsageError, ValueError) as e:
+        if "unknown configuration value" in str(e):
+            return None  # a bare name owned by pytest-memray: not ours
+        raise pytest.UsageError(f"heapgate: ini option {name}: {e}") from None
+
+
+def _value(config: pytest.Config, dest: str) -> tuple[Any, str]:
+    """The value and where it came from: the flag, the namespaced ini key, memray's ini key."""
+    flag = config.getoption(dest)
+    flag_name = next(f for f, _, d, _, _, _ in _FLAGS if d == dest)
+    if flag is not None:
+        return flag, flag_name
+    for name, memray_name, kind, _ in _INIS:
+        if name != dest.replace("-", "_"):
+            continue
+        for key in (name, memray_name):
+            if key is None:
+                continue
+            value = _ini(config, key)
+            if kind == "bool" and value:
+                return True, f"ini option {key}"
+            if kind == "string" and value not in ("", None):
+                return str(value).strip(), f"ini option {key}"
+        return (False if kind == "bool" else None), flag_name
+    raise AssertionError(dest)  # pragma: no cover
+
+
+def _whole(config: pytest.Config, dest: str, minimum: int) -> Optional[int]:
+    value, where = _value(config, dest)
+    if value in ("", None):
+        return None
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise pytest.UsageError(f"heapgate: {where} must be a whole number, not {value!r}") from None
+    if number < minimum:
+        raise pytest.UsageError(f"heapgate: {where} must be at least {minimum}, not {number}")
+    return number
+
+
+def _percent(config: pytest.Config, dest: str) -> Decimal:
+    value, where = _value(config, dest)
+    text = str(value if value is not None else DEFAULT_MAX_INCREASE).strip()
+    try:
+        number = Decimal(text[:-1].strip() if text.endswith("%") else text)
+    except InvalidOperation:
+        number = Decimal(-1)
+    if not number.is_finite() or number < 0:
+        raise pytest.UsageError(
+            f"heapgate: {where} must be a non-negative percentage such as '10%' or '2.5', not {text!r}"
+        )
+    return number
+
+
+def _size(config: pytest.Config, dest: str) -> int:
+    value, where = _value(config, dest)
+    text = str(value if value is not None else DEFAULT_MIN_INCREASE).strip().lstrip("+")
+    try:
+        return parse_size(int(text) if text.isdigit() else text, where)
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
+def _path(config: pytest.Config, dest: str) -> Optional[Path]:
+    """A file flag is relative to the invocation directory, an ini key to the rootdir."""
+    value, where = _value(config, dest)
+    if value in ("", None):
+        return None
+    base = config.invocation_params.dir if where.startswith("--") else config.rootpath
+    return Path(base, str(value))
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What the session's options say, checked."""
+
+    track_all: bool
+    native: bool
+    hide_summary: bool
+    most_allocations: int
+    max_frames: Optional[int]
+    trace_python_allocators: bool
+    fail_on_increase: bool
+    save: Optional[Path]
+    compare: Optional[Path]
+    max_increase: Decimal
+    min_increase: int
+    include_fixtures: bool
+
+
+def read_settings(config: pytest.Config) -> Settings:
+    """Every heapgate option, validated (a usage error names the bad one)."""
+    most = _whole(config, "heapgate_most_allocations", 0)
+    save = _path(config, "heapgate_save")
+    compare = _path(config, "heapgate_compare")
+    return Settings(
+        track_all=bool(_value(config, "heapgate")[0]) or save is not None or compare is not None,
+        native=bool(_value(config, "heapgate_native")[0]),
+        hide_summary=bool(_value(config, "hide_heapgate_summary")[0]),
+        most_allocations=DEFAULT_MOST_ALLOCATIONS if most is None else most,
+        max_frames=_whole(config, "heapgate_stacks", 1),
+        trace_python_allocators=bool(_value(config, "heapgate_trace_python_allocators")[0]),
+        fail_on_increase=bool(_value(config, "heapgate_fail_on_increase")[0]),
+        save=save,
+        compare=compare,
+        max_increase=_percent(config, "heapgate_max_increase"),
+        min_increase=_size(config, "heapgate_min_increase"),
+        include_fixtures=bool(_value(config, "heapgate_include_fixtures")[0]),
+    )
