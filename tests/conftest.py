@@ -63,13 +63,14 @@ def peaks(result: pytest.RunResult) -> dict[str, int]:
 # pytest-rerunfailures) load into every pytester session once installed. The sessions of the
 # older test modules were written without them, and some (the conservative reachability scan
 # in test_leaks.py) are sensitive to any extra allocation in the process, so those sessions run
-# without them; tests/test_pytest_*.py (the pytest-integration tests) get them.
+# without them; tests/test_pytest_*.py and tests/test_gating.py (the pytest-integration tests)
+# get them.
 OTHER_PLUGINS = ("xdist", "xdist.looponfail", "asyncio", "anyio", "rerunfailures")
 
 
 @pytest.fixture(autouse=True)
 def _only_heapgate_in_older_sessions(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    if request.node.path.name.startswith("test_pytest_") or "pytester" not in request.fixturenames:
+    if request.node.path.name.startswith(("test_pytest_", "test_gating")) or "pytester" not in request.fixturenames:
         return
     request.getfixturevalue("pytester")  # it clears PYTEST_ADDOPTS when it starts
     monkeypatch.setenv("PYTEST_ADDOPTS", " ".join(f"-p no:{name}" for name in OTHER_PLUGINS))

@@ -222,12 +222,12 @@ def test_marker_signatures(run, pytester: pytest.Pytester) -> None:
     for name in ("test_memory_current_thread", "test_memory_keyword", "test_leaks_all_keywords", "test_leaks_keyword"):
         assert f"test_markers.py::{name} PASSED" in out
     expected = {
-        "test_memory_no_limit": "missing 1 required positional argument: 'limit'; expected limit_memory(limit, *, current_thread_only=False)",
-        "test_memory_positional_flag": "takes 1 positional argument but 2 were given; expected limit_memory(limit, *, current_thread_only=False)",
+        "test_memory_no_limit": "missing 1 required positional argument: 'limit'; expected limit_memory(limit, *, current_thread_only=False, all_threads=False, warmup=None, repeat=None)",
+        "test_memory_positional_flag": "takes 1 positional argument but 2 were given; expected limit_memory(limit, *, current_thread_only=False, all_threads=False, warmup=None, repeat=None)",
         "test_memory_unknown_keyword": "unexpected keyword argument 'foo'",
         "test_memory_bad_flag": "current_thread_only must be True or False, not 'yes'",
         "test_leaks_bad_filter": "filter_fn must be callable",
-        "test_leaks_positional_filter": "expected limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False)",
+        "test_leaks_positional_filter": "expected limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False, all_threads=False, warmup=None, repeat=None)",
         "test_two_memory_markers": "2 @pytest.mark.limit_memory markers",
     }
     sections = {

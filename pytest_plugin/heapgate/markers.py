@@ -38,21 +38,31 @@ class MarkerError(Exception):
 
 
 @dataclass(frozen=True)
-class LimitMemory:
-    """``limit_memory``: the peak allowed, in bytes."""
+class RunOptions:
+    """What a limit marker may say besides its limit: whose allocations count, and how many
+    times the call runs (see issue 7 in the README's "Numbers to gate on")."""
 
-    limit: int
     current_thread_only: bool = False
+    all_threads: bool = False
+    warmup: Optional[int] = None
+    repeat: Optional[int] = None
+    from_default: bool = False
 
 
 @dataclass(frozen=True)
-class LimitLeaks:
+class LimitMemory(RunOptions):
+    """``limit_memory``: the peak allowed, in bytes."""
+
+    limit: int = 0
+
+
+@dataclass(frozen=True)
+class LimitLeaks(RunOptions):
     """``limit_leaks``: bytes one location may leave allocated; ``filter_fn(stack)`` returning
     False ignores a location (pytest-memray's signature)."""
 
-    limit: int
+    limit: int = 0
     filter_fn: Optional[Callable[[Any], object]] = None
-    current_thread_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -71,11 +81,34 @@ class Checks:
     limit_leaks: Optional[LimitLeaks] = None
     native_leaks: Optional[NativeLeaks] = None
 
+    all_threads: bool = False
+
+    def _limits(self) -> list[RunOptions]:
+        return [c for c in (self.limit_memory, self.limit_leaks) if c is not None]
+
     @property
     def thread_mode(self) -> str:
         """Whose allocations are charged to the test (see the core's ThreadMode)."""
-        own = any(c is not None and c.current_thread_only for c in (self.limit_memory, self.limit_leaks))
-        return "current_thread" if own else "spawned"
+        if self.all_threads or any(c.all_threads for c in self._limits()):
+            return "all"
+        return "current_thread" if any(c.current_thread_only for c in self._limits()) else "spawned"
+
+    @property
+    def warmup(self) -> Optional[int]:
+        """Untracked runs of the call before the measured one, if a marker says."""
+        given = [c.warmup for c in self._limits() if c.warmup is not None]
+        return max(given) if given else None
+
+    @property
+    def repeat(self) -> Optional[int]:
+        """Tracked runs of the call, if a marker says."""
+        given = [c.repeat for c in self._limits() if c.repeat is not None]
+        return max(given) if given else None
+
+    @property
+    def from_marker(self) -> bool:
+        """Some limit comes from a marker (not a session default)."""
+        return any(not c.from_default for c in self._limits())
 
     @property
     def needs_collect(self) -> bool:
@@ -86,20 +119,57 @@ class Checks:
         return any(c is not None for c in (self.limit_memory, self.limit_leaks, self.native_leaks))
 
 
-def _limit_memory(limit: object, *, current_thread_only: bool = False) -> LimitMemory:
-    if not isinstance(current_thread_only, bool):
-        raise MarkerError(f"current_thread_only must be True or False, not {current_thread_only!r}")
-    return LimitMemory(parse_size(limit), current_thread_only)
+_OPT_OUT = object()
+
+
+def _run_options(current_thread_only: object, all_threads: object, warmup: object, repeat: object) -> RunOptions:
+    for name, flag in (("current_thread_only", current_thread_only), ("all_threads", all_threads)):
+        if not isinstance(flag, bool):
+            raise MarkerError(f"{name} must be True or False, not {flag!r}")
+    if current_thread_only and all_threads:
+        raise MarkerError("current_thread_only=True and all_threads=True contradict each other")
+    for name, count, minimum in (("warmup", warmup, 0), ("repeat", repeat, 1)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < minimum):
+            raise MarkerError(f"{name} must be a whole number of at least {minimum}, not {count!r}")
+    return RunOptions(bool(current_thread_only), bool(all_threads), warmup, repeat)  # type: ignore[arg-type]
+
+
+def _limit_memory(
+    limit: object,
+    *,
+    current_thread_only: bool = False,
+    all_threads: bool = False,
+    warmup: Optional[int] = None,
+    repeat: Optional[int] = None,
+) -> Any:
+    run = _run_options(current_thread_only, all_threads, warmup, repeat)
+    if limit is None:
+        return _OPT_OUT
+    return LimitMemory(run.current_thread_only, run.all_threads, run.warmup, run.repeat, limit=parse_size(limit))
 
 
 def _limit_leaks(
-    location_limit: object, *, filter_fn: Optional[Callable[[Any], object]] = None, current_thread_only: bool = False
-) -> LimitLeaks:
+    location_limit: object,
+    *,
+    filter_fn: Optional[Callable[[Any], object]] = None,
+    current_thread_only: bool = False,
+    all_threads: bool = False,
+    warmup: Optional[int] = None,
+    repeat: Optional[int] = None,
+) -> Any:
     if filter_fn is not None and not callable(filter_fn):
         raise MarkerError(f"filter_fn must be callable (it receives a stack), not {filter_fn!r}")
-    if not isinstance(current_thread_only, bool):
-        raise MarkerError(f"current_thread_only must be True or False, not {current_thread_only!r}")
-    return LimitLeaks(parse_size(location_limit, "leak limit"), filter_fn, current_thread_only)
+    run = _run_options(current_thread_only, all_threads, warmup, repeat)
+    if location_limit is None:
+        return _OPT_OUT
+    return LimitLeaks(
+        run.current_thread_only,
+        run.all_threads,
+        run.warmup,
+        run.repeat,
+        limit=parse_size(location_limit, "leak limit"),
+        filter_fn=filter_fn,
+    )
 
 
 def _native_leaks(limit: object = 0) -> Optional[NativeLeaks]:
@@ -109,8 +179,11 @@ def _native_leaks(limit: object = 0) -> Optional[NativeLeaks]:
 
 
 _SIGNATURES = {
-    "limit_memory": "limit_memory(limit, *, current_thread_only=False)",
-    "limit_leaks": "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False)",
+    "limit_memory": "limit_memory(limit, *, current_thread_only=False, all_threads=False, warmup=None, repeat=None)",
+    "limit_leaks": (
+        "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False, all_threads=False, "
+        "warmup=None, repeat=None)"
+    ),
     "native_leaks": "native_leaks(limit=0) or native_leaks(False)",
 }
 
@@ -150,19 +223,30 @@ def _from_marker(item: pytest.Item, name: str, build: Callable[..., Any]) -> Any
 _ABSENT = object()
 
 
-def checks_for(item: pytest.Item, native_leaks_default: Optional[int] = None) -> Checks:
-    """The checks ``item`` runs under; raises MarkerError on a bad marker. With
-    ``native_leaks_default`` (from --native-leaks), every test gets a native leak check
-    unless its ``native_leaks`` marker says otherwise."""
+def checks_for(
+    item: pytest.Item,
+    native_leaks_default: Optional[int] = None,
+    limit_memory_default: Optional[int] = None,
+    limit_leaks_default: Optional[int] = None,
+    all_threads: bool = False,
+) -> Checks:
+    """The checks ``item`` runs under; raises MarkerError on a bad marker. Session defaults
+    (--native-leaks, heapgate_limit_memory, heapgate_limit_leaks) apply to tests without a
+    marker of that kind; a marker's ``None`` limit opts the test out of the default."""
     limit_memory = _from_marker(item, "limit_memory", _limit_memory)
     limit_leaks = _from_marker(item, "limit_leaks", _limit_leaks)
     native_leaks = _from_marker(item, "native_leaks", _native_leaks)
     if native_leaks is _ABSENT:
         native_leaks = None if native_leaks_default is None else NativeLeaks(native_leaks_default)
+    if limit_memory is _ABSENT:
+        limit_memory = None if limit_memory_default is None else LimitMemory(from_default=True, limit=limit_memory_default)
+    if limit_leaks is _ABSENT:
+        limit_leaks = None if limit_leaks_default is None else LimitLeaks(from_default=True, limit=limit_leaks_default)
     return Checks(
-        limit_memory=None if limit_memory is _ABSENT else limit_memory,
-        limit_leaks=None if limit_leaks is _ABSENT else limit_leaks,
+        limit_memory=None if limit_memory is _OPT_OUT else limit_memory,
+        limit_leaks=None if limit_leaks is _OPT_OUT else limit_leaks,
         native_leaks=native_leaks,
+        all_threads=all_threads,
     )
 
 

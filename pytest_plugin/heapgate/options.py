@@ -133,6 +133,54 @@ _FLAGS: tuple[tuple[str, Optional[str], str, str, Optional[str], str], ...] = (
         None,
         "Count the allocations of the fixtures set up for a test in its peak (default: the call only).",
     ),
+    (
+        "--heapgate-limit-memory",
+        None,
+        "heapgate_limit_memory",
+        "value",
+        "SIZE",
+        "Limit the peak of every test that has no limit_memory marker (e.g. 200MB).",
+    ),
+    (
+        "--heapgate-limit-leaks",
+        None,
+        "heapgate_limit_leaks",
+        "value",
+        "SIZE",
+        "Limit the leaked memory per location of every test that has no limit_leaks marker (e.g. 1MB).",
+    ),
+    (
+        "--heapgate-all-threads",
+        None,
+        "heapgate_all_threads",
+        "bool",
+        None,
+        "Charge a test for every thread's allocations during its call, also threads that existed before it.",
+    ),
+    (
+        "--heapgate-warmup",
+        None,
+        "heapgate_warmup",
+        "value",
+        "N",
+        "Run each tracked test's call N times untracked before the measured call.",
+    ),
+    (
+        "--heapgate-repeat",
+        None,
+        "heapgate_repeat",
+        "value",
+        "N",
+        "Run each tracked test's call N times and fail a test whose live memory grows on each run after the first.",
+    ),
+    (
+        "--heapgate-repeat-threshold",
+        None,
+        "heapgate_repeat_threshold",
+        "value",
+        "SIZE",
+        "With --heapgate-repeat: growth per run allowed (default 0, after rounding to 16 bytes).",
+    ),
 )
 
 # (namespaced ini, memray's bare ini or None, type, help); the flag with the same dest wins.
@@ -154,6 +202,12 @@ _INIS: tuple[tuple[str, Optional[str], str, str], ...] = (
     ("heapgate_max_increase", None, "string", "Peak growth allowed against the baseline, e.g. '10%'."),
     ("heapgate_min_increase", None, "string", "Peak growth that never fails, e.g. '64KiB'."),
     ("heapgate_include_fixtures", None, "bool", "Count fixture setup in the peak (as --heapgate-include-fixtures)."),
+    ("heapgate_limit_memory", None, "string", "Peak limit for tests without a limit_memory marker, e.g. '200MB'."),
+    ("heapgate_limit_leaks", None, "string", "Leak limit per location for tests without a limit_leaks marker."),
+    ("heapgate_all_threads", None, "bool", "Charge every thread's allocations (as --heapgate-all-threads)."),
+    ("heapgate_warmup", None, "string", "Untracked runs of each tracked test's call first (as --heapgate-warmup)."),
+    ("heapgate_repeat", None, "string", "Runs of each tracked test's call (as --heapgate-repeat)."),
+    ("heapgate_repeat_threshold", None, "string", "Live-memory growth per run allowed with repeat."),
 )
 
 
@@ -242,6 +296,18 @@ def _size(config: pytest.Config, dest: str) -> int:
         raise pytest.UsageError(f"heapgate: {e}") from None
 
 
+def _optional_size(config: pytest.Config, dest: str) -> Optional[int]:
+    """A size option that may be unset (None)."""
+    value, where = _value(config, dest)
+    if value in ("", None):
+        return None
+    text = str(value).strip()
+    try:
+        return parse_size(int(text) if text.isdigit() else text, f"{where} value")
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
 def _path(config: pytest.Config, dest: str) -> Optional[Path]:
     """A file flag is relative to the invocation directory, an ini key to the rootdir."""
     value, where = _value(config, dest)
@@ -267,6 +333,12 @@ class Settings:
     max_increase: Decimal
     min_increase: int
     include_fixtures: bool
+    limit_memory: Optional[int]
+    limit_leaks: Optional[int]
+    all_threads: bool
+    warmup: int
+    repeat: int
+    repeat_threshold: int
 
 
 def read_settings(config: pytest.Config) -> Settings:
@@ -274,8 +346,10 @@ def read_settings(config: pytest.Config) -> Settings:
     most = _whole(config, "heapgate_most_allocations", 0)
     save = _path(config, "heapgate_save")
     compare = _path(config, "heapgate_compare")
+    repeat = _whole(config, "heapgate_repeat", 1) or 1
     return Settings(
-        track_all=bool(_value(config, "heapgate")[0]) or save is not None or compare is not None,
+        # Baselines and repeat-run growth concern every test, not only marked ones.
+        track_all=bool(_value(config, "heapgate")[0]) or save is not None or compare is not None or repeat > 1,
         native=bool(_value(config, "heapgate_native")[0]),
         hide_summary=bool(_value(config, "hide_heapgate_summary")[0]),
         most_allocations=DEFAULT_MOST_ALLOCATIONS if most is None else most,
@@ -287,4 +361,10 @@ def read_settings(config: pytest.Config) -> Settings:
         max_increase=_percent(config, "heapgate_max_increase"),
         min_increase=_size(config, "heapgate_min_increase"),
         include_fixtures=bool(_value(config, "heapgate_include_fixtures")[0]),
+        limit_memory=_optional_size(config, "heapgate_limit_memory"),
+        limit_leaks=_optional_size(config, "heapgate_limit_leaks"),
+        all_threads=bool(_value(config, "heapgate_all_threads")[0]),
+        warmup=_whole(config, "heapgate_warmup", 0) or 0,
+        repeat=repeat,
+        repeat_threshold=_optional_size(config, "heapgate_repeat_threshold") or 0,
     )

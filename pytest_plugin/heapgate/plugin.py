@@ -18,7 +18,7 @@ import gc
 import inspect
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any, Generator, Optional
@@ -34,6 +34,7 @@ from .formatting import peak_failure, summary_lines
 from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
 from .limits import LimitError, format_size, parse_size
 from .markers import MARKERS, Checks, MarkerError, checks_for
+from .repeat import growth_failure, warm_up
 from .options import add_options, read_settings
 
 if TYPE_CHECKING:
@@ -69,6 +70,10 @@ class TestResult:
     record: Optional[Record] = None
     written: Optional[Written] = None
     absorbed: Optional[list[list[int]]] = None
+    warmup: int = 0
+    # Live bytes, and the checkpoint reports, after each run of a repeated call.
+    totals: list[int] = field(default_factory=list)
+    checkpoints: list[Report] = field(default_factory=list)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -174,7 +179,13 @@ class HeapgatePlugin:
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
         try:
-            checks = item.stash[CHECKS] = checks_for(item, self.native_leaks)
+            checks = item.stash[CHECKS] = checks_for(
+                item,
+                self.native_leaks,
+                self.settings.limit_memory,
+                self.settings.limit_leaks,
+                self.settings.all_threads,
+            )
             _check_item_kind(item, checks)
         except MarkerError as e:
             problem = f"heapgate: {e}"
@@ -199,13 +210,29 @@ class HeapgatePlugin:
         assert _native is not None
         # From here, stopping is this hook's job (not teardown's).
         item.stash[ACTIVE] = False
+        warmup = checks.warmup if checks.warmup is not None else self.settings.warmup
+        repeat = checks.repeat if checks.repeat is not None else self.settings.repeat
         if not started:
+            # Untracked runs first: caches built on first use stop depending on test order.
+            warm_up(item.runtest, warmup)
             # The frame that runs this hook stays on the stack for the whole call: stacks end there.
             boundary = sys._getframe(1)
             native = self.native or checks.native_leaks is not None
             _native.start(_entry_codes(item), boundary, checks.thread_mode, native)
+        totals: list[int] = []
+        checkpoints: list[Report] = []
         try:
+            # With --heapgate-repeat, all but the last run happen here; pytest runs the last.
+            for _ in range(repeat - 1):
+                item.runtest()
+                gc.collect()
+                checkpoints.append(_native.checkpoint())
+                totals.append(checkpoints[-1].leaked_bytes)
             yield
+            if repeat > 1:
+                gc.collect()
+                checkpoints.append(_native.checkpoint())
+                totals.append(checkpoints[-1].leaked_bytes)
             if checks.needs_collect:
                 # Still tracking: what the collection frees is no leak (and it allocates
                 # nothing that is charged, as the test's function is no longer running).
@@ -214,7 +241,7 @@ class HeapgatePlugin:
                 _native.scan_leaks()
         finally:
             report = _native.stop()
-        item.stash[RESULT] = TestResult(item.nodeid, report, checks)
+        item.stash[RESULT] = TestResult(item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
@@ -264,6 +291,8 @@ class HeapgatePlugin:
             "native_leaks": result.checks.native_leaks is not None,
             "reachable_native": list(result.reachable_native),
             "absorbed": result.absorbed or [],
+            "limit_source": "marker" if result.checks.from_marker else ("default" if result.checks else None),
+            "warmup": result.warmup,
         }
 
     def _artifacts(self, item: pytest.Item, result: TestResult, outcome: str) -> None:
@@ -321,6 +350,12 @@ class HeapgatePlugin:
             ]
             if native.failure is not None:
                 failures.append(native.failure)
+        if len(result.totals) > 1:
+            text = growth_failure(
+                result.totals, result.checkpoints, self.settings.repeat_threshold, rootpath=root, max_frames=self.max_frames
+            )
+            if text is not None:
+                failures.append(text)
         if self.baseline is not None and result.nodeid in self.baseline.tests:
             text = increase_failure(
                 self.baseline.tests[result.nodeid].peak_bytes,
@@ -331,6 +366,8 @@ class HeapgatePlugin:
             )
             if text is not None:
                 failures.append(text)
+        if failures and result.warmup:
+            failures.append(f"(measured after {result.warmup} warm-up run{'s' if result.warmup != 1 else ''} of the call)")
         return "\n\n".join(failures) if failures else None
 
     def _fail_on_increase(self, nodeid: str, peak: int) -> Optional[str]:
@@ -410,6 +447,12 @@ class HeapgatePlugin:
         tr.write_sep("=", "heapgate: memory per test")
         for line in summary_lines(rows, self.settings.most_allocations):
             tr.write_line(line)
+        defaults = sum(1 for r in results if r.get("limit_source") == "default")
+        if defaults or self.settings.limit_memory is not None or self.settings.limit_leaks is not None:
+            markers = sum(1 for r in results if r.get("limit_source") == "marker")
+            tr.write_line(
+                f"heapgate: {defaults} test{'s' if defaults != 1 else ''} under a default limit, {markers} under a marker"
+            )
         if self.baseline is not None:
             tr.write_sep("=", "heapgate: compared with the baseline")
             peaks = {str(r["nodeid"]): int(r["peak_bytes"]) for r in results}
