@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 try:
     from . import _native
 
-    _native.install()
+    # Nothing is patched yet: the hooks go in at the first tracked test.
+    _native.check_supported()
     UNAVAILABLE: Optional[str] = None
 except (ImportError, RuntimeError) as e:  # TrackingError is a RuntimeError
     _native = None  # type: ignore[assignment]

@@ -352,6 +352,12 @@ fn is_active() -> bool {
     capture::is_active()
 }
 
+/// Raise TrackingError where tracking is not supported (patches nothing).
+#[pyfunction]
+fn check_supported() -> PyResult<()> {
+    capture::supported().map_err(|e| TrackingError::new_err(e.to_string()))
+}
+
 /// Install the hooks now (normally done by the first `start`). Raises TrackingError where
 /// tracking is not supported.
 #[pyfunction]
@@ -366,6 +372,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(install, m)?)?;
+    m.add_function(wrap_pyfunction!(check_supported, m)?)?;
     m.add_class::<Report>()?;
     m.add_class::<Site>()?;
     m.add_class::<StackFrame>()?;

@@ -181,17 +181,26 @@ pub fn set_python_stack_source(source: PythonStackSource) {
     let _ = PYTHON.set(source);
 }
 
+/// Can allocations be tracked in this process at all (Linux/ELF, x86-64 or aarch64)?
+/// Patches nothing.
+pub fn supported() -> Result<(), CaptureError> {
+    if cfg!(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
+        Ok(())
+    } else {
+        Err(CaptureError::Unsupported)
+    }
+}
+
 /// Patch every loaded object (and, through the `dlopen` hook, every object loaded later).
-/// Idempotent; the first call's outcome is returned to every caller.
+/// Idempotent; the first call's outcome is returned to every caller. [`start`] calls it, so
+/// nothing is patched until the first tracked test.
 pub fn install() -> Result<(), CaptureError> {
     INSTALLED
         .get_or_init(|| {
-            if !cfg!(all(
-                target_os = "linux",
-                any(target_arch = "x86_64", target_arch = "aarch64")
-            )) {
-                return Err(CaptureError::Unsupported);
-            }
+            supported()?;
             // SAFETY: registers plain functions that only touch our own locks and flags.
             unsafe {
                 libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
