@@ -176,35 +176,6 @@ def test_python_threads_started_by_the_test_are_charged(run, pytester: pytest.Py
     assert re.search(r"\(3000000 bytes\) in 1 allocation through malloc\n\s+(Thread\.)?run at .*threading.py:\d+", result.stdout.str())
 
 
-def test_a_lingering_thread_of_an_earlier_test_is_not_charged(run, pytester: pytest.Pytester) -> None:
-    pytester.makepyfile(
-        test_linger="""
-        import threading, time
-        import pytest, hgtest
-
-        stop = threading.Event()
-
-        def churn():
-            while not stop.is_set():
-                hgtest.malloc_free(5_000_000)
-                time.sleep(0.001)
-
-        def test_leaves_a_thread_running():
-            threading.Thread(target=churn, daemon=True).start()
-            time.sleep(0.05)
-
-        @pytest.mark.limit_memory(1_000_000 + 1024)
-        def test_next():
-            for _ in range(20):
-                hgtest.malloc_free(1_000_000)
-                time.sleep(0.005)
-            stop.set()
-        """
-    )
-    result = run()
-    result.assert_outcomes(passed=2)
-
-
 def test_fork_inside_a_tracked_test_does_not_deadlock(run, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_fork="""

@@ -287,23 +287,16 @@ def _percent(config: pytest.Config, dest: str) -> Decimal:
     return number
 
 
-def _size(config: pytest.Config, dest: str) -> int:
-    value, where = _value(config, dest)
-    text = str(value if value is not None else DEFAULT_MIN_INCREASE).strip().lstrip("+")
-    try:
-        return parse_size(int(text) if text.isdigit() else text, where)
-    except LimitError as e:
-        raise pytest.UsageError(f"heapgate: {e}") from None
-
-
-def _optional_size(config: pytest.Config, dest: str) -> Optional[int]:
-    """A size option that may be unset (None)."""
+def _size(config: pytest.Config, dest: str, default: Optional[str] = None) -> Optional[int]:
+    """A size option in bytes (a leading '+' allowed); unset gives ``default`` (None: no value)."""
     value, where = _value(config, dest)
     if value in ("", None):
-        return None
-    text = str(value).strip()
+        if default is None:
+            return None
+        value = default
+    text = str(value).strip().lstrip("+")
     try:
-        return parse_size(int(text) if text.isdigit() else text, f"{where} value")
+        return parse_size(int(text) if text.isdigit() else text, where)
     except LimitError as e:
         raise pytest.UsageError(f"heapgate: {e}") from None
 
@@ -359,12 +352,12 @@ def read_settings(config: pytest.Config) -> Settings:
         save=save,
         compare=compare,
         max_increase=_percent(config, "heapgate_max_increase"),
-        min_increase=_size(config, "heapgate_min_increase"),
+        min_increase=_size(config, "heapgate_min_increase", DEFAULT_MIN_INCREASE) or 0,
         include_fixtures=bool(_value(config, "heapgate_include_fixtures")[0]),
-        limit_memory=_optional_size(config, "heapgate_limit_memory"),
-        limit_leaks=_optional_size(config, "heapgate_limit_leaks"),
+        limit_memory=_size(config, "heapgate_limit_memory"),
+        limit_leaks=_size(config, "heapgate_limit_leaks"),
         all_threads=bool(_value(config, "heapgate_all_threads")[0]),
         warmup=_whole(config, "heapgate_warmup", 0) or 0,
         repeat=repeat,
-        repeat_threshold=_optional_size(config, "heapgate_repeat_threshold") or 0,
+        repeat_threshold=_size(config, "heapgate_repeat_threshold") or 0,
     )
