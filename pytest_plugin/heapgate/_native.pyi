@@ -13,6 +13,7 @@ class StackFrame:
     module: Optional[str]
     inlined: bool
     kind: str  # 'python', 'native' or 'interpreter'
+    def format(self, rootpath: Optional[str] = None) -> str: ...
 
 
 class Site:

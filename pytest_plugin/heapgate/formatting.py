@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional, Sequence
 
@@ -11,41 +10,12 @@ from .limits import format_size
 if TYPE_CHECKING:
     from ._native import Report, StackFrame
 
-__all__ = ["format_frame", "peak_failure", "summary_lines", "thread_rule_text"]
-
-_THREAD_RULES = {
-    "current_thread": "allocations of the test's own thread while the test function ran (current_thread_only=True)",
-    "spawned": (
-        "allocations of the test's thread while the test function ran, "
-        "and of threads it started (default)"
-    ),
-    "all": "allocations of every thread during the test call (all_threads=True)",
-}
-
-
-def thread_rule_text(mode: str) -> str:
-    """One line saying whose allocations were charged."""
-    return _THREAD_RULES[mode]
-
-
-def _show_path(filename: str, rootpath: Optional[Path]) -> str:
-    if rootpath is not None and os.path.isabs(filename):
-        try:
-            return str(Path(filename).relative_to(rootpath))
-        except ValueError:
-            pass
-    return filename
-
+__all__ = ["format_frame", "peak_failure", "summary_lines"]
 
 def format_frame(frame: StackFrame, rootpath: Optional[Path] = None) -> str:
-    """``function at path:line``; ``function in object`` for native code without line info."""
-    if frame.filename and frame.lineno:
-        return f"{frame.function} at {_show_path(frame.filename, rootpath)}:{frame.lineno}"
-    if frame.module:
-        return f"{frame.function} in {frame.module}"
-    if frame.address is not None and frame.function == "??":
-        return f"?? at {frame.address:#x}"
-    return frame.function
+    """``function at path:line``; ``function in object`` for native code without line info
+    (the Rust core's format, the same as in every other report)."""
+    return frame.format(str(rootpath) if rootpath is not None else None)
 
 
 def peak_failure(

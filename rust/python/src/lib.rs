@@ -60,6 +60,26 @@ impl StackFrame {
             self.function, self.filename, self.lineno, self.kind
         )
     }
+
+    /// `function at path:line` (path relative to `rootpath` when under it), as failure texts
+    /// show frames.
+    #[pyo3(signature = (rootpath=None))]
+    fn format(&self, rootpath: Option<PathBuf>) -> String {
+        let frame = ReportFrame {
+            function: self.function.clone(),
+            filename: self.filename.clone(),
+            line: (self.lineno > 0).then_some(self.lineno),
+            address: self.address,
+            module: self.module.clone(),
+            inlined: self.inlined,
+            kind: match self.kind {
+                "python" => FrameKind::Python,
+                "interpreter" => FrameKind::Interpreter,
+                _ => FrameKind::Native,
+            },
+        };
+        heapgate_core::report::format_frame(&frame, rootpath.as_deref())
+    }
 }
 
 fn symbolizer() -> &'static Symbolizer {
