@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -141,6 +142,15 @@ EXACT = ("-p", "no:logging")
 # counts are exact.
 RUNS = 3
 
+# CPython 3.9 and 3.10 keep each code object's last frame for reuse (a "zombie frame"); its
+# value stack keeps stale slots from the previous run, which can name the address a leaked
+# block now occupies, and the conservative scan then sees that block as still reachable
+# (README, Known limits). 3.11 removed zombie frames; the exact-count checks need it.
+exact_scan = pytest.mark.skipif(
+    sys.version_info < (3, 11),
+    reason="CPython < 3.11 zombie frames keep stale pointers that can hide a leak from the conservative scan",
+)
+
 
 @pytest.fixture
 def native_sessions(run, pytester: pytest.Pytester) -> list[pytest.RunResult]:
@@ -153,6 +163,7 @@ def native_session(native_sessions: list[pytest.RunResult]) -> pytest.RunResult:
     return native_sessions[0]
 
 
+@exact_scan
 def test_native_leaks_outcomes(native_sessions: list[pytest.RunResult]) -> None:
     for session in native_sessions:
         session.assert_outcomes(passed=4, failed=5)
@@ -180,6 +191,7 @@ def exact(session: pytest.RunResult) -> bool:
     )
 
 
+@exact_scan
 def test_native_leak_byte_counts_are_exact(native_sessions: list[pytest.RunResult]) -> None:
     truth = {"test_malloc": 100_000, "test_calloc": 7000, "test_list": 10 * 1008, "test_threads": 4 * 30_000}
     for session in native_sessions:
@@ -190,6 +202,7 @@ def test_native_leak_byte_counts_are_exact(native_sessions: list[pytest.RunResul
     ]
 
 
+@exact_scan
 def test_native_leak_text_names_the_c_function_and_the_test_line(native_session: pytest.RunResult) -> None:
     native_session.stdout.fnmatch_lines(
         [
@@ -260,6 +273,7 @@ def test_pure_python_caches_and_a_large_first_import_are_not_native_leaks(run, p
     result.assert_outcomes(passed=3)
 
 
+@exact_scan
 def test_a_suppression_removes_exactly_its_stack(run, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(
         test_two_leaks="""

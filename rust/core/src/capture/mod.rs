@@ -320,6 +320,16 @@ pub fn scan_leaks(
         })
         .unwrap_or_default();
     let mut roots = |visit: &mut dyn FnMut(&[usize])| {
+        if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
+            let mask = vec![true; registers.len()];
+            explain_references(
+                registers,
+                &mask,
+                0,
+                scan::Region::new(0, 0, false),
+                &candidates,
+            );
+        }
         visit(registers);
         for region in &regions {
             let free = if region.heap {
@@ -337,13 +347,25 @@ pub fn scan_leaks(
             );
         }
     };
+    let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
     let read_block = |start: usize, len: usize| -> Vec<usize> {
         // SAFETY: a live tracked block; it cannot be freed while we hold the tracker's lock
         // (the free and munmap hooks take the lock before releasing memory).
-        unsafe { std::slice::from_raw_parts(start as *const u8, len) }
+        let words: Vec<usize> = unsafe { std::slice::from_raw_parts(start as *const u8, len) }
             .chunks_exact(std::mem::size_of::<usize>())
             .map(|c| usize::from_ne_bytes(c.try_into().expect("word-sized chunk")))
-            .collect()
+            .collect();
+        if explain {
+            let mask = vec![true; words.len()];
+            explain_references(
+                &words,
+                &mask,
+                start,
+                scan::Region::new(start, start + len, false),
+                &candidates,
+            );
+        }
+        words
     };
     let kinds = scan::classify(&candidates, gc_heads, &mut roots, &read_block);
     session.tracker.set_leak_kinds(&candidates, &kinds);
