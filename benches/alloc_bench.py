@@ -31,13 +31,14 @@ DEFAULT_VENV = HERE / ".venv"
 # The version the numbers in README.md were measured with; only ever installed in the venv.
 MEMRAY_REQUIREMENT = "pytest-memray==1.11.0"
 
-# mode name -> pytest arguments. heapgate and pytest-memray cannot both be loaded in one
-# session (both register --most-allocations and --stacks), so each mode disables the other.
+# mode name -> pytest arguments. Each mode disables the other tracker, so one session is
+# measured by one of them. pytest-memray is installed in the benchmark venv, so heapgate's
+# options go by their namespaced names there (it leaves memray's bare names to memray).
 MODES: dict[str, list[str]] = {
     "plain": ["-p", "no:heapgate", "-p", "no:memray"],
-    "heapgate": ["-p", "no:memray", "--heapgate", "--most-allocations=0"],
-    # Only where the installed heapgate has --native (native stacks); see heapgate_has_native.
-    "heapgate-native": ["-p", "no:memray", "--heapgate", "--native", "--most-allocations=0"],
+    "heapgate": ["-p", "no:memray", "--heapgate", "--heapgate-most-allocations=0"],
+    # Only where the installed heapgate has native stacks; see heapgate_has_native.
+    "heapgate-native": ["-p", "no:memray", "--heapgate", "--heapgate-native", "--heapgate-most-allocations=0"],
     "memray": ["-p", "no:heapgate", "--memray", "--most-allocations=0"],
     "memray-native": ["-p", "no:heapgate", "--memray", "--native", "--most-allocations=0"],
     "memray-full": [
@@ -135,11 +136,11 @@ def native_hash(python: Path, env: dict[str, str]) -> str:
 
 
 def heapgate_has_native(python: Path, env: dict[str, str]) -> bool:
-    """Whether heapgate registers --native (with pytest-memray disabled, nothing else does)."""
+    """Whether the installed heapgate records native stacks (--heapgate-native)."""
     r = subprocess.run([str(python), "-m", "pytest", "-p", "no:memray", "-p", "no:cacheprovider",
                         "--help"], capture_output=True, text=True, cwd=tempfile.gettempdir(),
                        env=env)
-    return re.search(r"^\s+--native\b", r.stdout, re.M) is not None
+    return re.search(r"^\s+--heapgate-native\b", r.stdout, re.M) is not None
 
 
 def build_suite(python: Path, workdir: Path) -> None:
