@@ -217,9 +217,7 @@ class HeapgatePlugin:
             # Untracked runs first: caches built on first use stop depending on test order.
             warm_up(item.runtest, warmup)
             # The frame that runs this hook stays on the stack for the whole call: stacks end there.
-            boundary = sys._getframe(1)
-            native = self.native or checks.native_leaks is not None
-            _native.start(_entry_codes(item), boundary, checks.thread_mode, native)
+            self._start(item, checks, _entry_codes(item), sys._getframe(1))
         totals: list[int] = []
         checkpoints: list[Report] = []
         try:

@@ -369,7 +369,7 @@ pub fn scan_leaks(
     };
     let kinds = scan::classify(&candidates, gc_heads, &mut roots, &read_block);
     session.tracker.set_leak_kinds(&candidates, &kinds);
-    Ok(session.tracker.report().leak_kinds.unwrap_or_default())
+    Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
 /// How much memory the allocator gave a live block. Blocks from the C library's allocators

@@ -332,6 +332,15 @@ impl Tracker {
         blocks
     }
 
+    /// All live blocks by reachability, when a leak scan ran.
+    pub fn leak_totals(&self) -> Option<LeakKinds> {
+        self.leak_kinds.as_ref().map(|kinds| {
+            let mut total = LeakKinds::default();
+            kinds.iter().for_each(|k| total.merge(k));
+            total
+        })
+    }
+
     /// Record the scan's verdict for `candidates` (as returned by `leak_candidates`).
     pub fn set_leak_kinds(&mut self, candidates: &[Candidate], kinds: &[LeakKind]) {
         let mut per_site = vec![LeakKinds::default(); self.sites.len()];
@@ -578,11 +587,7 @@ impl Tracker {
                 report.leak_kinds = Some(*k);
             }
         }
-        let leak_kinds = self.leak_kinds.as_ref().map(|kinds| {
-            let mut total = LeakKinds::default();
-            kinds.iter().for_each(|k| total.merge(k));
-            total
-        });
+        let leak_kinds = self.leak_totals();
         sites.sort_by(|a, b| {
             (b.bytes_at_peak, b.leaked_bytes, b.total_bytes).cmp(&(
                 a.bytes_at_peak,
