@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -315,3 +316,50 @@ def test_a_bad_native_leaks_limit_is_a_usage_error(run, pytester: pytest.Pyteste
     result = run("--native-leaks=lots")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*invalid --native-leaks limit 'lots'*"])
+
+
+FREE_LIST_TESTS = """
+import json, pathlib, sys
+import hgleak, pytest
+
+LEAKED = 5
+
+@pytest.fixture(params=["list", "tuple", "dict", "float"])
+def kind(request):
+    # Warm CPython's free list of this type before the call: objects made and dropped here
+    # are what the leaking call would be handed.
+    junk = [hgleak.make_object(request.param) for _ in range(60)]
+    del junk
+    return request.param
+
+def test_leak(kind):
+    hgleak.leak_objects(kind, LEAKED)
+
+@pytest.mark.native_leaks(False)
+def test_sizes():
+    sizes = {k: sys.getsizeof(hgleak.make_object(k)) for k in ("list", "tuple", "dict", "float")}
+    pathlib.Path("sizes.json").write_text(json.dumps(sizes))
+"""
+
+
+@exact_scan
+def test_leaked_objects_from_cpython_free_lists_are_reported(run, pytester: pytest.Pytester) -> None:
+    # Each leaked object would come from its type's warm free list, allocated before the test
+    # (issue 11, item 2): with and without pytest's logging plugin, in fresh processes, every
+    # type's leak is reported and never over-counted. Stale pointers in the unused tails of
+    # live Python objects can still hide one of the five objects (the scan reads Python objects
+    # conservatively: README, Known limits), so the exact count is required in one process.
+    pytester.makepyfile(test_free_lists=FREE_LIST_TESTS)
+    found: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for plugins in ((), EXACT):
+        for _ in range(3):
+            result = run("--native-leaks", *plugins)
+            result.assert_outcomes(passed=1, failed=4)
+            sizes = json.loads((pytester.path / "sizes.json").read_text())
+            for kind, size in sizes.items():
+                total = lost(kinds(result, f"test_leak[{kind}]"))
+                assert size <= total <= 5 * size, (plugins, kind, total, size)
+                found.setdefault(kind, []).append(total)
+    for kind, totals in found.items():
+        assert 5 * sizes[kind] in totals, (kind, totals, sizes[kind])

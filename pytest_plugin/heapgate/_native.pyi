@@ -101,6 +101,10 @@ def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
     stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
 
+def clear_free_lists() -> bool:
+    """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
+    native leaks). True when emptied directly, False when a full collection did it."""
+
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 
 from typing import Callable

@@ -242,6 +242,15 @@ class HeapgatePlugin:
             report = _native.stop()
         item.stash[RESULT] = TestResult(item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints)
 
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, None]:
+        # As close to the test's function as a hook gets: what CPython's free lists hold now
+        # was allocated before the test, and a leaked object revived from one would hide.
+        checks = pyfuncitem.stash.get(CHECKS, Checks())
+        if checks.native_leaks is not None and _native is not None and _native.is_active():
+            _native.clear_free_lists()
+        yield
+
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
         # Tracking started in setup whose call never ran (setup failed, --setup-only, ...).
