@@ -101,6 +101,10 @@ def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
     stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
 
+def has_gc_candidates() -> bool:
+    """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a
+    collection before the leak scan free one of its blocks)?"""
+
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
     native leaks). True when emptied directly, False when a full collection did it."""

@@ -137,6 +137,12 @@ static PyObject *leak_objects(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A reference taken and never released. */
+static PyObject *leak_reference(PyObject *self, PyObject *obj) {
+    Py_INCREF(obj);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -147,6 +153,7 @@ static PyMethodDef methods[] = {
     {"release_pyobjects", release_pyobjects, METH_VARARGS, "str and list released"},
     {"make_object", make_object, METH_VARARGS, "a list, tuple, dict or float (free-list types)"},
     {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
+    {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -108,8 +108,16 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
+/// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
+/// full collection before the leak scan free any of the test's blocks.
+#[pyfunction]
+fn has_gc_candidates() -> PyResult<bool> {
+    capture::has_gc_candidates().map_err(|e| TrackingError::new_err(e.to_string()))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
+    m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {
         Bound::from_owned_ptr_or_err(m.py(), hg_py_make_scan_function(m.as_ptr(), scan_callback))?

@@ -381,22 +381,42 @@ pub fn scan_leaks(
         }
         words
     };
-    let gc_heads: Vec<usize> = candidates
-        .iter()
-        .filter(|c| c.size >= 4 * std::mem::size_of::<usize>() as u64)
-        .filter_map(|c| {
-            let start = c.start_address();
-            // SAFETY: a live tracked block of at least four words (as in `read_block`).
-            let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
-            scan::gc_head(start, first, &mut |addr| {
-                let mut w = [0usize];
-                (read_words(addr, &mut w) == 1).then_some(w[0])
-            })
-        })
-        .collect();
+    let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
     let kinds = scan::classify(&candidates, &gc_heads, &mut roots, &read_block);
     session.tracker.set_leak_kinds(&candidates, &kinds);
     Ok(session.tracker.leak_totals().unwrap_or_default())
+}
+
+/// The GC head of a candidate that CPython's cyclic GC tracks (see [`scan::gc_head`]). The
+/// caller holds the tracker's lock, so the block stays allocated.
+fn candidate_gc_head(c: &scan::Candidate) -> Option<usize> {
+    if c.size < 4 * std::mem::size_of::<usize>() as u64 {
+        return None;
+    }
+    let start = c.start_address();
+    // SAFETY: a live tracked block of at least four words (as in `scan_leaks`'s `read_block`).
+    let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
+    scan::gc_head(start, first, &mut |addr| {
+        let mut w = [0usize];
+        (read_words(addr, &mut w) == 1).then_some(w[0])
+    })
+}
+
+/// Does the tracked test hold a live block that CPython's cyclic GC tracks? Only then can a
+/// collection free any of its blocks (garbage made only of older objects holds the test's
+/// blocks as reachable, which the scan counts as such), so a leak scan needs a full
+/// collection first only then.
+pub fn has_gc_candidates() -> Result<bool, CaptureError> {
+    let _guard = Guard::enter();
+    let s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    let Some(session) = s.as_ref() else {
+        return Err(CaptureError::NotActive);
+    };
+    let candidates = session.tracker.leak_candidates(&usable_size);
+    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some()))
 }
 
 /// How much memory the allocator gave a live block. Blocks from the C library's allocators
