@@ -507,11 +507,13 @@ impl Tracker {
     }
 
     /// `[addr, addr + len)` was unmapped: whole or partial overlaps with tracked mappings end.
-    pub fn on_munmap(&mut self, addr: usize, len: u64) {
+    /// Returns the tracked bytes that were in the range.
+    pub fn on_munmap(&mut self, addr: usize, len: u64) -> u64 {
         let end = addr.saturating_add(len as usize);
         if len == 0 || self.mappings.is_empty() {
-            return;
+            return 0;
         }
+        let mut released = 0;
         let overlapping: Vec<(usize, LiveBlock)> = self
             .mappings
             .range(..tagged(end))
@@ -522,6 +524,7 @@ impl Tracker {
         for (start, block) in overlapping {
             self.mappings.remove(&tagged(start));
             self.remove(block);
+            released += block.size;
             let block_end = start + block.size as usize;
             // Keep the parts of the mapping outside the unmapped range.
             for (piece_start, piece_end) in
@@ -538,9 +541,26 @@ impl Tracker {
                     s.current_count += 1;
                     self.current += piece.size;
                     self.current_count += 1;
+                    released -= piece.size;
                 }
             }
         }
+        released
+    }
+
+    /// Tracked bytes mapped in `[addr, addr + len)`.
+    pub fn mapped_in(&self, addr: usize, len: u64) -> u64 {
+        let end = addr.saturating_add(len as usize);
+        self.mappings
+            .range(..tagged(end))
+            .rev()
+            .take_while(|(start, b)| untagged(**start) + b.size as usize > addr)
+            .map(|(start, b)| {
+                let start = untagged(*start);
+                let piece_end = (start + b.size as usize).min(end);
+                (piece_end - start.max(addr)) as u64
+            })
+            .sum()
     }
 
     /// Live tracked bytes right now.
