@@ -58,9 +58,14 @@ pub(crate) fn keep_change_note() {
     OBJECTS_MAY_HAVE_CHANGED.store(1, Ordering::Release);
 }
 
-/// Called by the `dlsym`/`dlvsym` trampolines before they jump to the C library.
+/// Called by the `dlsym`/`dlvsym` trampolines before they jump to the C library; leaves
+/// `errno` as the caller had it.
 extern "C" fn before_symbol_lookup() {
+    // SAFETY: __errno_location returns the calling thread's errno slot.
+    let errno = unsafe { *libc::__errno_location() };
     super::sync_objects();
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
 }
 
 extern "C" {

@@ -743,6 +743,26 @@ mod tests {
     }
 
     #[test]
+    fn munmap_reports_the_tracked_bytes_it_released() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        t.on_mmap(0x10000, 0x5000, a);
+        assert_eq!(t.mapped_in(0x0, 0x100000), 0x5000);
+        assert_eq!(t.mapped_in(0x11000, 0x2000), 0x2000);
+        assert_eq!(t.mapped_in(0x14000, 0x10000), 0x1000);
+        assert_eq!(t.mapped_in(0x20000, 0x1000), 0);
+        // Middle, front, back: two pages left in two pieces.
+        assert_eq!(t.on_munmap(0x12000, 0x1000), 0x1000);
+        assert_eq!(t.on_munmap(0x10000, 0x1000), 0x1000);
+        assert_eq!(t.on_munmap(0x14000, 0x1000), 0x1000);
+        assert_eq!(t.current_bytes(), 0x2000);
+        assert_eq!(t.mapped_in(0x10000, 0x5000), 0x2000);
+        assert_eq!(t.on_munmap(0x20000, 0x1000), 0, "untracked range");
+        assert_eq!(t.on_munmap(0x10000, 0x5000), 0x2000);
+        assert_eq!(t.current_bytes(), 0);
+    }
+
+    #[test]
     fn reused_address_replaces_the_stale_block() {
         let mut t = Tracker::new();
         let a = node(&mut t, &[1]);

@@ -308,6 +308,24 @@ mod tests {
     }
 
     #[test]
+    fn unloaded_modules_fill_only_addresses_no_loaded_object_owns() {
+        let own =
+            unloaded_modules_fill_only_addresses_no_loaded_object_owns as *const () as usize as u64;
+        let gone = module("/gone/libclosed.so", 0x1000, &[(0x1000, 0x3000)]);
+        let shadowed = module("/gone/libshadowed.so", 0, &[(own, own + 1)]);
+        let map = ModuleMap::current_process_with(vec![gone, shadowed]);
+        let (m, rel) = map
+            .lookup(0x2000)
+            .expect("the unloaded module is in the map");
+        assert_eq!(
+            (m.path.to_str().unwrap(), rel),
+            ("/gone/libclosed.so", 0x1000)
+        );
+        let (m, _) = map.lookup(own).unwrap();
+        assert_ne!(m.path.to_str().unwrap(), "/gone/libshadowed.so");
+    }
+
+    #[test]
     fn gnu_build_id_parses_a_note() {
         let mut note = Vec::new();
         note.extend_from_slice(&4u32.to_ne_bytes());
