@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -281,8 +282,33 @@ def test_every_action_used_is_pinned_to_a_commit() -> None:
 
 
 def test_actionlint_passes_on_every_workflow() -> None:
-    actionlint = shutil.which("actionlint", path=str(Path(sys.executable).parent)) or shutil.which("actionlint")
+    actionlint = shutil.which("actionlint", path=sysconfig.get_path("scripts"))
     assert actionlint, "actionlint is in the test extra (pip install -e '.[test]')"
     files = [str(p) for p in _workflow_files()]
+    assert {Path(f).name for f in files} >= {"ci.yml", "dogfood.yml", "release.yml"}
     proc = subprocess.run([actionlint, "-no-color", *files], capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_actionlint_finds_an_expression_in_a_run_script(tmp_path: Path) -> None:
+    """The lint is live: the injection pattern this action avoids is reported."""
+    actionlint = shutil.which("actionlint", path=sysconfig.get_path("scripts"))
+    assert actionlint
+    bad = tmp_path / ".github" / "workflows" / "bad.yml"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(
+        "on: pull_request\njobs:\n  x:\n    runs-on: ubuntu-latest\n    steps:\n"
+        "      - run: echo \"${{ github.event.pull_request.title }}\"\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run([actionlint, "-no-color", str(bad)], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 1 and "potentially untrusted" in proc.stdout, proc.stdout + proc.stderr
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed (.ci/test installs it)")
+def test_the_actions_scripts_pass_shellcheck(tmp_path: Path) -> None:
+    for n, script in enumerate(_run_scripts(ACTION_DIR / "action.yml")):
+        path = tmp_path / f"step{n}.sh"
+        path.write_text(script, encoding="utf-8")
+        proc = subprocess.run(["shellcheck", "-s", "bash", str(path)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, f"step {n}:\n{script}\n{proc.stdout}"
