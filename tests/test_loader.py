@@ -119,7 +119,9 @@ def test_rtld_next_and_default_from_an_interposer():
         os.path.join(D, "libinterpose.so"), os.path.join(D, "libtarget.so"))
     assert (nxt, dflt) == (target, interposer) and 0 not in (nxt, dflt)
 
-@loose()
+# The new namespace has its own C library, which heapgate leaves alone (README, Known limits):
+# its 1,400,000 bytes are not counted, so a 1,000,000-byte limit passes.
+@(pytest.mark.limit_memory(1_000_000) if os.environ["HGLOADER_TRACKED"] == "1" else (lambda f: f))
 def test_dlmopen_into_a_new_namespace():
     hgloader.dlmopen_alloc_free(INNER, 1_400_000)
 """
