@@ -5,6 +5,7 @@ allocate is counted to the byte and symbolized, even once they are closed again.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sysconfig
@@ -188,3 +189,32 @@ def test_loading_by_bare_name_is_unchanged_and_counted(
         assert stack and inner_frame.match(stack[0]), (test, stack)
     outer = site_stack(out, "test_caller_is_a_library_the_extension_loaded", SIZES["test_caller_is_a_library_the_extension_loaded"])
     assert any(frame.startswith("outer_alloc_free at ") and "hgouter.c:" in frame for frame in outer), outer
+
+
+def test_libraries_loaded_and_closed_by_many_threads_at_once(
+    run: Callable[..., pytest.RunResult],
+    pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    loader_builds: dict[str, Path],
+) -> None:
+    """4 native threads load, use and close libinner 200 times each while the test is
+    tracked: no deadlock or crash, and each of the 800 allocations of 100,000 bytes is counted
+    (each is freed before the thread's next, so at most 4 are live at once)."""
+    ext_dir = loader_builds["runpath"]
+    monkeypatch.setenv("PYTHONPATH", str(ext_dir))
+    pytester.makepyfile(
+        test_churn=f"""
+        import pytest, hgloader
+
+        @pytest.mark.limit_memory(99_999)
+        def test_churn():
+            hgloader.churn({str(ext_dir / "sub" / "libinner.so")!r}, 100_000, 4, 200)
+        """
+    )
+    result = run("-v", "-p", "no:logging", "--heapgate-dir=out", timeout=120)
+    result.assert_outcomes(failed=1)
+    assert "RuntimeError" not in result.stdout.str(), result.stdout.str()
+    assert 100_000 <= peaks(result)["test_churn"] <= 4 * 100_000
+    (churn,) = json.loads((pytester.path / "out" / "heapgate.json").read_text())["tests"]
+    # Every load is reached through dlsym, which patches it first: all 800 are counted.
+    assert (churn["total_bytes"], churn["total_count"]) == (800 * 100_000, 800), churn

@@ -6,6 +6,7 @@
 #include <Python.h>
 #include <dlfcn.h>
 #include <link.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 typedef void *(*alloc_fn)(size_t);
@@ -185,7 +186,49 @@ static PyObject *dlsym_malloc(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+struct churn_args {
+    const char *path;
+    size_t size;
+    int iterations;
+    int failed;
+};
+
+static void *churn_main(void *data) {
+    struct churn_args *a = data;
+    for (int i = 0; i < a->iterations; i++) {
+        void *h = dlopen(a->path, RTLD_NOW);
+        if (!h) { a->failed = 1; return NULL; }
+        if (inner_alloc_free(h, a->size) != 0) a->failed = 1;
+        dlclose(h);
+    }
+    return NULL;
+}
+
+/* `threads` native threads each load libinner (by path), allocate and free `size` bytes in
+ * it and close it, `iterations` times, concurrently (objects appear and vanish while other
+ * threads patch and allocate). */
+static PyObject *churn(PyObject *self, PyObject *args) {
+    const char *inner_path;
+    Py_ssize_t size;
+    int threads, iterations;
+    if (!PyArg_ParseTuple(args, "snii", &inner_path, &size, &threads, &iterations)) return NULL;
+    if (threads < 1 || threads > 16) return PyErr_Format(PyExc_ValueError, "1-16 threads");
+    pthread_t ids[16];
+    struct churn_args a[16];
+    Py_BEGIN_ALLOW_THREADS
+    for (int t = 0; t < threads; t++) {
+        a[t] = (struct churn_args){inner_path, (size_t)size, iterations, 0};
+        pthread_create(&ids[t], NULL, churn_main, &a[t]);
+    }
+    for (int t = 0; t < threads; t++) pthread_join(ids[t], NULL);
+    Py_END_ALLOW_THREADS
+    for (int t = 0; t < threads; t++)
+        if (a[t].failed) return loader_error("a churn thread failed");
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"churn", churn, METH_VARARGS, NULL},
     {"from_extension", from_extension, METH_VARARGS, NULL},
     {"from_loaded_library", from_loaded_library, METH_VARARGS, NULL},
     {"is_loaded", is_loaded, METH_VARARGS, NULL},
