@@ -82,10 +82,17 @@ static OBJECTS: Mutex<Option<LoadedObjects>> = Mutex::new(None);
 type FindObject = unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int;
 static FIND_OBJECT: OnceLock<Option<FindObject>> = OnceLock::new();
 
+/// Resolved before a walk, never inside one: `dlsym` takes the loader lock, which a
+/// `dl_iterate_phdr` callback must not (another thread's `dlopen` takes them the other way).
 fn find_object() -> Option<FindObject> {
     *FIND_OBJECT.get_or_init(|| {
         // SAFETY: looks a symbol up by a NUL-terminated name; null means absent.
         let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+        if address.is_null() {
+            // Consume our own lookup's error, so the program's next dlerror() is not ours.
+            // SAFETY: dlerror has no preconditions.
+            unsafe { libc::dlerror() };
+        }
         // SAFETY: when present, `_dl_find_object` has this signature (glibc's <dlfcn.h>).
         (!address.is_null())
             .then(|| unsafe { std::mem::transmute::<*mut c_void, FindObject>(address) })
@@ -133,6 +140,7 @@ pub(crate) fn patch_loaded_objects(hooks: &[Hook], wait: Wait) -> Option<usize> 
         },
     };
     let objects = guard.get_or_insert_with(LoadedObjects::default);
+    find_object();
     let mut walk = Walk {
         hooks,
         own_address: patch_loaded_objects as *const () as usize,
