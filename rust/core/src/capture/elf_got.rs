@@ -69,7 +69,7 @@ pub(crate) struct LoadedObjects {
     patched: HashMap<usize, Module>,
     /// The loader's (adds, subs) counters at the last walk that patched everything it saw.
     counters: Option<(u64, u64)>,
-    /// Objects unloaded since [`take_unloaded`] last ran.
+    /// Objects unloaded since [`forget_unloaded`] last ran.
     unloaded: Vec<Module>,
 }
 
@@ -177,13 +177,21 @@ pub(crate) fn patch_loaded_objects(hooks: &[Hook], wait: Wait) -> Option<usize> 
     Some(walk.slots_written)
 }
 
-/// The module-map entries of the objects unloaded since the last call.
-pub(crate) fn take_unloaded() -> Vec<Module> {
-    let mut guard = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+/// The module-map entries of the objects unloaded since [`forget_unloaded`] last ran.
+pub(crate) fn unloaded_modules() -> Vec<Module> {
+    let guard = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
     guard
-        .as_mut()
-        .map(|o| std::mem::take(&mut o.unloaded))
+        .as_ref()
+        .map(|o| o.unloaded.clone())
         .unwrap_or_default()
+}
+
+/// Drop the entries of unloaded objects (a new test starts: its report needs none of them).
+pub(crate) fn forget_unloaded() {
+    let mut guard = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(objects) = guard.as_mut() {
+        objects.unloaded.clear();
+    }
 }
 
 /// Hold the patch lock across fork so the child never inherits it locked mid-patch.

@@ -247,12 +247,8 @@ fn sync_objects_if_changed() {
 /// recorded when they were loaded: a report made after a `dlclose` still symbolizes frames
 /// that point into them (see [`crate::symbolize::ModuleMap::current_process_with`]).
 pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
-    let mut unloaded = UNLOADED.lock().unwrap_or_else(|e| e.into_inner());
-    unloaded.extend(elf_got::take_unloaded());
-    unloaded.clone()
+    elf_got::unloaded_modules()
 }
-
-static UNLOADED: Mutex<Vec<crate::symbolize::Module>> = Mutex::new(Vec::new());
 
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
 /// charged only for allocations made while the test's own function is on its stack (as the
@@ -266,8 +262,7 @@ pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), 
         // longer needed for a report.
         let _guard = Guard::enter();
         elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
-        elf_got::take_unloaded();
-        UNLOADED.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        elf_got::forget_unloaded();
     }
     let mut s = session();
     if is_active() {
