@@ -150,6 +150,47 @@ fn the_unmutated_fixture_symbolizes() {
     assert!(named > 0, "nothing symbolized in the original");
 }
 
+/// What the symbolizer says about every probe address of `bytes`: (function, file, line).
+type Answers = Vec<Vec<(Option<String>, Option<String>, Option<u32>)>>;
+
+fn answers(bytes: &[u8]) -> Option<Answers> {
+    let path = write_case(bytes);
+    let module = Module::from_file(&path).ok()?;
+    let symbolizer = Symbolizer::new(quiet());
+    let found = original()
+        .addresses
+        .iter()
+        .map(|&a| {
+            symbolizer
+                .symbolize(&module, a)
+                .into_iter()
+                .map(|f| (f.function, f.file, f.line))
+                .collect()
+        })
+        .collect();
+    let _ = std::fs::remove_file(path);
+    Some(found)
+}
+
+/// The mutations reach the DWARF readers: flipped bits in `.debug_info` and `.debug_line`
+/// change some answers (so the properties below test the parsers, not a cache or a fallback).
+#[test]
+fn mutations_reach_the_dwarf_readers() {
+    let o = original();
+    let clean = answers(&o.bytes).unwrap();
+    for name in [".debug_info", ".debug_line"] {
+        let &(_, offset, size) = o.sections.iter().find(|s| s.0 == name).unwrap();
+        let changed = (0..64)
+            .filter(|k| {
+                let mut bytes = o.bytes.clone();
+                bytes[offset + k * size / 64] ^= 0x10;
+                answers(&bytes).is_none_or(|a| a != clean)
+            })
+            .count();
+        assert!(changed > 0, "no flip in {name} changed any answer");
+    }
+}
+
 proptest! {
     // Bounded for CI: each case builds a symbolizer and reads the object once.
     #![proptest_config(ProptestConfig { cases: 300, failure_persistence: None, ..ProptestConfig::default() })]
