@@ -6,8 +6,9 @@ against the same session with the plugin disabled (`-p no:heapgate`).
 
 Both modes run the same generated suite (allocation-heavy Python tests, none marked) as real
 pytest sessions with this interpreter, interleaved (A B, B A, A B, ...) so drift in machine load
-hits both alike. It prints each mode's median wall time, the ratio heapgate/plain and the
-spread of each mode (a ratio within the spread is noise). The suite's last test asserts that
+hits both alike. It prints each mode's median wall time and median CPU time (user + system of
+the pytest process: far less disturbed by other load on the machine than wall time), the
+ratios heapgate/plain and the spread of each mode (a ratio within the spread is noise). The suite's last test asserts that
 no hook was installed (`heapgate._native.hooks_installed()`), so the session it times is one
 where heapgate patched nothing.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -49,16 +51,24 @@ def write_suite(directory: Path, tests: int) -> None:
     (directory / "test_untracked.py").write_text("".join(TEST.format(i=i) for i in range(tests)) + LAST)
 
 
-def session(directory: Path, flags: list[str], timeout: float) -> float:
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def session(directory: Path, flags: list[str], timeout: float) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one pytest session."""
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:xdist", *flags, "test_untracked.py"]
     env = dict(os.environ, PYTHONDONTWRITEBYTECODE="1")
     env.pop("PYTEST_ADDOPTS", None)
+    cpu = children_cpu()
     start = time.perf_counter()
     done = subprocess.run(cmd, cwd=directory, env=env, capture_output=True, text=True, timeout=timeout)
     elapsed = time.perf_counter() - start
+    cpu = children_cpu() - cpu
     if done.returncode != 0:
         sys.exit(f"session failed ({' '.join(cmd)}):\n{done.stdout}\n{done.stderr}")
-    return elapsed
+    return elapsed, cpu
 
 
 def main() -> int:
@@ -69,6 +79,7 @@ def main() -> int:
     parser.add_argument("--json", type=Path, help="write every time, the medians and the ratio here")
     args = parser.parse_args()
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    cpus: dict[str, list[float]] = {mode: [] for mode in MODES}
     with tempfile.TemporaryDirectory(prefix="heapgate-untracked-") as tmp:
         directory = Path(tmp)
         write_suite(directory, args.tests)
@@ -77,17 +88,23 @@ def main() -> int:
         for r in range(args.repeat):
             order = list(MODES) if r % 2 == 0 else list(reversed(MODES))
             for mode in order:
-                times[mode].append(session(directory, MODES[mode], args.timeout))
-    medians = {mode: statistics.median(t) for mode, t in times.items()}
-    ratio = medians["heapgate"] / medians["plain"]
+                wall, cpu = session(directory, MODES[mode], args.timeout)
+                times[mode].append(wall)
+                cpus[mode].append(cpu)
     print(f"{args.tests + 1} untracked tests, {args.repeat} interleaved sessions per mode, python {sys.version.split()[0]}")
-    for mode, t in times.items():
-        print(f"  {mode:9} median {medians[mode]:.3f}s  min {min(t):.3f}s  max {max(t):.3f}s")
-    plain = times["plain"]
-    spread = (max(plain) - min(plain)) / medians["plain"]
-    print(f"  ratio heapgate/plain {ratio:.3f} (plain's own spread: {spread:.1%} of its median)")
+    result: dict[str, object] = {"tests": args.tests, "repeat": args.repeat, "wall": times, "cpu": cpus}
+    for label, samples in (("wall", times), ("cpu", cpus)):
+        medians = {mode: statistics.median(t) for mode, t in samples.items()}
+        ratio = medians["heapgate"] / medians["plain"]
+        for mode, t in samples.items():
+            print(f"  {label:4} {mode:9} median {medians[mode]:.3f}s  min {min(t):.3f}s  max {max(t):.3f}s")
+        plain = samples["plain"]
+        spread = (max(plain) - min(plain)) / medians["plain"]
+        print(f"  {label:4} ratio heapgate/plain {ratio:.3f} (plain's own spread: {spread:.1%} of its median)")
+        result[f"{label}_medians"] = medians
+        result[f"{label}_ratio"] = ratio
     if args.json:
-        args.json.write_text(json.dumps({"times": times, "medians": medians, "ratio": ratio, "tests": args.tests}, indent=2) + "\n")
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0
 
 
