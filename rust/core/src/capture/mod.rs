@@ -213,7 +213,7 @@ pub fn install() -> Result<(), CaptureError> {
 
 /// Have the hooks been written into the loaded objects' GOTs (by [`install`])?
 pub fn installed() -> bool {
-    INSTALLED.get().is_some()
+    INSTALLED.get().is_some_and(|r| r.is_ok())
 }
 
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
