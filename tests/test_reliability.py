@@ -254,6 +254,14 @@ def test_a_forked_child_that_returns_into_pytest_does_not_report(run, pytester: 
         @pytest.mark.limit_memory("100MB")
         def test_after():
             hgtest.malloc_free(2_000_000)
+
+        @pytest.mark.native_leaks("1GB")
+        @pytest.mark.limit_memory("100MB", repeat=2)
+        def test_forks_under_leak_scan_and_repeat():
+            hgtest.malloc_free(3_000_000)
+            if os.fork() == 0:
+                return
+            os.wait()
         """
     )
     result = run("--heapgate-dir=out", "--heapgate-dir-all", timeout=60)
@@ -265,6 +273,7 @@ def test_a_forked_child_that_returns_into_pytest_does_not_report(run, pytester: 
     assert {t["nodeid"]: t["peak_bytes"] for t in report["tests"]} == {
         "test_fall.py::test_forks": 1_000_000,
         "test_fall.py::test_after": 2_000_000,
+        "test_fall.py::test_forks_under_leak_scan_and_repeat": 3_000_000,
     }
 
 

@@ -231,10 +231,14 @@ class HeapgatePlugin:
             # With --heapgate-repeat, all but the last run happen here; pytest runs the last.
             for _ in range(repeat - 1):
                 item.runtest()
+                if self._forked():
+                    break
                 gc.collect()
                 checkpoints.append(_native.checkpoint())
                 totals.append(checkpoints[-1].leaked_bytes)
             yield
+            if self._forked():
+                return  # nothing is tracked in a child the test forked
             if repeat > 1:
                 gc.collect()
                 checkpoints.append(_native.checkpoint())
