@@ -273,7 +273,7 @@ fn report_to_py(
         .iter()
         .any(|s| s.stack.iter().any(|f| matches!(f, Frame::Native(_))));
     let modules = if has_native {
-        ModuleMap::current_process()
+        ModuleMap::current_process_with(heapgate_core::capture::unloaded_modules())
     } else {
         ModuleMap::new(Vec::new())
     };
