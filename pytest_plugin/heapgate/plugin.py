@@ -32,10 +32,10 @@ from .baseline import save as save_baseline
 from .baseline import summary_lines as baseline_summary_lines
 from .formatting import peak_failure, summary_lines
 from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
-from .limits import LimitError, format_size, parse_size
+from .limits import format_size
 from .markers import MARKERS, Checks, MarkerError, checks_for
 from .repeat import growth_failure, warm_up
-from .options import add_options, read_settings
+from .options import add_options, native_leaks_limit, read_settings
 
 if TYPE_CHECKING:
     from ._native import Record, Report
@@ -80,15 +80,6 @@ class TestResult:
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("heapgate", "exact memory assertions (heapgate)")
     add_options(parser, group)
-    group.addoption(
-        "--native-leaks",
-        nargs="?",
-        const="0",
-        default=None,
-        metavar="LIMIT",
-        help="Check every test for memory lost by native code (definitely and indirectly lost, "
-        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native.",
-    )
     group.addoption(
         "--native-leaks-suppressions",
         default=None,
@@ -142,7 +133,7 @@ class HeapgatePlugin:
         # pytest writes testcase properties for xunit1/legacy; xunit2's schema has none there.
         self.junit_properties = family in ("xunit1", "legacy")
         self.problems: list[str] = []
-        self.native_leaks = _native_leaks_default(config)
+        self.native_leaks = native_leaks_limit(config)
         self.suppressions = _suppressions(config)
         self.baseline: Optional[Baseline] = None
         if self.settings.compare is not None:
@@ -518,20 +509,6 @@ def _check_writable_file(path: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise pytest.UsageError(f"heapgate: --heapgate-save {str(path)!r} cannot be written")
-
-
-def _native_leaks_default(config: pytest.Config) -> Optional[int]:
-    """--native-leaks[=LIMIT] or ini native_leaks: the limit every test is checked against."""
-    flag = config.getoption("native_leaks")
-    value = flag if flag is not None else str(config.getini("native_leaks")).strip()
-    if value in ("", None) or str(value).lower() in ("false", "no", "off"):
-        return None
-    if str(value).lower() in ("true", "yes", "on"):
-        return 0
-    try:
-        return parse_size(str(value) if not str(value).isdigit() else int(value), "--native-leaks limit")
-    except LimitError as e:
-        raise pytest.UsageError(f"heapgate: {e}") from None
 
 
 def _suppressions(config: pytest.Config) -> list[Suppression]:
