@@ -166,6 +166,15 @@ _FLAGS: tuple[tuple[str, Optional[str], str, str, Optional[str], str], ...] = (
         "Charge a test for every thread's allocations during its call, also threads that existed before it.",
     ),
     (
+        "--heapgate-include-tracers",
+        None,
+        "heapgate_include_tracers",
+        "bool",
+        None,
+        "Also charge a test for what trace, profile and sys.monitoring callbacks (coverage, profilers, "
+        "debuggers) allocate while it runs (default: not the test's memory).",
+    ),
+    (
         "--heapgate-warmup",
         None,
         "heapgate_warmup",
@@ -213,6 +222,7 @@ _INIS: tuple[tuple[str, Optional[str], str, str], ...] = (
     ("heapgate_limit_memory", None, "string", "Peak limit for tests without a limit_memory marker, e.g. '200MB'."),
     ("heapgate_limit_leaks", None, "string", "Leak limit per location for tests without a limit_leaks marker."),
     ("heapgate_all_threads", None, "bool", "Charge every thread's allocations (as --heapgate-all-threads)."),
+    ("heapgate_include_tracers", None, "bool", "Charge what tracers' callbacks allocate (as --heapgate-include-tracers)."),
     ("heapgate_warmup", None, "string", "Untracked runs of each tracked test's call first (as --heapgate-warmup)."),
     ("heapgate_repeat", None, "string", "Runs of each tracked test's call (as --heapgate-repeat)."),
     ("heapgate_repeat_threshold", None, "string", "Live-memory growth per run allowed with repeat."),
@@ -430,6 +440,7 @@ class Settings:
     limit_memory: Optional[int]
     limit_leaks: Optional[int]
     all_threads: bool
+    include_tracers: bool
     warmup: int
     repeat: int
     repeat_threshold: int
@@ -458,6 +469,7 @@ def read_settings(config: pytest.Config) -> Settings:
         limit_memory=_size(config, "heapgate_limit_memory"),
         limit_leaks=_size(config, "heapgate_limit_leaks"),
         all_threads=bool(_value(config, "heapgate_all_threads")[0]),
+        include_tracers=bool(_value(config, "heapgate_include_tracers")[0]),
         warmup=_whole(config, "heapgate_warmup", 0) or 0,
         repeat=repeat,
         repeat_threshold=_size(config, "heapgate_repeat_threshold") or 0,

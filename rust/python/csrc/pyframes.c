@@ -68,19 +68,45 @@ static uint32_t line_at(PyCodeObject *code, int byte_offset) {
     return result;
 }
 
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#include "internal/pycore_gc.h"
+/* 3.11 makes the frame object a trace or profile function is handed (call_trace) just before
+ * it counts the callback in tstate->tracing. While a tracer is set and the running frame has
+ * no frame object yet, the size of the one it would make (GC header + variable-size object,
+ * as _PyFrame_New_NoTrack asks for it); else 0. */
+static size_t tracer_frame_size(PyThreadState *ts, _PyInterpreterFrame *f) {
+    if (f == NULL || f->frame_obj != NULL || ts->tracing > 0 ||
+        (ts->c_tracefunc == NULL && ts->c_profilefunc == NULL)) {
+        return 0;
+    }
+    Py_ssize_t slots = f->f_code->co_nlocalsplus + f->f_code->co_stacksize;
+    return sizeof(PyGC_Head) + _PyObject_VAR_SIZE(&PyFrame_Type, slots);
+}
+#endif
+
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
- * the `entry` code objects (included, *reached = 1), or after `max` frames. */
+ * the `entry` code objects (included, *reached = 1), or after `max` frames.
+ * *in_tracer is set when the thread runs a trace, profile or sys.monitoring callback: CPython
+ * counts those in tstate->tracing in 3.9-3.13 (in 3.12+ sys.monitoring callbacks, and settrace
+ * and setprofile functions, which it runs through sys.monitoring). *tracer_frame is the size
+ * of a frame object CPython may be making for such a callback right now (3.11), else 0. */
 int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
-               const void *boundary, int *reached) {
+               const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame) {
     *reached = 0;
+    *in_tracer = 0;
+    *tracer_frame = 0;
     PyThreadState *ts = PyGILState_GetThisThreadState();
     if (ts == NULL) return 0;
+    *in_tracer = ts->tracing > 0;
     int n = 0;
 #if PY_VERSION_HEX >= 0x030B0000
 #if PY_VERSION_HEX >= 0x030D0000
     _PyInterpreterFrame *f = ts->current_frame;
 #else
     _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
+#endif
+#if PY_VERSION_HEX < 0x030C0000
+    *tracer_frame = tracer_frame_size(ts, f);
 #endif
     for (; f != NULL && n < max; f = f->previous) {
         if ((const void *)f == boundary) {

@@ -35,7 +35,8 @@ fn cxa_demangle_fn() -> Option<CxaDemangle> {
                 return None;
             }
             let symbol = libc::dlsym(handle, c"__cxa_demangle".as_ptr());
-            (!symbol.is_null()).then(|| std::mem::transmute::<*mut libc::c_void, CxaDemangle>(symbol))
+            (!symbol.is_null())
+                .then(|| std::mem::transmute::<*mut libc::c_void, CxaDemangle>(symbol))
         }
     })
 }
@@ -131,7 +132,10 @@ mod tests {
             "std::istream::seekg(long, std::_Ios_Seekdir)"
         );
         assert_eq!(
-            demangle("_ZNSt6chrono8durationIlSt5ratioILl1ELl1000000000EEE5countEv", cpp),
+            demangle(
+                "_ZNSt6chrono8durationIlSt5ratioILl1ELl1000000000EEE5countEv",
+                cpp
+            ),
             "std::chrono::duration<long, std::ratio<1l, 1000000000l> >::count()"
         );
         assert_eq!(
