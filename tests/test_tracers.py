@@ -121,7 +121,11 @@ def test_coverage_does_not_change_peaks_counts_or_leaks(session, monkeypatch: py
     for result in (plain, covered):
         result.assert_outcomes(passed=4, failed=2)
     assert covered.ret == plain.ret
-    differing = {t: (with_cov[t], without[t]) for t in without if not close(with_cov[t], without[t])}
+    # On 3.12+ the test's own sys.setprofile call instruments the running code inside that call
+    # (not in a callback), and how much depends on the tools already active: that test's
+    # numbers are its own business.
+    compared = [t for t in without if sys.version_info < (3, 12) or t != "test_profiled_by_the_test_itself"]
+    differing = {t: (with_cov[t], without[t]) for t in compared if not close(with_cov[t], without[t])}
     assert not differing, differing
     # Native memory and pure-Python calls (with frame objects made for the tracer on 3.11):
     # exactly the same numbers.
