@@ -84,6 +84,17 @@ def session_report(
 ) -> str: ...
 def read_session_report(path: str) -> str: ...
 def junit_from_session(path: str, base: Optional[str] = None) -> str: ...
+MAX_ANNOTATIONS: int  # GitHub shows at most this many error annotations of one step
+def github_report(
+    path: str,
+    workspace: str,
+    blob_url: Optional[str] = None,
+    artifact: Optional[str] = None,
+    run_url: Optional[str] = None,
+    exit_code: Optional[int] = None,
+    baseline: Optional[tuple[str, dict[str, int]]] = None,
+    top: int = 5,
+) -> tuple[str, list[str]]: ...
 
 def start(
     entry_codes: Sequence[CodeType],
