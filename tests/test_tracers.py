@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -62,25 +62,33 @@ def test_profiled_by_the_test_itself():
     assert seen
 """
 
-# The same session also records what heapgate would charge if observers were included.
+# Each test's numbers in heapgate.json.
 FIELDS = ("peak_bytes", "peak_count", "total_bytes", "total_count")
+Numbers = dict[str, dict[str, Any]]
+Session = Callable[..., tuple[pytest.RunResult, Numbers]]
 
 
-def numbers(report: Any) -> dict[str, dict[str, Any]]:
+def numbers(report: Any) -> Numbers:
     return {
-        t["nodeid"].split("::")[-1]: {**{k: t[k] for k in FIELDS}, "leaked": t["leaked"]["bytes"], "outcome": t["outcome"], "failed": t["memory_failed"]}
+        t["nodeid"].split("::")[-1]: {
+            **{k: t[k] for k in FIELDS},
+            "leaked": t["leaked"]["bytes"],
+            "outcome": t["outcome"],
+            "failed": t["memory_failed"],
+        }
         for t in report["tests"]
     }
 
 
 @pytest.fixture
-def session(run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+def session(run: Callable[..., pytest.RunResult], pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Session:
+    """Runs the observed tests with heapgate tracking every test; returns the run and numbers."""
     pytester.makepyfile(test_observed=TESTS)
     # The other plugins stay out (tests/conftest.py), but pytest-cov is the subject here.
     addopts = os.environ.get("PYTEST_ADDOPTS", "")
     monkeypatch.setenv("PYTEST_ADDOPTS", addopts.replace("-p no:pytest_cov", ""))
 
-    def run_session(*args: str) -> tuple[pytest.RunResult, dict[str, dict[str, Any]]]:
+    def run_session(*args: str) -> tuple[pytest.RunResult, Numbers]:
         out = pytester.path / f"out{len(list(pytester.path.glob('out*')))}"
         result = run("--heapgate", f"--heapgate-dir={out}", "-p", "no:logging", *args)
         return result, numbers(json.loads((out / "heapgate.json").read_text()))
@@ -114,7 +122,7 @@ def close(a: dict[str, Any], b: dict[str, Any]) -> bool:
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_coverage_does_not_change_peaks_counts_or_leaks(session, monkeypatch: pytest.MonkeyPatch, core: str) -> None:  # type: ignore[no-untyped-def]
+def test_coverage_does_not_change_peaks_counts_or_leaks(session: Session, monkeypatch: pytest.MonkeyPatch, core: str) -> None:
     monkeypatch.setenv("COVERAGE_CORE", core)
     plain, without = session()
     covered, with_cov = session(*cov_args())
@@ -139,7 +147,7 @@ def test_coverage_does_not_change_peaks_counts_or_leaks(session, monkeypatch: py
 
 
 @pytest.mark.parametrize("core", CORES)
-def test_include_tracers_charges_the_observers(session, monkeypatch: pytest.MonkeyPatch, core: str) -> None:  # type: ignore[no-untyped-def]
+def test_include_tracers_charges_the_observers(session: Session, monkeypatch: pytest.MonkeyPatch, core: str) -> None:
     monkeypatch.setenv("COVERAGE_CORE", core)
     _, without = session()
     covered, included = session("--heapgate-include-tracers", *cov_args())
@@ -148,4 +156,6 @@ def test_include_tracers_charges_the_observers(session, monkeypatch: pytest.Monk
     assert included[profiled]["total_bytes"] >= without[profiled]["total_bytes"] + 3 * 1000
     # Coverage's own data: well beyond the slack allowed above.
     assert not all(close(included[t], without[t]) for t in without), (included, without)
-    covered.stdout.fnmatch_lines(["*charged: *; also memory that trace, profile or sys.monitoring callbacks allocate (--heapgate-include-tracers)*"])
+    covered.stdout.fnmatch_lines(
+        ["*charged: *; also memory that trace, profile or sys.monitoring callbacks allocate (--heapgate-include-tracers)*"]
+    )

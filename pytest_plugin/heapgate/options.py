@@ -249,7 +249,13 @@ class _OptionalSize(argparse.Action):
     ``const``. The word is also noted, so that ``--native-leaks=WORD``, which argparse does
     not tell apart from the space form, is still reported as a bad value (``_check_handed_back``)."""
 
-    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any, option_string: Optional[str] = None) -> None:
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: Optional[str] = None,
+    ) -> None:
         if values is None or _is_size(str(values)):
             setattr(namespace, self.dest, self.const if values is None else values)
             return
