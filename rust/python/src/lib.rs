@@ -265,7 +265,7 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
         .iter()
         .any(|s| s.stack.iter().any(|f| matches!(f, Frame::Native(_))));
     let modules = if has_native {
-        ModuleMap::current_process()
+        ModuleMap::current_process_with(heapgate_core::capture::unloaded_modules())
     } else {
         ModuleMap::new(Vec::new())
     };

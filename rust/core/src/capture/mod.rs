@@ -8,6 +8,7 @@ mod elf_got;
 mod guard;
 mod hooks;
 pub mod hybrid;
+mod loader;
 mod scan;
 mod scrub;
 mod threads;
@@ -204,9 +205,9 @@ pub fn supported() -> Result<(), CaptureError> {
     }
 }
 
-/// Patch every loaded object (and, through the `dlopen` hook, every object loaded later).
-/// Idempotent; the first call's outcome is returned to every caller. [`start`] calls it, so
-/// nothing is patched until the first tracked test.
+/// Patch every loaded object (and, through the loader trampolines and at each test start,
+/// every object loaded later). Idempotent; the first call's outcome is returned to every
+/// caller. [`start`] calls it, so nothing is patched until the first tracked test.
 pub fn install() -> Result<(), CaptureError> {
     INSTALLED
         .get_or_init(|| {
@@ -215,10 +216,48 @@ pub fn install() -> Result<(), CaptureError> {
             unsafe {
                 libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
             }
-            elf_got::patch_loaded_objects(&hooks::table());
+            loader::init();
+            let _guard = Guard::enter();
+            elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
             Ok(())
         })
         .clone()
+}
+
+fn hook_table() -> &'static [elf_got::Hook] {
+    static TABLE: OnceLock<Vec<elf_got::Hook>> = OnceLock::new();
+    TABLE.get_or_init(hooks::table)
+}
+
+/// Patch the objects loaded since the last look and note those unloaded (cheap when nothing
+/// changed). Runs before `dlsym` and after `dlclose`, at test start, and, after a `dlopen`,
+/// in the next tracked allocation.
+fn sync_objects() {
+    if !INSTALLED.get().is_some_and(|r| r.is_ok()) {
+        return;
+    }
+    if let Some(_guard) = Guard::enter() {
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+    }
+}
+
+/// In a tracked allocation hook (guard held): patch if a `dlopen` ran since the last look.
+/// Never waits for another thread's walk (that thread may be inside the loader, waiting for
+/// a lock this one holds); the note stays for later instead.
+#[inline]
+fn sync_objects_if_changed() {
+    if loader::take_change_note()
+        && elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::TryOnly).is_none()
+    {
+        loader::keep_change_note();
+    }
+}
+
+/// Module-map entries of the objects unloaded since the last tracked test started, as
+/// recorded when they were loaded: a report made after a `dlclose` still symbolizes frames
+/// that point into them (see [`crate::symbolize::ModuleMap::current_process_with`]).
+pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
+    elf_got::unloaded_modules()
 }
 
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
@@ -227,6 +266,14 @@ pub fn install() -> Result<(), CaptureError> {
 /// allocation also records its native return addresses (hybrid with the Python frames).
 pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), CaptureError> {
     install()?;
+    {
+        // Objects loaded since the last test (by paths the trampolines do not see) are
+        // patched before this one's first allocation; those unloaded before it are no
+        // longer needed for a report.
+        let _guard = Guard::enter();
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        elf_got::forget_unloaded();
+    }
     let mut s = session();
     if is_active() {
         return Err(CaptureError::AlreadyActive);
@@ -673,6 +720,7 @@ impl Recorder {
 
     /// Record a heap block of `size` bytes at `addr`.
     pub fn record_alloc(&self, addr: usize, size: usize, allocator: Allocator) {
+        sync_objects_if_changed();
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
@@ -690,6 +738,7 @@ impl Recorder {
 
     /// Record `len` bytes mapped at `addr`.
     pub(crate) fn record_mmap(&self, addr: usize, len: usize) {
+        sync_objects_if_changed();
         let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
             self.walk_python(&mut python);
@@ -709,10 +758,61 @@ impl Recorder {
         });
     }
 
+    /// Run `call` (an `mremap` of `[old, old + old_len)` to `new_len` bytes; it returns the
+    /// new address, if any, and its errno) under the tracker's lock, and record it like a
+    /// `realloc`: if the old range held tracked mappings, they leave the table (unless
+    /// `keeps_old`) and the new mapping enters it whole, at this call's stack. A mapping the
+    /// tracker does not know (made before the test, or file-backed) stays unknown.
+    /// Returns what `call` returned, with `errno` as `call` left it.
+    pub(crate) fn record_mremap(
+        &self,
+        old: usize,
+        old_len: usize,
+        new_len: usize,
+        keeps_old: bool,
+        call: impl FnOnce() -> (Option<usize>, libc::c_int),
+    ) -> Option<usize> {
+        let mut python = PythonStack::new();
+        let counted = self.charged().and_then(|(generation, entry_rule)| {
+            self.walk_python(&mut python);
+            (!entry_rule || python.reached_entry).then_some(generation)
+        });
+        let keys = counted.map(|_| self.stack_keys(&python));
+        let generation = GENERATION.load(Ordering::Relaxed);
+        let mut s = session();
+        let (new, errno) = call();
+        if let (Some(new), Some(session)) = (new, s.as_mut()) {
+            if session.generation == generation && is_active() {
+                let t = &mut session.tracker;
+                let tracked = if keeps_old {
+                    t.mapped_in(old, old_len as u64)
+                } else {
+                    t.on_munmap(old, old_len as u64)
+                };
+                match (&keys, tracked > 0) {
+                    (Some(keys), true) => {
+                        let node = self.node_for(t, &python, keys);
+                        t.on_mmap(new, new_len as u64, node);
+                    }
+                    // Not ours, but it may replace (MREMAP_FIXED) a mapping that is.
+                    _ => {
+                        t.on_munmap(new, new_len as u64);
+                    }
+                }
+            }
+        }
+        drop(s);
+        // SAFETY: writes the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = errno };
+        new
+    }
+
     /// Record that `[addr, addr + len)` was unmapped (before the C library unmaps it).
     pub(crate) fn record_munmap(&self, addr: usize, len: usize) {
         let generation = GENERATION.load(Ordering::Relaxed);
-        self.with_tracker(generation, |t| t.on_munmap(addr, len as u64));
+        self.with_tracker(generation, |t| {
+            t.on_munmap(addr, len as u64);
+        });
     }
 
     /// Take the block at `addr` out of the live table (before the C library frees it, so the
@@ -734,24 +834,13 @@ impl Recorder {
     }
 }
 
-fn on_objects_loaded() {
-    if INSTALLED.get().is_some_and(|r| r.is_ok()) {
-        let _guard = Guard::enter();
-        elf_got::patch_loaded_objects(&hooks::table());
-    }
-}
-
-fn on_objects_unloaded() {
-    elf_got::forget_patched_objects();
-}
-
 thread_local! {
     /// The locks held by the forking thread between the prepare and parent/child handlers.
     static FORK_LOCKS: RefCell<Option<ForkLocks>> = const { RefCell::new(None) };
 }
 
 struct ForkLocks {
-    _patch: MutexGuard<'static, Option<std::collections::HashSet<usize>>>,
+    _patch: MutexGuard<'static, Option<elf_got::LoadedObjects>>,
     _session: MutexGuard<'static, Option<Session>>,
 }
 
