@@ -101,7 +101,7 @@ def github_report(
 def start(
     entry_codes: Sequence[CodeType],
     boundary: Optional[FrameType] = None,
-    mode: str = "spawned",
+    mode: str = "spawned",  # or "current_thread", "all"; "+tracers" charges tracers' callbacks
     native: bool = False,
 ) -> None: ...
 def stop() -> Report: ...
@@ -115,6 +115,9 @@ def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
     stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
+def leak_explanations() -> list[str]:
+    """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
+    the test's blocks (and empties the list); empty without the variable."""
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 

@@ -319,6 +319,14 @@ fn report_to_py(
     })
 }
 
+/// The thread mode, and whether tracers' callbacks are charged too (a `+tracers` suffix).
+fn charge_mode(mode: &str) -> PyResult<(ThreadMode, bool)> {
+    match mode.strip_suffix("+tracers") {
+        Some(threads) => Ok((thread_mode(threads)?, true)),
+        None => Ok((thread_mode(mode)?, false)),
+    }
+}
+
 fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
     match mode {
         "current_thread" => Ok(ThreadMode::CurrentThread),
@@ -335,7 +343,8 @@ fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
 /// `entry_codes`: code objects of the test function; the calling thread is charged only while
 /// one of them runs, and its stacks end there (empty: charge the whole window).
 /// `boundary`: a frame below the test (its stacks never go past it).
-/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all'.
+/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all';
+/// with '+tracers', what trace/profile/sys.monitoring callbacks allocate is charged too.
 /// `native`: also record native return addresses (hybrid stacks).
 #[pyfunction]
 #[pyo3(signature = (entry_codes, boundary=None, mode="spawned", native=false))]
@@ -345,7 +354,7 @@ fn start(
     mode: &str,
     native: bool,
 ) -> PyResult<()> {
-    let mode = thread_mode(mode)?;
+    let (mode, tracers) = charge_mode(mode)?;
     if entry_codes.len() > pyframes::MAX_ENTRY_CODES {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "at most {} entry code objects",
@@ -358,6 +367,7 @@ fn start(
     // A domain whose wrapper was taken out since the last test is wrapped again.
     pymem::rewrap_bypassed();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
+    capture::set_charge_tracers(tracers);
     capture::start(mode, !codes.is_empty(), native)
         .map_err(|e| TrackingError::new_err(e.to_string()))
 }
@@ -404,6 +414,13 @@ fn install() -> PyResult<()> {
     capture::install().map_err(|e| TrackingError::new_err(e.to_string()))
 }
 
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` made the last `scan_leaks` find: for each reference to
+/// one of the test's blocks, where it was found (empty without the variable).
+#[pyfunction]
+fn leak_explanations() -> Vec<String> {
+    capture::take_leak_explanations()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
@@ -413,6 +430,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(hooks_installed, m)?)?;
     m.add_function(wrap_pyfunction!(check_supported, m)?)?;
+    m.add_function(wrap_pyfunction!(leak_explanations, m)?)?;
     m.add_class::<Report>()?;
     m.add_class::<Site>()?;
     m.add_class::<StackFrame>()?;
