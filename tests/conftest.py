@@ -29,11 +29,12 @@ def _compile(sources: list[Path], output: Path, *, flags: list[str], python: boo
 
 @pytest.fixture(scope="session")
 def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with `hgtest` and `hgleak` (C extensions, -g -O0) and `libhgdl.so`."""
+    """A directory with `hgtest`, `hgleak` and `hgstress` (C extensions, -g -O0) and `libhgdl.so`."""
     out = tmp_path_factory.mktemp("native")
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     _compile([CSRC / "hgtest.c"], out / f"hgtest{suffix}", flags=["-g", "-O0"], python=True)
     _compile([CSRC / "hgleak.c"], out / f"hgleak{suffix}", flags=["-g", "-O0"], python=True)
+    _compile([CSRC / "hgstress.c"], out / f"hgstress{suffix}", flags=["-g", "-O0", "-Wall", "-Werror", "-ldl"], python=True)
     _compile([CSRC / "hgdl.c"], out / "libhgdl.so", flags=["-g", "-O0"], python=False)
     return out
 
@@ -60,12 +61,12 @@ def peaks(result: pytest.RunResult) -> dict[str, int]:
 
 
 # Third-party pytest plugins in the test extra (pytest-xdist, pytest-asyncio, anyio,
-# pytest-rerunfailures) load into every pytester session once installed. The sessions of the
+# pytest-rerunfailures, pytest-cov) load into every pytester session once installed. The sessions of the
 # older test modules were written without them, and some (the conservative reachability scan
 # in test_leaks.py) are sensitive to any extra allocation in the process, so those sessions run
 # without them; tests/test_pytest_*.py and tests/test_gating.py (the pytest-integration tests)
 # get them.
-OTHER_PLUGINS = ("xdist", "xdist.looponfail", "asyncio", "anyio", "rerunfailures")
+OTHER_PLUGINS = ("xdist", "xdist.looponfail", "asyncio", "anyio", "rerunfailures", "pytest_cov")
 
 
 @pytest.fixture(autouse=True)

@@ -37,6 +37,8 @@ class Report:
     leaked_count: int
     sites: list[Site]
     leak_kinds: Optional[dict[str, int]]
+    # Why the numbers cannot be trusted (Python's allocator replaced during the test), or None.
+    interpreter_problem: Optional[str]
     def peak_failure(
         self,
         limit: int,
@@ -99,7 +101,7 @@ def github_report(
 def start(
     entry_codes: Sequence[CodeType],
     boundary: Optional[FrameType] = None,
-    mode: str = "spawned",
+    mode: str = "spawned",  # or "current_thread", "all"; "+tracers" charges tracers' callbacks
     native: bool = False,
 ) -> None: ...
 def stop() -> Report: ...
@@ -107,10 +109,15 @@ def checkpoint() -> Report:
     """The tracked test's numbers so far, without stopping (what is live now)."""
 def is_active() -> bool: ...
 def install() -> None: ...
+def hooks_installed() -> bool:
+    """Any hook installed in this process (GOT entries, Python allocator wrappers)?"""
 def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
     stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
+def leak_explanations() -> list[str]:
+    """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
+    the test's blocks (and empties the list); empty without the variable."""
 
 def has_gc_candidates() -> bool:
     """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a

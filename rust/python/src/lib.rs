@@ -176,6 +176,10 @@ struct Report {
     /// Sites, largest at peak first.
     #[pyo3(get)]
     sites: Py<PyList>,
+    /// Why these numbers cannot be trusted (Python's allocator was replaced during the
+    /// test), or None.
+    #[pyo3(get)]
+    interpreter_problem: Option<String>,
     data: Arc<ResolvedCapture>,
 }
 
@@ -259,7 +263,11 @@ fn frame_to_py(frame: ReportFrame) -> StackFrame {
     }
 }
 
-fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
+fn report_to_py(
+    py: Python<'_>,
+    report: TestReport,
+    interpreter_problem: Option<String>,
+) -> PyResult<Report> {
     let has_native = report
         .sites
         .iter()
@@ -306,8 +314,17 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
         leaked_bytes: report.leaked_bytes,
         leaked_count: report.leaked_count,
         sites: PyList::new(py, sites)?.unbind(),
+        interpreter_problem,
         data,
     })
+}
+
+/// The thread mode, and whether tracers' callbacks are charged too (a `+tracers` suffix).
+fn charge_mode(mode: &str) -> PyResult<(ThreadMode, bool)> {
+    match mode.strip_suffix("+tracers") {
+        Some(threads) => Ok((thread_mode(threads)?, true)),
+        None => Ok((thread_mode(mode)?, false)),
+    }
 }
 
 fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
@@ -326,7 +343,8 @@ fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
 /// `entry_codes`: code objects of the test function; the calling thread is charged only while
 /// one of them runs, and its stacks end there (empty: charge the whole window).
 /// `boundary`: a frame below the test (its stacks never go past it).
-/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all'.
+/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all';
+/// with '+tracers', what trace/profile/sys.monitoring callbacks allocate is charged too.
 /// `native`: also record native return addresses (hybrid stacks).
 #[pyfunction]
 #[pyo3(signature = (entry_codes, boundary=None, mode="spawned", native=false))]
@@ -336,7 +354,7 @@ fn start(
     mode: &str,
     native: bool,
 ) -> PyResult<()> {
-    let mode = thread_mode(mode)?;
+    let (mode, tracers) = charge_mode(mode)?;
     if entry_codes.len() > pyframes::MAX_ENTRY_CODES {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "at most {} entry code objects",
@@ -346,7 +364,10 @@ fn start(
     let codes: Vec<*mut pyo3::ffi::PyObject> = entry_codes.iter().map(|c| c.as_ptr()).collect();
     capture::set_python_stack_source(pyframes::source());
     pymem::install();
+    // A domain whose wrapper was taken out since the last test is wrapped again.
+    pymem::rewrap_bypassed();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
+    capture::set_charge_tracers(tracers);
     capture::start(mode, !codes.is_empty(), native)
         .map_err(|e| TrackingError::new_err(e.to_string()))
 }
@@ -356,20 +377,28 @@ fn start(
 fn stop(py: Python<'_>) -> PyResult<Report> {
     let report = capture::stop().map_err(|e| TrackingError::new_err(e.to_string()))?;
     pyframes::set_entry(&[], None);
-    report_to_py(py, report)
+    let problem = pymem::problem_after_test();
+    report_to_py(py, report, problem)
 }
 
 /// The tracked test's numbers so far (a `Report`), without stopping: what is live now.
 #[pyfunction]
 fn checkpoint(py: Python<'_>) -> PyResult<Report> {
     let report = capture::checkpoint().map_err(|e| TrackingError::new_err(e.to_string()))?;
-    report_to_py(py, report)
+    report_to_py(py, report, None)
 }
 
 /// True while a test is tracked.
 #[pyfunction]
 fn is_active() -> bool {
     capture::is_active()
+}
+
+/// Has this process installed any hook: GOT entries patched, or Python's allocators wrapped?
+/// False until the first tracked test (untracked sessions pay nothing).
+#[pyfunction]
+fn hooks_installed() -> bool {
+    capture::installed() || pymem::installed()
 }
 
 /// Raise TrackingError where tracking is not supported (patches nothing).
@@ -385,6 +414,13 @@ fn install() -> PyResult<()> {
     capture::install().map_err(|e| TrackingError::new_err(e.to_string()))
 }
 
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` made the last `scan_leaks` find: for each reference to
+/// one of the test's blocks, where it was found (empty without the variable).
+#[pyfunction]
+fn leak_explanations() -> Vec<String> {
+    capture::take_leak_explanations()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
@@ -392,7 +428,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(install, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks_installed, m)?)?;
     m.add_function(wrap_pyfunction!(check_supported, m)?)?;
+    m.add_function(wrap_pyfunction!(leak_explanations, m)?)?;
     m.add_class::<Report>()?;
     m.add_class::<Site>()?;
     m.add_class::<StackFrame>()?;

@@ -95,6 +95,13 @@ pub struct PythonStack {
     /// True when the walk ended at the test's entry or boundary frame (not at the thread's
     /// first frame or the depth limit): native frames below it are not the test's.
     pub complete: bool,
+    /// True when the thread is running a trace, profile or `sys.monitoring` callback
+    /// (coverage, a profiler, a debugger): what it allocates there is the observer's.
+    pub in_tracer: bool,
+    /// Non-zero when CPython may be making a frame object for such a callback right now,
+    /// before the callback runs (3.11): the object's size. A Python allocation of exactly
+    /// this size is that frame object.
+    pub tracer_frame_size: usize,
 }
 
 impl PythonStack {
@@ -106,6 +113,8 @@ impl PythonStack {
             len: 0,
             reached_entry: false,
             complete: false,
+            in_tracer: false,
+            tracer_frame_size: 0,
         }
     }
 
@@ -155,6 +164,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static MODE: AtomicU8 = AtomicU8::new(0);
 static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
 static NATIVE: AtomicBool = AtomicBool::new(false);
+static CHARGE_TRACERS: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
 static PYTHON: OnceLock<PythonStackSource> = OnceLock::new();
 
@@ -250,6 +260,11 @@ pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
     elf_got::unloaded_modules()
 }
 
+/// Have the hooks been written into the loaded objects' GOTs (by [`install`])?
+pub fn installed() -> bool {
+    INSTALLED.get().is_some_and(|r| r.is_ok())
+}
+
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
 /// charged only for allocations made while the test's own function is on its stack (as the
 /// Python layer reports through [`PythonStack::reached_entry`]). With `native`, every
@@ -291,6 +306,13 @@ pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), 
     .set();
     ACTIVE.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// Whether the next tracked tests are also charged for what trace, profile and
+/// `sys.monitoring` callbacks allocate (see [`PythonStack::in_tracer`]). Off by default:
+/// coverage, profilers and debuggers are observers, not the test.
+pub fn set_charge_tracers(charge: bool) {
+    CHARGE_TRACERS.store(charge, Ordering::SeqCst);
 }
 
 /// Stop tracking and return the test's numbers.
@@ -663,8 +685,8 @@ fn explain_references(
                 .iter()
                 .map(|w| format!("{w:#x}"))
                 .collect();
-            eprintln!(
-                "heapgate: block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+            explain(format!(
+                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
                 c.start_address(),
                 c.size,
                 w,
@@ -673,9 +695,39 @@ fn explain_references(
                 region.start.get(),
                 region.end.get(),
                 if region.anonymous { " (anonymous)" } else { "" }
-            );
+            ));
         }
     }
+}
+
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` found in the last leak scan, for the test's report (the
+/// scan runs inside the test process, where writing to its terminal would cut into pytest's
+/// progress line).
+static EXPLANATIONS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Lines kept per scan; the rest are counted.
+const MAX_EXPLANATIONS: usize = 1000;
+static EXPLANATIONS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn explain(line: String) {
+    let mut lines = EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if lines.len() < MAX_EXPLANATIONS {
+        lines.push(line);
+    } else {
+        EXPLANATIONS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The lines `HEAPGATE_EXPLAIN_LEAKS=1` made [`scan_leaks`] collect since the last call: for
+/// each reference to a candidate block found in a root or a live block, where it was found.
+/// Empty when the variable is not set.
+pub fn take_leak_explanations() -> Vec<String> {
+    let _guard = Guard::enter();
+    let mut lines = std::mem::take(&mut *EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner()));
+    let dropped = EXPLANATIONS_DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        lines.push(format!("... {dropped} more references not shown"));
+    }
+    lines
 }
 
 /// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
@@ -770,6 +822,13 @@ impl Recorder {
         counted.then_some((generation, entry_rule))
     }
 
+    /// Is this allocation a tracer's (and tracers are not charged)?
+    fn observers(&self, python: &PythonStack, size: usize, allocator: Allocator) -> bool {
+        let tracers = python.in_tracer
+            || (python.tracer_frame_size == size && size != 0 && allocator.is_python());
+        tracers && !CHARGE_TRACERS.load(Ordering::Relaxed)
+    }
+
     fn walk_python(&self, stack: &mut PythonStack) {
         if let Some(python) = PYTHON.get() {
             (python.walk)(stack);
@@ -834,7 +893,7 @@ impl Recorder {
         };
         let mut python = PythonStack::new();
         self.walk_python(&mut python);
-        if entry_rule && !python.reached_entry {
+        if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
             return;
         }
         let keys = self.stack_keys(&python);
@@ -850,7 +909,9 @@ impl Recorder {
         let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
             self.walk_python(&mut python);
-            (!entry_rule || python.reached_entry).then_some(generation)
+            ((!entry_rule || python.reached_entry)
+                && !self.observers(&python, len, Allocator::Mmap))
+            .then_some(generation)
         });
         let Some(generation) = counted else {
             // Not ours, but it may replace (MAP_FIXED) a mapping that is.
