@@ -257,7 +257,10 @@ class HeapgatePlugin:
             _native.stop()
         if call.when != "call" or RESULT not in item.stash:
             return
+        # The full result (every site's stack) lives only until the report carries its few
+        # numbers: kept on the item it would grow the session by ~100 KB a test.
         result = item.stash[RESULT]
+        del item.stash[RESULT]
         rep: pytest.TestReport = outcome.get_result()
         failure = self._failure(result, rep.passed)
         if failure is not None:

@@ -8,6 +8,7 @@ mod elf_got;
 mod guard;
 mod hooks;
 pub mod hybrid;
+mod live;
 mod scan;
 mod scrub;
 mod threads;
@@ -687,6 +688,7 @@ fn on_objects_loaded() {
 
 fn on_objects_unloaded() {
     elf_got::forget_patched_objects();
+    unwind::forget_objects();
 }
 
 thread_local! {

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
+use super::live::{LiveBlock, LiveTable};
 use super::scan::{Candidate, LeakKind};
 
 /// The API an allocation came through. A site is a (stack, allocator) pair, as in memray.
@@ -142,12 +143,6 @@ struct TrieNode {
     frame: u32,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct LiveBlock {
-    size: u64,
-    site: u32,
-}
-
 /// Statistics of one allocation site (a stack and an allocator).
 #[derive(Clone, Debug)]
 struct Site {
@@ -262,7 +257,7 @@ pub struct Tracker {
     frame_index: FxHashMap<FrameKey, u32>,
     sites: Vec<Site>,
     site_index: FxHashMap<(u32, Allocator), u32>,
-    live: FxHashMap<usize, LiveBlock>,
+    live: LiveTable,
     mappings: BTreeMap<usize, LiveBlock>,
     current: u64,
     current_count: u64,
@@ -318,7 +313,7 @@ impl Tracker {
         usable_size: &dyn Fn(usize, u64, Allocator) -> usize,
     ) -> Vec<Candidate> {
         let heap = self.live.iter().map(|(key, b)| {
-            let address = untagged(*key);
+            let address = untagged(key);
             let allocator = self.sites[b.site as usize].allocator;
             Candidate::new(address, b.size, b.site)
                 .with_usable_size(usable_size(address, b.size, allocator))
@@ -327,7 +322,8 @@ impl Tracker {
             .mappings
             .iter()
             .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site));
-        let mut blocks: Vec<Candidate> = heap.chain(mapped).collect();
+        let mut blocks = Vec::with_capacity(self.live.len() + self.mappings.len());
+        blocks.extend(heap.chain(mapped));
         blocks.sort_unstable_by_key(|c| c.start_address());
         blocks
     }
@@ -466,19 +462,19 @@ impl Tracker {
 
     /// A heap block of `size` bytes at `addr` was allocated at stack `node`.
     pub fn on_alloc(&mut self, addr: usize, size: u64, allocator: Allocator, node: u32) {
-        // An address we still hold was freed behind our back (an untracked path): drop it.
-        if let Some(old) = self.live.remove(&tagged(addr)) {
+        let site = self.site(node, allocator);
+        // An address we still hold was freed behind our back (an untracked path): it is
+        // replaced, and removed from the counts before the new block is added.
+        if let Some(old) = self.live.insert(tagged(addr), LiveBlock { size, site }) {
             self.remove(old);
         }
-        let site = self.site(node, allocator);
-        self.live.insert(tagged(addr), LiveBlock { size, site });
         self.add(site, size);
     }
 
     /// The heap block at `addr` was freed. Returns what it was, if it was ours, so that a
     /// failed `realloc` can put it back with [`Tracker::restore`].
     pub fn on_free(&mut self, addr: usize) -> Option<RemovedBlock> {
-        let block = self.live.remove(&tagged(addr))?;
+        let block = self.live.remove(tagged(addr))?;
         self.remove(block);
         Some(RemovedBlock {
             key: tagged(addr),
