@@ -8,7 +8,6 @@ mod elf_got;
 mod guard;
 mod hooks;
 pub mod hybrid;
-mod live;
 mod scan;
 mod scrub;
 mod threads;
@@ -534,11 +533,8 @@ pub fn recorder() -> Option<Recorder> {
     Guard::enter().map(|g| Recorder { _guard: g })
 }
 
-/// An allocation's stack keys: the Python frames as walked, or a hybrid stack.
-enum StackKeys {
-    Python,
-    Hybrid(Vec<FrameKey>),
-}
+// An allocation's hybrid stack, built in place (no allocation per event).
+use hybrid::Keys as HybridKeys;
 
 /// A heap block taken out of the live table by [`Recorder::take`].
 pub struct TakenBlock {
@@ -568,10 +564,11 @@ impl Recorder {
         }
     }
 
-    /// The allocation's stack: Python frames alone, or hybrid with native frames.
-    fn stack_keys(&self, python: &PythonStack) -> StackKeys {
+    /// The allocation's hybrid stack into `keys` when native stacks are recorded; false
+    /// when the stack is the Python frames alone.
+    fn hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
         if !NATIVE.load(Ordering::Relaxed) {
-            return StackKeys::Python;
+            return false;
         }
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
         let py = python.frames();
@@ -584,15 +581,14 @@ impl Recorder {
             len: 0,
         };
         unwind::unwind(&mut native, eval, budget);
-        let mut keys = Vec::with_capacity(native.len + py.len());
         hybrid::merge(
             &native.frames[..native.len],
             py,
             |ip| eval.contains(ip),
             python.complete,
-            &mut keys,
+            keys,
         );
-        StackKeys::Hybrid(keys)
+        true
     }
 
     fn with_tracker(&self, generation: u64, f: impl FnOnce(&mut Tracker)) {
@@ -604,17 +600,22 @@ impl Recorder {
         }
     }
 
-    fn node_for(&self, tracker: &mut Tracker, python: &PythonStack, keys: &StackKeys) -> u32 {
+    fn node_for(
+        &self,
+        tracker: &mut Tracker,
+        python: &PythonStack,
+        keys: Option<&HybridKeys>,
+    ) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
         let mut describe = |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
         };
         match keys {
-            StackKeys::Python => {
+            None => {
                 tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
             }
-            StackKeys::Hybrid(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            Some(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
         }
     }
 
@@ -628,9 +629,10 @@ impl Recorder {
         if entry_rule && !python.reached_entry {
             return;
         }
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_alloc(addr, size as u64, allocator, node);
         });
     }
@@ -647,9 +649,10 @@ impl Recorder {
             self.record_munmap(addr, len);
             return;
         };
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_mmap(addr, len as u64, node);
         });
     }
