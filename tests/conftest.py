@@ -60,12 +60,12 @@ def peaks(result: pytest.RunResult) -> dict[str, int]:
 
 
 # Third-party pytest plugins in the test extra (pytest-xdist, pytest-asyncio, anyio,
-# pytest-rerunfailures) load into every pytester session once installed. The sessions of the
+# pytest-rerunfailures, pytest-cov) load into every pytester session once installed. The sessions of the
 # older test modules were written without them, and some (the conservative reachability scan
 # in test_leaks.py) are sensitive to any extra allocation in the process, so those sessions run
 # without them; tests/test_pytest_*.py and tests/test_gating.py (the pytest-integration tests)
 # get them.
-OTHER_PLUGINS = ("xdist", "xdist.looponfail", "asyncio", "anyio", "rerunfailures")
+OTHER_PLUGINS = ("xdist", "xdist.looponfail", "asyncio", "anyio", "rerunfailures", "pytest_cov")
 
 
 @pytest.fixture(autouse=True)

@@ -189,11 +189,15 @@ def debuginfod_server(hgsym_builds: HgsymBuilds) -> Iterator[DebuginfodServer]:
 
 
 def text_symbols(path: Path) -> list[tuple[str, int, int]]:
-    """(name, address, size) of the defined, sized function symbols of an object (nm)."""
-    out = sh(tool("nm"), "--defined-only", "-S", path)
+    """(name, address, size) of the defined, sized function symbols of an object (nm); those
+    of .dynsym when the object is stripped (as distributions ship libstdc++ and zlib)."""
     found = []
-    for line in out.splitlines():
-        parts = line.split()
-        if len(parts) == 4 and parts[2] in "tTwW" and int(parts[1], 16) > 0:
-            found.append((parts[3], int(parts[0], 16), int(parts[1], 16)))
+    for table in ([], ["--dynamic"]):
+        out = sh(tool("nm"), "--defined-only", "-S", *table, path)
+        for line in out.splitlines():
+            parts = line.split()
+            if len(parts) == 4 and parts[2] in "tTwW" and int(parts[1], 16) > 0:
+                found.append((parts[3], int(parts[0], 16), int(parts[1], 16)))
+        if found:
+            break
     return found

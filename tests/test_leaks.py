@@ -241,9 +241,69 @@ def test_python_objects_leaked_by_c_code_are_native_leaks(native_session: pytest
     assert kinds(native_session, "test_pyobjects")["definitely lost"] > 0
 
 
-def test_still_reachable_memory_is_reported_in_verbose_mode_only(native_session: pytest.RunResult) -> None:
+CACHE_LINE = 32  # the malloc that fills hgleak.c's static cache
+
+
+@exact_scan
+def test_verbose_lists_still_reachable_blocks_by_location_in_the_test_section(native_session: pytest.RunResult) -> None:
+    """-v: each test's still-reachable native memory by location, in its own report section
+    (a passed test's in heapgate's part of the terminal summary)."""
     native_session.stdout.fnmatch_lines(
-        ["heapgate: test_native_leaks.py::test_static_cache: 50000 bytes in 1 blocks of native memory still reachable"]
+        [
+            "*= heapgate: native leak scan =*",
+            "*_ test_native_leaks.py::test_static_cache _*",
+            "Still reachable native memory (not counted): 50000 bytes in 1 block, by location (allocating frame first):",
+            "  #1 48.8KiB: 50000 bytes in 1 block through malloc",
+            f"      fill_cache at */hgleak.c:{CACHE_LINE}",
+            "      test_static_cache at test_native_leaks.py:10",
+        ]
+    )
+
+
+EXPLAINED = """
+import hgleak
+
+def test_cache_and_leak():
+    hgleak.fill_cache(50_000)
+    hgleak.leak_malloc(100_000)
+"""
+
+
+@exact_scan
+def test_explanations_and_reachable_blocks_go_to_report_sections_not_stderr(
+    run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """HEAPGATE_EXPLAIN_LEAKS=1 says where each reference to a test's block was found: in the
+    test's report section (shown with its failure, after the progress line, never inside
+    it), not on stderr. Without -v the still-reachable listing is left out."""
+    pytester.makepyfile(test_explained=EXPLAINED)
+    monkeypatch.setenv("HEAPGATE_EXPLAIN_LEAKS", "1")
+    result = run("--native-leaks", *EXACT)
+    result.assert_outcomes(failed=1)
+    assert "referenced by" not in result.stderr.str()
+    out = result.stdout.str()
+    assert "test_explained.py F" in out  # the progress line is whole
+    assert "Still reachable native memory" not in out  # -v only
+    # The cache's block is found through hgleak's static `cache` pointer (a global).
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_cache_and_leak _*",
+            "Test leaked 97.7KiB from native code (limit 0B, --native-leaks)",
+            "*- heapgate: native leak scan -*",
+            "Where the leak scan found references to the test's blocks (HEAPGATE_EXPLAIN_LEAKS):",
+            "  block 0x* (50000 bytes) referenced by 0x* from 0x* in 0x*-0x*",
+        ]
+    )
+    verbose = run("--native-leaks", "-v", *EXACT)
+    verbose.stdout.fnmatch_lines(
+        [
+            "*- heapgate: native leak scan -*",
+            "Still reachable native memory (not counted): 50000 bytes in 1 block, by location (allocating frame first):",
+            "  #1 48.8KiB: 50000 bytes in 1 block through malloc",
+            f"      fill_cache at */hgleak.c:{CACHE_LINE}",
+            "      test_cache_and_leak at test_explained.py:4",
+            "Where the leak scan found references to the test's blocks (HEAPGATE_EXPLAIN_LEAKS):",
+        ]
     )
 
 

@@ -110,6 +110,10 @@ BAD_INPUTS = [
     (["--heapgate-save=adir"], "", "--heapgate-save '*adir' is a directory, not a file"),
     (["--fail-on-increase"], "", "--fail-on-increase compares with the previous run kept in pytest's cache*"),
     (["--heapgate-dir=afile/sub"], "", "--heapgate-dir '*afile/sub' is not a writable directory*"),
+    (["--native-leaks=abc"], "", "invalid --native-leaks limit 'abc': expected a non-negative number*"),
+    (["--native-leaks=abc", "test_x.py"], "", "invalid --native-leaks limit 'abc'*"),
+    (["--native-leaks-limit=abc"], "", "invalid --native-leaks-limit 'abc'*"),
+    (["--native-leaks=1KiB", "--native-leaks-limit=2KiB"], "", "--native-leaks=1KiB and --native-leaks-limit=2KiB disagree*"),
 ]
 
 
@@ -310,3 +314,48 @@ def test_coexists_with_pytest_memray(pytester: pytest.Pytester, native_dir: Path
     both = session("--heapgate", "--heapgate-native", "--most-allocations=1", "--native")
     assert "INTERNALERROR" not in both.stdout + both.stderr and "already" not in both.stderr, both.stderr
     assert "plugins:" in both.stdout and "memray" in both.stdout and "heapgate" in both.stdout
+
+
+NATIVE_LEAK_PATHS = """
+import hgleak
+
+def test_leaks_100k():
+    hgleak.leak_malloc(100_000)
+
+def test_clean():
+    pass
+"""
+
+
+def test_native_leaks_does_not_swallow_test_paths(run, pytester: pytest.Pytester) -> None:
+    """`--native-leaks` takes an optional limit: a following word that is a size is the limit,
+    any other word stays a test path (issue 11: `pytest --native-leaks tests/` exited 4)."""
+    (pytester.path / "tests").mkdir()
+    (pytester.path / "tests" / "test_paths.py").write_text(NATIVE_LEAK_PATHS)
+    # Collected only if a path argument is lost: it would fail the outcome counts.
+    (pytester.path / "other").mkdir()
+    (pytester.path / "other" / "test_other.py").write_text("def test_not_selected():\n    assert False\n")
+    exact = ("-p", "no:logging")  # see tests/test_leaks.py: EXACT
+
+    def outcomes(*args: str) -> tuple[pytest.RunResult, dict[str, int]]:
+        result = run(*exact, *args)
+        assert result.ret in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED), (args, result.stderr.str())
+        return result, result.parseoutcomes()
+
+    # The headline command: the default limit (0), and only tests/ collected.
+    result, counts = outcomes("--native-leaks", "tests/")
+    assert counts == {"failed": 1, "passed": 1}, counts
+    result.stdout.fnmatch_lines(["*(limit 0B, --native-leaks)*"])
+    # A node id and two paths after the flag.
+    _, counts = outcomes("--native-leaks", "tests/test_paths.py::test_clean")
+    assert counts == {"passed": 1}, counts
+    _, counts = outcomes("--native-leaks", "tests/test_paths.py", "other/test_other.py")
+    assert counts == {"failed": 2, "passed": 1}, counts
+    # The limit, three ways: `=`, the space form (a size is read as the limit), its own flag.
+    for args in (["tests/", "--native-leaks=1KiB"], ["--native-leaks", "1KiB", "tests/"], ["--native-leaks-limit=1KiB", "tests/"]):
+        result, counts = outcomes(*args)
+        assert counts == {"failed": 1, "passed": 1}, (args, counts)
+        result.stdout.fnmatch_lines(["*(limit 1.0KiB, --native-leaks)*"])
+    for args in (["tests/", "--native-leaks=200KiB"], ["--native-leaks", "200KiB", "tests/"], ["--native-leaks-limit=200KiB", "tests"]):
+        _, counts = outcomes(*args)
+        assert counts == {"passed": 2}, (args, counts)

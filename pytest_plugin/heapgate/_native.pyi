@@ -84,11 +84,22 @@ def session_report(
 ) -> str: ...
 def read_session_report(path: str) -> str: ...
 def junit_from_session(path: str, base: Optional[str] = None) -> str: ...
+MAX_ANNOTATIONS: int  # GitHub shows at most this many error annotations of one step
+def github_report(
+    path: str,
+    workspace: str,
+    blob_url: Optional[str] = None,
+    artifact: Optional[str] = None,
+    run_url: Optional[str] = None,
+    exit_code: Optional[int] = None,
+    baseline: Optional[tuple[str, dict[str, int]]] = None,
+    top: int = 5,
+) -> tuple[str, list[str]]: ...
 
 def start(
     entry_codes: Sequence[CodeType],
     boundary: Optional[FrameType] = None,
-    mode: str = "spawned",
+    mode: str = "spawned",  # or "current_thread", "all"; "+tracers" charges tracers' callbacks
     native: bool = False,
 ) -> None: ...
 def stop() -> Report: ...
@@ -100,6 +111,9 @@ def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
     stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
+def leak_explanations() -> list[str]:
+    """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
+    the test's blocks (and empties the list); empty without the variable."""
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 

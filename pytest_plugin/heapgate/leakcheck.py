@@ -179,6 +179,8 @@ class NativeLeakResult:
     failure: Optional[str]
     reachable_bytes: int
     reachable_blocks: int
+    # Still-reachable native memory by location (what -v shows): lines of text.
+    reachable_locations: list[str] = field(default_factory=list)
 
 
 def _kinds(site: Site) -> dict[str, int]:
@@ -196,6 +198,7 @@ def native_leaks_result(
     """Definitely and indirectly lost bytes from native code, minus suppressed stacks, against
     ``limit``. Still-reachable memory never fails a test."""
     lost: list[tuple[int, Site]] = []
+    reachable_sites: list[tuple[int, Site]] = []
     totals = {kind: [0, 0] for kind in ("definitely_lost", "indirectly_lost", "possibly_lost", "still_reachable")}
     absorbed: dict[str, list[int]] = {}
     for site in report.sites:
@@ -217,10 +220,13 @@ def native_leaks_result(
             totals[kind][1] += kinds.get(f"{kind}_count", 0)
         if site_lost:
             lost.append((site_lost, site))
+        if kinds.get("still_reachable_count"):
+            reachable_sites.append((kinds.get("still_reachable_bytes", 0), site))
     lost_bytes = sum(totals[k][0] for k in LOST_KINDS)
     reachable = totals["still_reachable"]
+    locations = _reachable_lines(reachable_sites, rootpath, max_frames)
     if lost_bytes <= limit:
-        return NativeLeakResult(None, reachable[0], reachable[1])
+        return NativeLeakResult(None, reachable[0], reachable[1], locations)
     lines = [
         f"Test leaked {format_size(lost_bytes)} from native code (limit {format_size(limit)}, --native-leaks)",
         f"  definitely lost: {totals['definitely_lost'][0]} bytes in {_plural(totals['definitely_lost'][1], 'block')}; "
@@ -244,4 +250,26 @@ def native_leaks_result(
         lines.extend(_stack_lines(site.stack, rootpath, max_frames))
     if len(lost) > max_locations:
         lines.append(f"  ... {len(lost) - max_locations} more locations")
-    return NativeLeakResult("\n".join(lines), reachable[0], reachable[1])
+    return NativeLeakResult("\n".join(lines), reachable[0], reachable[1], locations)
+
+
+def _reachable_lines(
+    sites: list[tuple[int, Site]], rootpath: Optional[Path], max_frames: Optional[int], max_locations: int = 20
+) -> list[str]:
+    """Still-reachable native memory by location, largest first (not counted as lost)."""
+    if not sites:
+        return []
+    sites = sorted(sites, key=lambda t: t[0], reverse=True)
+    total = sum(b for b, _ in sites)
+    blocks = sum(_kinds(s).get("still_reachable_count", 0) for _, s in sites)
+    lines = [
+        f"Still reachable native memory (not counted): {total} bytes in {_plural(blocks, 'block')}, "
+        "by location (allocating frame first):"
+    ]
+    for i, (nbytes, site) in enumerate(sites[:max_locations], 1):
+        count = _kinds(site).get("still_reachable_count", 0)
+        lines.append(f"  #{i} {format_size(nbytes)}: {nbytes} bytes in {_plural(count, 'block')} through {site.allocator}")
+        lines.extend(_stack_lines(site.stack, rootpath, max_frames))
+    if len(sites) > max_locations:
+        lines.append(f"  ... {len(sites) - max_locations} more locations")
+    return lines

@@ -9,10 +9,18 @@ those names are pytest-memray's (pytest refuses two options with one name), and 
 answers to its namespaced forms only, so both plugins load side by side.
 
 A bad value (a flag's or an ini key's) is a usage error naming the option, before any test runs.
+
+``--native-leaks`` takes an optional limit. A following word that is not a size is not its
+limit but a test path (``pytest --native-leaks tests/``), handed back to pytest's positional
+arguments; ``--native-leaks=SIZE`` and ``--native-leaks-limit=SIZE`` give a limit without
+ambiguity, and a bad ``--native-leaks=WORD`` is a usage error.
 """
 
 from __future__ import annotations
 
+import argparse
+import os
+import shlex
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import metadata
@@ -21,9 +29,9 @@ from typing import Any, Optional
 
 import pytest
 
-from .limits import LimitError, parse_size
+from .limits import ACCEPTED_FORMS, LimitError, parse_size
 
-__all__ = ["Settings", "add_options", "memray_installed", "read_settings"]
+__all__ = ["Settings", "add_options", "memray_installed", "native_leaks_limit", "read_settings"]
 
 DEFAULT_MOST_ALLOCATIONS = 5
 DEFAULT_MAX_INCREASE = "10%"
@@ -158,6 +166,15 @@ _FLAGS: tuple[tuple[str, Optional[str], str, str, Optional[str], str], ...] = (
         "Charge a test for every thread's allocations during its call, also threads that existed before it.",
     ),
     (
+        "--heapgate-include-tracers",
+        None,
+        "heapgate_include_tracers",
+        "bool",
+        None,
+        "Also charge a test for what trace, profile and sys.monitoring callbacks (coverage, profilers, "
+        "debuggers) allocate while it runs (default: not the test's memory).",
+    ),
+    (
         "--heapgate-warmup",
         None,
         "heapgate_warmup",
@@ -205,15 +222,87 @@ _INIS: tuple[tuple[str, Optional[str], str, str], ...] = (
     ("heapgate_limit_memory", None, "string", "Peak limit for tests without a limit_memory marker, e.g. '200MB'."),
     ("heapgate_limit_leaks", None, "string", "Leak limit per location for tests without a limit_leaks marker."),
     ("heapgate_all_threads", None, "bool", "Charge every thread's allocations (as --heapgate-all-threads)."),
+    ("heapgate_include_tracers", None, "bool", "Charge what tracers' callbacks allocate (as --heapgate-include-tracers)."),
     ("heapgate_warmup", None, "string", "Untracked runs of each tracked test's call first (as --heapgate-warmup)."),
     ("heapgate_repeat", None, "string", "Runs of each tracked test's call (as --heapgate-repeat)."),
     ("heapgate_repeat_threshold", None, "string", "Live-memory growth per run allowed with repeat."),
 )
 
 
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(int(text) if text.isdigit() else text)
+    except LimitError:
+        return False
+    return True
+
+
+# Where words that followed an optional-value flag but are not its value wait (see below).
+_HANDED_BACK = "heapgate_handed_back"
+
+
+class _OptionalSize(argparse.Action):
+    """An optional size value (``nargs="?"``): argparse gives such a flag the next word
+    whatever it is, so ``--native-leaks tests/`` would read the path as the limit. A word that
+    is not a size is handed back as a positional argument (through argparse's own list of
+    unrecognised arguments, which pytest turns into test paths) and the flag takes its
+    ``const``. The word is also noted, so that ``--native-leaks=WORD``, which argparse does
+    not tell apart from the space form, is still reported as a bad value (``_check_handed_back``)."""
+
+    def __call__(
+        self,
+        parser: argparse.ArgumentParser,
+        namespace: argparse.Namespace,
+        values: Any,
+        option_string: Optional[str] = None,
+    ) -> None:
+        if values is None or _is_size(str(values)):
+            setattr(namespace, self.dest, self.const if values is None else values)
+            return
+        setattr(namespace, self.dest, self.const)
+        vars(namespace).setdefault("_unrecognized_args", []).append(values)
+        handed_back = list(getattr(namespace, _HANDED_BACK, None) or [])
+        setattr(namespace, _HANDED_BACK, handed_back + [(option_string, values)])
+
+
+def _check_handed_back(config: pytest.Config) -> None:
+    """``--flag=WORD`` with a WORD that is no size: a usage error naming the flag (argparse
+    gives the action the same value for ``--flag=WORD`` and ``--flag WORD``, so the command
+    line, with pytest's addopts, tells which was written)."""
+    handed_back = getattr(config.option, _HANDED_BACK, None) or []
+    if not handed_back:
+        return
+    args = [str(a) for a in config.invocation_params.args]
+    args += shlex.split(os.environ.get("PYTEST_ADDOPTS", ""))
+    try:
+        args += [str(a) for a in config.getini("addopts")]
+    except (ValueError, pytest.UsageError):  # pragma: no cover - addopts is always registered
+        pass
+    for flag, word in handed_back:
+        if f"{flag}={word}" in args:
+            raise pytest.UsageError(f"heapgate: invalid {flag} limit {word!r}: expected {ACCEPTED_FORMS}")
+
+
 def add_options(parser: pytest.Parser, group: Any) -> None:
     """Register heapgate's flags and ini keys (bare memray names only when they are free)."""
     bare = not memray_installed()
+    group.addoption(
+        "--native-leaks",
+        action=_OptionalSize,
+        nargs="?",
+        const="0",
+        default=None,
+        metavar="LIMIT",
+        help="Check every test for memory lost by native code (definitely and indirectly lost, "
+        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native. A word "
+        "after it that is not a size is a test path: write --native-leaks=SIZE or --native-leaks-limit.",
+    )
+    group.addoption(
+        "--native-leaks-limit",
+        default=None,
+        metavar="SIZE",
+        help="Check every test for memory lost by native code (as --native-leaks) and fail above SIZE.",
+    )
     for flag, memray_flag, dest, kind, metavar, help_text in _FLAGS:
         names = [flag] + ([memray_flag] if bare and memray_flag else [])
         help_text = help_text.replace("%", "%%") if "%%" not in help_text else help_text
@@ -310,6 +399,34 @@ def _path(config: pytest.Config, dest: str) -> Optional[Path]:
     return Path(base, str(value))
 
 
+def native_leaks_limit(config: pytest.Config) -> Optional[int]:
+    """--native-leaks[=LIMIT], --native-leaks-limit=SIZE or ini native_leaks: the limit every
+    test is checked against, or None (no native leak check by default)."""
+    _check_handed_back(config)
+    flag, limit_flag = config.getoption("native_leaks"), config.getoption("native_leaks_limit")
+    try:
+        if limit_flag is not None:
+            limit = _parse_flag_size(limit_flag, "--native-leaks-limit")
+            if flag is not None and flag != "0" and _parse_flag_size(flag, "--native-leaks limit") != limit:
+                raise pytest.UsageError(
+                    f"heapgate: --native-leaks={flag} and --native-leaks-limit={limit_flag} disagree; give one"
+                )
+            return limit
+        value = flag if flag is not None else str(config.getini("native_leaks")).strip()
+        if value in ("", None) or str(value).lower() in ("false", "no", "off"):
+            return None
+        if str(value).lower() in ("true", "yes", "on"):
+            return 0
+        return _parse_flag_size(str(value), "--native-leaks limit")
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
+def _parse_flag_size(text: str, what: str) -> int:
+    text = text.strip()
+    return parse_size(int(text) if text.isdigit() else text, what)
+
+
 @dataclass(frozen=True)
 class Settings:
     """What the session's options say, checked."""
@@ -329,6 +446,7 @@ class Settings:
     limit_memory: Optional[int]
     limit_leaks: Optional[int]
     all_threads: bool
+    include_tracers: bool
     warmup: int
     repeat: int
     repeat_threshold: int
@@ -357,6 +475,7 @@ def read_settings(config: pytest.Config) -> Settings:
         limit_memory=_size(config, "heapgate_limit_memory"),
         limit_leaks=_size(config, "heapgate_limit_leaks"),
         all_threads=bool(_value(config, "heapgate_all_threads")[0]),
+        include_tracers=bool(_value(config, "heapgate_include_tracers")[0]),
         warmup=_whole(config, "heapgate_warmup", 0) or 0,
         repeat=repeat,
         repeat_threshold=_size(config, "heapgate_repeat_threshold") or 0,

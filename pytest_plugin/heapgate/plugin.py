@@ -32,10 +32,10 @@ from .baseline import save as save_baseline
 from .baseline import summary_lines as baseline_summary_lines
 from .formatting import peak_failure, summary_lines
 from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
-from .limits import LimitError, format_size, parse_size
+from .limits import format_size
 from .markers import MARKERS, Checks, MarkerError, checks_for
 from .repeat import growth_failure, warm_up
-from .options import add_options, read_settings
+from .options import add_options, native_leaks_limit, read_settings
 
 if TYPE_CHECKING:
     from ._native import Record, Report
@@ -56,6 +56,9 @@ RESULT = pytest.StashKey["TestResult"]()
 ACTIVE = pytest.StashKey[bool]()
 # The attribute of a call-phase TestReport that carries heapgate's results (see _transport).
 REPORT_ATTR = "heapgate"
+# The call report's section with what the native leak scan says besides lost memory: the
+# still-reachable blocks by location (-v) and HEAPGATE_EXPLAIN_LEAKS' lines.
+SCAN_SECTION = "heapgate: native leak scan"
 CACHE_PREFIX = "heapgate/peak"
 
 
@@ -67,7 +70,6 @@ class TestResult:
     report: Report
     checks: Checks
     failure: Optional[str] = None
-    reachable_native: tuple[int, int] = (0, 0)
     record: Optional[Record] = None
     written: Optional[Written] = None
     absorbed: Optional[list[list[int]]] = None
@@ -75,20 +77,14 @@ class TestResult:
     # Live bytes, and the checkpoint reports, after each run of a repeated call.
     totals: list[int] = field(default_factory=list)
     checkpoints: list[Report] = field(default_factory=list)
+    # HEAPGATE_EXPLAIN_LEAKS=1: where the leak scan found references to the test's blocks.
+    explanations: list[str] = field(default_factory=list)
+    scan_notes: Optional[str] = None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("heapgate", "exact memory assertions (heapgate)")
     add_options(parser, group)
-    group.addoption(
-        "--native-leaks",
-        nargs="?",
-        const="0",
-        default=None,
-        metavar="LIMIT",
-        help="Check every test for memory lost by native code (definitely and indirectly lost, "
-        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native.",
-    )
     group.addoption(
         "--native-leaks-suppressions",
         default=None,
@@ -142,7 +138,7 @@ class HeapgatePlugin:
         # pytest writes testcase properties for xunit1/legacy; xunit2's schema has none there.
         self.junit_properties = family in ("xunit1", "legacy")
         self.problems: list[str] = []
-        self.native_leaks = _native_leaks_default(config)
+        self.native_leaks = native_leaks_limit(config)
         self.suppressions = _suppressions(config)
         self.baseline: Optional[Baseline] = None
         if self.settings.compare is not None:
@@ -175,7 +171,12 @@ class HeapgatePlugin:
         assert _native is not None
         # Native leaks are judged by where memory came from: that needs native stacks.
         native = self.native or checks.native_leaks is not None
-        _native.start(codes, boundary, checks.thread_mode, native)
+        _native.start(codes, boundary, self._charge_mode(checks), native)
+
+    def _charge_mode(self, checks: Checks) -> str:
+        """Whose allocations the test is charged for: the thread mode, with ``+tracers`` when
+        what tracers' callbacks allocate is charged too (--heapgate-include-tracers)."""
+        return checks.thread_mode + ("+tracers" if self.settings.include_tracers else "")
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -220,6 +221,7 @@ class HeapgatePlugin:
             self._start(item, checks, _entry_codes(item), sys._getframe(1))
         totals: list[int] = []
         checkpoints: list[Report] = []
+        explanations: list[str] = []
         try:
             # With --heapgate-repeat, all but the last run happen here; pytest runs the last.
             for _ in range(repeat - 1):
@@ -238,9 +240,12 @@ class HeapgatePlugin:
                 gc.collect()
             if checks.native_leaks is not None:
                 _native.scan_leaks()
+                explanations = _native.leak_explanations()
         finally:
             report = _native.stop()
-        item.stash[RESULT] = TestResult(item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints)
+        item.stash[RESULT] = TestResult(
+            item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints, explanations=explanations
+        )
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
@@ -270,6 +275,8 @@ class HeapgatePlugin:
                 rep.longrepr = failure
             else:
                 rep.sections.append(("heapgate", failure))
+        if result.scan_notes:
+            rep.sections.append((SCAN_SECTION, result.scan_notes))
         self._artifacts(item, result, rep.outcome)
         setattr(rep, REPORT_ATTR, self._transport(result))
 
@@ -291,7 +298,6 @@ class HeapgatePlugin:
             "written": result.written is not None,
             "problems": problems,
             "native_leaks": result.checks.native_leaks is not None,
-            "reachable_native": list(result.reachable_native),
             "absorbed": result.absorbed or [],
             "limit_source": "marker" if result.checks.from_marker else ("default" if result.checks else None),
             "warmup": result.warmup,
@@ -307,7 +313,7 @@ class HeapgatePlugin:
                 outcome,
                 result.failure is not None,
                 lm.limit if lm else None,
-                result.checks.thread_mode,
+                self._charge_mode(result.checks),
                 self.facts,
             )
             if result.failure is not None or self.artifacts_all:
@@ -332,7 +338,7 @@ class HeapgatePlugin:
         failures = []
         lm = checks.limit_memory
         if lm is not None and report.peak_bytes > lm.limit:
-            failures.append(peak_failure(lm.limit, report, checks.thread_mode, rootpath=root, max_frames=self.max_frames))
+            failures.append(peak_failure(lm.limit, report, self._charge_mode(checks), rootpath=root, max_frames=self.max_frames))
         if lm is not None and passed:
             text = self._fail_on_increase(result.nodeid, report.peak_bytes)
             if text is not None:
@@ -346,12 +352,18 @@ class HeapgatePlugin:
         if nl is not None:
             before = [(s.bytes, s.blocks) for s in self.suppressions]
             native = native_leaks_result(nl.limit, report, self.suppressions, rootpath=root, max_frames=self.max_frames)
-            result.reachable_native = (native.reachable_bytes, native.reachable_blocks)
             result.absorbed = [
                 [i, s.bytes - b, s.blocks - n] for i, (s, (b, n)) in enumerate(zip(self.suppressions, before)) if s.blocks != n
             ]
             if native.failure is not None:
                 failures.append(native.failure)
+            notes = native.reachable_locations if self.config.option.verbose > 0 else []
+            if result.explanations:
+                notes = notes + [
+                    "Where the leak scan found references to the test's blocks (HEAPGATE_EXPLAIN_LEAKS):",
+                    *(f"  {line}" for line in result.explanations),
+                ]
+            result.scan_notes = "\n".join(notes) or None
         if len(result.totals) > 1:
             text = growth_failure(
                 result.totals, result.checkpoints, self.settings.repeat_threshold, rootpath=root, max_frames=self.max_frames
@@ -475,11 +487,21 @@ class HeapgatePlugin:
                     totals[index][1] += blocks
         for s, (nbytes, blocks) in zip(self.suppressions, totals):
             tr.write_line(f"heapgate: suppression leak:{s.pattern} ({s.source}) absorbed {nbytes} bytes in {blocks} blocks")
-        if self.config.option.verbose > 0:
-            for r in results:
-                reachable, blocks = (r.get("reachable_native") or [0, 0])[:2]
-                if reachable:
-                    tr.write_line(f"heapgate: {r['nodeid']}: {reachable} bytes in {blocks} blocks of native memory still reachable")
+        # Failed tests show their section with the failure; passed ones here (unless -rP does).
+        if tr.hasopt("P"):
+            return
+        sections = [
+            (rep.nodeid, content)
+            for rep in tr.stats.get("passed", [])
+            if getattr(rep, "when", None) == "call"
+            for name, content in rep.sections
+            if name == SCAN_SECTION
+        ]
+        if sections:
+            tr.write_sep("=", SCAN_SECTION)
+            for nodeid, content in sections:
+                tr.write_sep("_", nodeid)
+                tr.write_line(content)
 
 
 def _check_item_kind(item: pytest.Item, checks: Checks) -> None:
@@ -521,20 +543,6 @@ def _check_writable_file(path: Path) -> None:
         probe = probe.parent
     if not os.access(probe, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
         raise pytest.UsageError(f"heapgate: --heapgate-save {str(path)!r} cannot be written")
-
-
-def _native_leaks_default(config: pytest.Config) -> Optional[int]:
-    """--native-leaks[=LIMIT] or ini native_leaks: the limit every test is checked against."""
-    flag = config.getoption("native_leaks")
-    value = flag if flag is not None else str(config.getini("native_leaks")).strip()
-    if value in ("", None) or str(value).lower() in ("false", "no", "off"):
-        return None
-    if str(value).lower() in ("true", "yes", "on"):
-        return 0
-    try:
-        return parse_size(str(value) if not str(value).isdigit() else int(value), "--native-leaks limit")
-    except LimitError as e:
-        raise pytest.UsageError(f"heapgate: {e}") from None
 
 
 def _suppressions(config: pytest.Config) -> list[Suppression]:

@@ -12,7 +12,7 @@ import importlib
 import sys
 from typing import Callable, Optional, Sequence
 
-COMMAND_MODULES: tuple[str, ...] = ("symbols", "reports", "merge")
+COMMAND_MODULES: tuple[str, ...] = ("symbols", "reports", "merge", "github")
 
 Handler = Callable[[argparse.Namespace], int]
 

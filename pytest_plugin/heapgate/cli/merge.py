@@ -13,9 +13,9 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-__all__ = ["register"]
+__all__ = ["merge_reports", "register"]
 
 
 def _error(message: str) -> int:
@@ -23,18 +23,16 @@ def _error(message: str) -> int:
     return 2
 
 
-def merge(args: argparse.Namespace) -> int:
-    from .._native import ReportFileError, read_session_report
+def merge_reports(reports: Sequence[str], out_dir: Path) -> tuple[str, int]:
+    """The merged report's text and its number of tests; artifact paths made relative to
+    ``out_dir``. Raises ReportFileError naming a report that cannot be read."""
+    from .._native import read_session_report
     from ..artifacts import session_json
 
-    out_dir = Path(args.output).resolve().parent if args.output not in (None, "-") else Path.cwd()
     skeleton: dict[str, Any] = {}
     entries: list[dict[str, Any]] = []
-    for name in args.reports:
-        try:
-            data = json.loads(read_session_report(name))
-        except ReportFileError as e:
-            return _error(str(e))
+    for name in reports:
+        data = json.loads(read_session_report(name))
         if not skeleton:
             skeleton = data
         base = Path(name).resolve().parent
@@ -44,7 +42,17 @@ def merge(args: argparse.Namespace) -> int:
                 if isinstance(value, str):
                     artifacts[key] = os.path.relpath(base / value, out_dir)
             entries.append(test)
-    text = session_json(skeleton, entries)
+    return session_json(skeleton, entries), len(entries)
+
+
+def merge(args: argparse.Namespace) -> int:
+    from .._native import ReportFileError
+
+    out_dir = Path(args.output).resolve().parent if args.output not in (None, "-") else Path.cwd()
+    try:
+        text, count = merge_reports(args.reports, out_dir)
+    except ReportFileError as e:
+        return _error(str(e))
     if args.output in (None, "-"):
         sys.stdout.write(text)
         return 0
@@ -52,7 +60,7 @@ def merge(args: argparse.Namespace) -> int:
         Path(args.output).write_text(text, encoding="utf-8")
     except OSError as e:
         return _error(f"{args.output}: cannot write: {e.strerror or e}")
-    print(f"heapgate: {len(entries)} tests from {len(args.reports)} reports merged into {args.output}", file=sys.stderr)
+    print(f"heapgate: {count} tests from {len(args.reports)} reports merged into {args.output}", file=sys.stderr)
     return 0
 
 

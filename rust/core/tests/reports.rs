@@ -8,8 +8,9 @@ use std::sync::Arc;
 use heapgate_core::capture::{Allocator, Frame, SiteReport, TestReport};
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
-    flamegraph_svg, folded_stacks, junit_xml, peak_failure, Artifacts, InterpreterModules,
-    ResolvedCapture, Resolver, SessionFacts, SessionReport, TestEntry, TextOptions, Weight,
+    flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml, peak_failure,
+    Artifacts, GithubOptions, InterpreterModules, ResolvedCapture, Resolver, SessionFacts,
+    SessionReport, TestEntry, TextOptions, Weight,
 };
 use heapgate_core::symbolize::{Module, ModuleMap, Symbolizer, SymbolizerOptions};
 
@@ -220,4 +221,76 @@ fn flamegraph_is_titled_and_shows_binary_sizes() {
     );
     assert!(svg.contains("helper (tests/test_text.py:4) (10.0MiB, 10,485,760 bytes"));
     assert!(svg.contains("limit 5.0MiB"));
+}
+
+/// The fixture session with a second, passing test, as GitHub shows it from `/proj`.
+fn github_session() -> (SessionReport, GithubOptions) {
+    let mut report = session();
+    let mut passing = report.tests[0].clone();
+    passing.nodeid = "tests/test_text.py::test_small".into();
+    passing.memory_failed = false;
+    passing.outcome = "passed".into();
+    passing.peak_bytes = 1_000;
+    passing.failure = None;
+    report = SessionReport::new(
+        report.session.clone(),
+        vec![report.tests[0].clone(), passing],
+    );
+    let options = GithubOptions {
+        workspace: "/proj".into(),
+        blob_url: Some("https://github.example/o/r/blob/0123abc".into()),
+        artifact: Some("heapgate-report".into()),
+        run_url: Some("https://github.example/o/r/actions/runs/7".into()),
+        exit_code: Some(1),
+        baseline: Some((
+            "mem-baseline.json".into(),
+            [
+                ("tests/test_text.py::test_big[<a&b>]".to_string(), 8 << 20),
+                ("tests/test_text.py::test_small".to_string(), 2_000),
+            ]
+            .into_iter()
+            .collect(),
+        )),
+        top: 5,
+    };
+    (report, options)
+}
+
+#[test]
+fn github_summary_markdown() {
+    let (report, options) = github_session();
+    insta::assert_snapshot!(github_summary(&report, &options));
+}
+
+#[test]
+fn github_annotation_lines() {
+    let (report, options) = github_session();
+    let lines: Vec<String> = github_annotations(&report, &options)
+        .iter()
+        .map(|a| a.command())
+        .collect();
+    insta::assert_snapshot!(lines.join("\n"));
+}
+
+#[test]
+fn github_output_of_a_hostile_test_id() {
+    let (mut report, options) = github_session();
+    let hostile = "tests/test_text.py::test_x[::error::x%0A<script>alert(1)</script>`a`|b\nc]";
+    report.tests[0].nodeid = hostile.into();
+    let summary = github_summary(&report, &options);
+    insta::assert_snapshot!(summary);
+    let lines: Vec<String> = github_annotations(&report, &options)
+        .iter()
+        .map(|a| a.command())
+        .collect();
+    // One line, the only `::` command being the annotation's own.
+    assert_eq!(lines.len(), 1);
+    assert!(!lines[0].contains('\n'));
+    assert_eq!(lines[0].matches("::error").count(), 1 + 1, "{}", lines[0]);
+    assert!(lines[0]
+        .contains("title=heapgate%3A tests/test_text.py%3A%3Atest_x[%3A%3Aerror%3A%3Ax%250A"));
+    insta::assert_snapshot!(
+        "github_output_of_a_hostile_test_id_annotations",
+        lines.join("\n")
+    );
 }

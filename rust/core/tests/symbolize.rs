@@ -139,13 +139,6 @@ fn blocks(output: &str, flags: &str, addrs: &[u64]) -> Vec<String> {
     blocks
 }
 
-/// cpp_demangle (0.4 and 0.5) cannot demangle this libstdc++ name that libiberty can
-/// (`sr` unresolved name with template args); we print it mangled.
-const CPP_DEMANGLE_GAP: (&str, &str) = (
-    "_ZSt9__fill_a1IPiiEN9__gnu_cxx11__enable_ifIXsrSt11__is_scalarIT0_E7__valueEvE6__typeET_S8_RKS4_",
-    "__gnu_cxx::__enable_if<std::__is_scalar<int>::__value, void>::__type std::__fill_a1<int*, int>(int*, int*, int const&)",
-);
-
 /// binutils' dwarf2.c names a function that has only a DW_AT_name (e.g. a static C++ function,
 /// inlined) from the symbol table the *first* time it is looked up in a process, then caches
 /// the DWARF name (`function->is_linkage = true`). So its first address gets the enclosing
@@ -176,12 +169,7 @@ fn compare(symbolizer: &Symbolizer, object: &Path, flags: &str, addrs: &[u64]) -
     let mut report = String::new();
     let mut differing = 0;
     for (t, m) in theirs.iter().zip(&mine) {
-        let m = if flags.contains('C') {
-            m.replace(CPP_DEMANGLE_GAP.0, CPP_DEMANGLE_GAP.1)
-        } else {
-            m.clone()
-        };
-        if t != &m && !first_lookup_quirk(t, &m, flags) {
+        if t != m && !first_lookup_quirk(t, m, flags) {
             differing += 1;
             if differing <= 5 {
                 report.push_str(&format!("binutils:\n{t}ours:\n{m}\n"));

@@ -68,19 +68,75 @@ static uint32_t line_at(PyCodeObject *code, int byte_offset) {
     return result;
 }
 
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#include "internal/pycore_gc.h"
+/* 3.11 makes the frame object a trace or profile function is handed (call_trace) just before
+ * it counts the callback in tstate->tracing. While a tracer is set and the running frame has
+ * no frame object yet, the size of the one it would make (GC header + variable-size object,
+ * as _PyFrame_New_NoTrack asks for it); else 0. */
+static size_t tracer_frame_size(PyThreadState *ts, _PyInterpreterFrame *f) {
+    if (f == NULL || f->frame_obj != NULL || ts->tracing > 0 ||
+        (ts->c_tracefunc == NULL && ts->c_profilefunc == NULL)) {
+        return 0;
+    }
+    Py_ssize_t slots = f->f_code->co_nlocalsplus + f->f_code->co_stacksize;
+    return sizeof(PyGC_Head) + _PyObject_VAR_SIZE(&PyFrame_Type, slots);
+}
+#endif
+
+#if PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_interp.h"
+#include "opcode.h"
+/* 3.12+ instruments a code object for sys.monitoring (which also runs settrace and setprofile
+ * functions) when it first runs after the tools' events changed: its RESUME finds the code's
+ * instrumentation version behind the interpreter's and calls _Py_Instrument, which allocates
+ * the code's monitoring data before any callback runs. Is the thread doing that now? */
+static int instrumenting(PyThreadState *ts, _PyInterpreterFrame *f) {
+    if (f == NULL || f->owner == FRAME_OWNED_BY_CSTACK) return 0;
+#if PY_VERSION_HEX >= 0x030D0000
+    if (f->f_executable == NULL || !PyCode_Check(f->f_executable)) return 0;
+    uintptr_t current = ts->interp->ceval.instrumentation_version;
+    const _Py_CODEUNIT *instr = f->instr_ptr;
+#else
+    uint64_t current = ts->interp->monitoring_version;
+    const _Py_CODEUNIT *instr = f->prev_instr;
+#endif
+    if (HG_FRAME_CODE(f)->_co_instrumentation_version == current || instr == NULL) return 0;
+    int op = instr->op.code;
+    return op == RESUME || op == INSTRUMENTED_RESUME || op == INSTRUMENTED_LINE
+#ifdef RESUME_CHECK
+           || op == RESUME_CHECK
+#endif
+        ;
+}
+#endif
+
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
- * the `entry` code objects (included, *reached = 1), or after `max` frames. */
+ * the `entry` code objects (included, *reached = 1), or after `max` frames.
+ * *in_tracer is set when the thread runs a trace, profile or sys.monitoring callback: CPython
+ * counts those in tstate->tracing in 3.9-3.13 (in 3.12+ sys.monitoring callbacks, and settrace
+ * and setprofile functions, which it runs through sys.monitoring); or when it instruments code
+ * for them (3.12+). *tracer_frame is the size of a frame object CPython may be making for such
+ * a callback right now (3.11), else 0. */
 int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
-               const void *boundary, int *reached) {
+               const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame) {
     *reached = 0;
+    *in_tracer = 0;
+    *tracer_frame = 0;
     PyThreadState *ts = PyGILState_GetThisThreadState();
     if (ts == NULL) return 0;
+    *in_tracer = ts->tracing > 0;
     int n = 0;
 #if PY_VERSION_HEX >= 0x030B0000
 #if PY_VERSION_HEX >= 0x030D0000
     _PyInterpreterFrame *f = ts->current_frame;
 #else
     _PyInterpreterFrame *f = ts->cframe ? ts->cframe->current_frame : NULL;
+#endif
+#if PY_VERSION_HEX < 0x030C0000
+    *tracer_frame = tracer_frame_size(ts, f);
+#else
+    *in_tracer = *in_tracer || instrumenting(ts, f);
 #endif
     for (; f != NULL && n < max; f = f->previous) {
         if ((const void *)f == boundary) {

@@ -265,7 +265,7 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
         .iter()
         .any(|s| s.stack.iter().any(|f| matches!(f, Frame::Native(_))));
     let modules = if has_native {
-        ModuleMap::current_process()
+        ModuleMap::current_process_with(heapgate_core::capture::unloaded_modules())
     } else {
         ModuleMap::new(Vec::new())
     };
@@ -310,6 +310,14 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
     })
 }
 
+/// The thread mode, and whether tracers' callbacks are charged too (a `+tracers` suffix).
+fn charge_mode(mode: &str) -> PyResult<(ThreadMode, bool)> {
+    match mode.strip_suffix("+tracers") {
+        Some(threads) => Ok((thread_mode(threads)?, true)),
+        None => Ok((thread_mode(mode)?, false)),
+    }
+}
+
 fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
     match mode {
         "current_thread" => Ok(ThreadMode::CurrentThread),
@@ -326,7 +334,8 @@ fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
 /// `entry_codes`: code objects of the test function; the calling thread is charged only while
 /// one of them runs, and its stacks end there (empty: charge the whole window).
 /// `boundary`: a frame below the test (its stacks never go past it).
-/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all'.
+/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all';
+/// with '+tracers', what trace/profile/sys.monitoring callbacks allocate is charged too.
 /// `native`: also record native return addresses (hybrid stacks).
 #[pyfunction]
 #[pyo3(signature = (entry_codes, boundary=None, mode="spawned", native=false))]
@@ -336,7 +345,7 @@ fn start(
     mode: &str,
     native: bool,
 ) -> PyResult<()> {
-    let mode = thread_mode(mode)?;
+    let (mode, tracers) = charge_mode(mode)?;
     if entry_codes.len() > pyframes::MAX_ENTRY_CODES {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "at most {} entry code objects",
@@ -347,6 +356,7 @@ fn start(
     capture::set_python_stack_source(pyframes::source());
     pymem::install();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
+    capture::set_charge_tracers(tracers);
     capture::start(mode, !codes.is_empty(), native)
         .map_err(|e| TrackingError::new_err(e.to_string()))
 }
@@ -385,6 +395,13 @@ fn install() -> PyResult<()> {
     capture::install().map_err(|e| TrackingError::new_err(e.to_string()))
 }
 
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` made the last `scan_leaks` find: for each reference to
+/// one of the test's blocks, where it was found (empty without the variable).
+#[pyfunction]
+fn leak_explanations() -> Vec<String> {
+    capture::take_leak_explanations()
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
@@ -393,6 +410,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(install, m)?)?;
     m.add_function(wrap_pyfunction!(check_supported, m)?)?;
+    m.add_function(wrap_pyfunction!(leak_explanations, m)?)?;
     m.add_class::<Report>()?;
     m.add_class::<Site>()?;
     m.add_class::<StackFrame>()?;

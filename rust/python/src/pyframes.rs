@@ -15,6 +15,8 @@ extern "C" {
         n_entry: c_int,
         boundary: *const c_void,
         reached: *mut c_int,
+        in_tracer: *mut c_int,
+        tracer_frame: *mut usize,
     ) -> c_int;
     fn hg_py_frame_handle(frame: *mut ffi::PyObject) -> *const c_void;
     fn hg_py_eval_function(start: *mut usize, end: *mut usize) -> c_int;
@@ -53,6 +55,8 @@ fn walk(stack: &mut PythonStack) {
     }
     let n_entry = ENTRY_LEN.load(Ordering::Relaxed);
     let mut reached: c_int = 0;
+    let mut in_tracer: c_int = 0;
+    let mut tracer_frame: usize = 0;
     let (buffer, capacity) = stack.buffer();
     // SAFETY: the shim writes at most `capacity` frames into the stack's own buffer and
     // reads only the calling thread's frames.
@@ -64,12 +68,16 @@ fn walk(stack: &mut PythonStack) {
             n_entry as c_int,
             BOUNDARY.load(Ordering::Relaxed) as *const c_void,
             &mut reached,
+            &mut in_tracer,
+            &mut tracer_frame,
         )
     };
     // SAFETY: the shim wrote the first `n` frames.
     unsafe { stack.set_len(n.max(0) as usize) };
     stack.reached_entry = reached == 1;
     stack.complete = reached != 0;
+    stack.in_tracer = in_tracer != 0;
+    stack.tracer_frame_size = tracer_frame;
 }
 
 fn describe(code: usize) -> CodeNames {

@@ -6,8 +6,9 @@ use std::sync::Arc;
 
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
-    capture_text, flamegraph_svg, folded_stacks, junit_xml, Artifacts, InterpreterModules,
-    ResolvedCapture, Resolver, SessionFacts, SessionReport, TestEntry, TextOptions, Weight,
+    capture_text, flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml,
+    Artifacts, GithubOptions, InterpreterModules, ResolvedCapture, Resolver, SessionFacts,
+    SessionReport, TestEntry, TextOptions, Weight,
 };
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
@@ -276,11 +277,46 @@ fn junit_from_session(path: PathBuf, base: Option<PathBuf>) -> PyResult<String> 
     junit_xml(&report, base.as_deref()).map_err(|e| file_error(&path, e))
 }
 
+/// The GitHub job summary (Markdown) and the `::error` annotation lines (every failure,
+/// largest first) of the session report at `path`. `baseline` is (name shown, node id → peak).
+#[pyfunction]
+#[pyo3(signature = (path, workspace, blob_url=None, artifact=None, run_url=None, exit_code=None, baseline=None, top=5))]
+#[allow(clippy::too_many_arguments)]
+fn github_report(
+    path: PathBuf,
+    workspace: PathBuf,
+    blob_url: Option<String>,
+    artifact: Option<String>,
+    run_url: Option<String>,
+    exit_code: Option<i32>,
+    baseline: Option<(String, std::collections::BTreeMap<String, u64>)>,
+    top: usize,
+) -> PyResult<(String, Vec<String>)> {
+    let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
+    let report = SessionReport::from_json(&text).map_err(|e| file_error(&path, e))?;
+    let options = GithubOptions {
+        workspace,
+        blob_url,
+        artifact,
+        run_url,
+        exit_code,
+        baseline,
+        top,
+    };
+    let annotations = github_annotations(&report, &options)
+        .iter()
+        .map(|a| a.command())
+        .collect();
+    Ok((github_summary(&report, &options), annotations))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Record>()?;
     m.add_function(wrap_pyfunction!(session_report, m)?)?;
     m.add_function(wrap_pyfunction!(read_session_report, m)?)?;
     m.add_function(wrap_pyfunction!(junit_from_session, m)?)?;
+    m.add_function(wrap_pyfunction!(github_report, m)?)?;
+    m.add("MAX_ANNOTATIONS", heapgate_core::report::MAX_ANNOTATIONS)?;
     m.add("ReportFileError", m.py().get_type::<ReportFileError>())?;
     Ok(())
 }

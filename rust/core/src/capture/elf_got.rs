@@ -1,11 +1,13 @@
 //! Linux/ELF: redirect the GOT entries (JUMP_SLOT and GLOB_DAT relocations) of every loaded
 //! object to our hooks. This is the only place that writes into other objects' memory.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
-use std::sync::Mutex;
+use std::sync::{Mutex, OnceLock};
 
 use libc::{c_int, c_void, dl_phdr_info, size_t};
+
+use crate::symbolize::Module;
 
 /// A symbol to redirect and the address of its hook.
 pub(crate) struct Hook {
@@ -59,24 +61,95 @@ const GOT_RELOCATIONS: [u32; 2] = [
     1026, /* R_AARCH64_JUMP_SLOT */
 ];
 
-/// Objects already patched, by program-header address (unique while an object is loaded).
-static PATCHED: Mutex<Option<HashSet<usize>>> = Mutex::new(None);
+/// What the walks over the loader's list have seen.
+#[derive(Default)]
+pub(crate) struct LoadedObjects {
+    /// Objects already patched, by program-header address (unique while an object is
+    /// loaded), with the module-map entry recorded when the object was first seen.
+    patched: HashMap<usize, Module>,
+    /// The loader's (adds, subs) counters at the last walk that patched everything it saw.
+    counters: Option<(u64, u64)>,
+    /// Objects unloaded since [`forget_unloaded`] last ran.
+    unloaded: Vec<Module>,
+}
+
+static OBJECTS: Mutex<Option<LoadedObjects>> = Mutex::new(None);
+
+/// glibc's `_dl_find_object` (2.35+), if present: it knows an object only once the loader
+/// has relocated it, which tells a half-loaded object (on another thread's `dlopen`) from a
+/// ready one. The loader lists an object before relocating it; patching it then would be
+/// undone by its relocation, or fault it when RELRO is made read-only under the loader.
+type FindObject = unsafe extern "C" fn(*mut c_void, *mut c_void) -> c_int;
+static FIND_OBJECT: OnceLock<Option<FindObject>> = OnceLock::new();
+
+/// Resolved before a walk, never inside one: `dlsym` takes the loader lock, which a
+/// `dl_iterate_phdr` callback must not (another thread's `dlopen` takes them the other way).
+fn find_object() -> Option<FindObject> {
+    *FIND_OBJECT.get_or_init(|| {
+        // SAFETY: looks a symbol up by a NUL-terminated name; null means absent.
+        let address = unsafe { libc::dlsym(libc::RTLD_DEFAULT, c"_dl_find_object".as_ptr()) };
+        if address.is_null() {
+            // Consume our own lookup's error, so the program's next dlerror() is not ours.
+            // SAFETY: dlerror has no preconditions.
+            unsafe { libc::dlerror() };
+        }
+        // SAFETY: when present, `_dl_find_object` has this signature (glibc's <dlfcn.h>).
+        (!address.is_null())
+            .then(|| unsafe { std::mem::transmute::<*mut c_void, FindObject>(address) })
+    })
+}
 
 struct Walk<'a> {
     hooks: &'a [Hook],
     own_address: usize,
-    patched: &'a mut HashSet<usize>,
+    objects: &'a mut LoadedObjects,
+    /// Keys of the objects listed by this walk.
+    listed: HashSet<usize>,
+    /// The counters read from the first object, if the loader reports them.
+    counters: Option<(u64, u64)>,
+    /// An object was unloaded since the last walk: every object is looked at again.
+    full: bool,
+    /// The walk stopped at once: nothing was loaded or unloaded since the last one.
+    unchanged: bool,
+    /// An object was not relocated yet; a later walk must look again.
+    deferred: bool,
     slots_written: usize,
 }
 
-/// Patch every loaded object not patched yet. Returns the number of GOT slots written.
-pub(crate) fn patch_loaded_objects(hooks: &[Hook]) -> usize {
-    let mut guard = PATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    let patched = guard.get_or_insert_with(HashSet::new);
+/// How a caller waits for another thread's walk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wait {
+    /// Block until the walk is ours (install, test start, `dlsym`, `dlclose`).
+    Block,
+    /// Give up if another thread is walking (an allocation hook: the other thread may be
+    /// inside the loader, waiting for a lock this thread holds).
+    TryOnly,
+}
+
+/// Patch every loaded object not patched yet, and note the objects unloaded since the last
+/// walk. Cheap when nothing changed: the loader's add/remove counters, read from the first
+/// object, end the walk there. Returns the number of GOT slots written, or `None` when
+/// `wait` is [`Wait::TryOnly`] and another thread was walking.
+pub(crate) fn patch_loaded_objects(hooks: &[Hook], wait: Wait) -> Option<usize> {
+    let mut guard = match wait {
+        Wait::Block => OBJECTS.lock().unwrap_or_else(|e| e.into_inner()),
+        Wait::TryOnly => match OBJECTS.try_lock() {
+            Ok(g) => g,
+            Err(std::sync::TryLockError::Poisoned(e)) => e.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        },
+    };
+    let objects = guard.get_or_insert_with(LoadedObjects::default);
+    find_object();
     let mut walk = Walk {
         hooks,
         own_address: patch_loaded_objects as *const () as usize,
-        patched,
+        objects,
+        listed: HashSet::new(),
+        counters: None,
+        full: false,
+        unchanged: false,
+        deferred: false,
         slots_written: 0,
     };
     // SAFETY: the callback only reads the program headers and dynamic sections the loader
@@ -84,36 +157,79 @@ pub(crate) fn patch_loaded_objects(hooks: &[Hook]) -> usize {
     unsafe {
         libc::dl_iterate_phdr(Some(visit_object), &mut walk as *mut Walk as *mut c_void);
     }
-    walk.slots_written
+    if !walk.unchanged {
+        if walk.full {
+            let gone: Vec<usize> = walk
+                .objects
+                .patched
+                .keys()
+                .filter(|k| !walk.listed.contains(k))
+                .copied()
+                .collect();
+            for key in gone {
+                if let Some(module) = walk.objects.patched.remove(&key) {
+                    walk.objects.unloaded.push(module);
+                }
+            }
+        }
+        walk.objects.counters = if walk.deferred { None } else { walk.counters };
+    }
+    Some(walk.slots_written)
 }
 
-/// An object was unloaded: forget which objects were patched, so one loaded later at the same
-/// addresses is patched too.
-pub(crate) fn forget_patched_objects() {
-    let mut guard = PATCHED.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(set) = guard.as_mut() {
-        set.clear();
+/// The module-map entries of the objects unloaded since [`forget_unloaded`] last ran.
+pub(crate) fn unloaded_modules() -> Vec<Module> {
+    let guard = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    guard
+        .as_ref()
+        .map(|o| o.unloaded.clone())
+        .unwrap_or_default()
+}
+
+/// Drop the entries of unloaded objects (a new test starts: its report needs none of them).
+pub(crate) fn forget_unloaded() {
+    let mut guard = OBJECTS.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(objects) = guard.as_mut() {
+        objects.unloaded.clear();
     }
 }
 
 /// Hold the patch lock across fork so the child never inherits it locked mid-patch.
-pub(crate) fn patch_lock() -> &'static Mutex<Option<HashSet<usize>>> {
-    &PATCHED
+pub(crate) fn patch_lock() -> &'static Mutex<Option<LoadedObjects>> {
+    &OBJECTS
 }
+
+/// Offset of `dlpi_subs` plus its size: a loader passing a smaller `size` has no counters.
+const COUNTERS_END: usize =
+    std::mem::offset_of!(dl_phdr_info, dlpi_subs) + std::mem::size_of::<u64>();
 
 unsafe extern "C" fn visit_object(
     info: *mut dl_phdr_info,
-    _size: size_t,
+    size: size_t,
     data: *mut c_void,
 ) -> c_int {
     // SAFETY: `data` is the `Walk` passed to dl_iterate_phdr above; `info` is valid for the
     // duration of the callback.
     let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
+    if walk.listed.is_empty() && size >= COUNTERS_END {
+        let counters = (info.dlpi_adds, info.dlpi_subs);
+        if walk.objects.counters == Some(counters) {
+            walk.unchanged = true;
+            return 1;
+        }
+        walk.counters = Some(counters);
+        // Something was unloaded: an object at a remembered address may be a new one (or
+        // the same file loaded again, with a fresh GOT), so every object is looked at.
+        walk.full = walk
+            .objects
+            .counters
+            .is_none_or(|(_, subs)| subs != counters.1);
+    }
     let key = info.dlpi_phdr as usize;
-    if walk.patched.contains(&key) {
+    walk.listed.insert(key);
+    if walk.objects.patched.contains_key(&key) && !walk.full {
         return 0;
     }
-    walk.patched.insert(key);
     // SAFETY: dlpi_name is a NUL-terminated string owned by the loader (may be empty).
     let name = unsafe { object_name(info) };
     if name.contains("linux-vdso") || name.contains("ld-linux") || name.contains("/ld-") {
@@ -122,10 +238,22 @@ unsafe extern "C" fn visit_object(
     // SAFETY: program headers and dynamic section belong to a loaded object.
     let object = unsafe { LoadedObject::read(info) };
     let Some(object) = object else { return 0 };
+    if !object.relocated() {
+        walk.deferred = true;
+        return 0;
+    }
+    // SAFETY: `info` describes an object the loader keeps loaded during the callback.
+    let module = unsafe { Module::from_phdr_info(info) };
+    if let Some(old) = walk.objects.patched.insert(key, module) {
+        let same = walk.objects.patched.get(&key) == Some(&old);
+        if !same {
+            walk.objects.unloaded.push(old);
+        }
+    }
     if object.contains(walk.own_address) {
         return 0;
     }
-    // SAFETY: the object is loaded; its relocation tables and GOT are mapped.
+    // SAFETY: the object is loaded and relocated; its relocation tables and GOT are mapped.
     walk.slots_written += unsafe { object.patch(walk.hooks) };
     0
 }
@@ -229,6 +357,18 @@ impl LoadedObject {
             strtab,
             tables,
         })
+    }
+
+    /// Has the loader finished relocating this object (so its GOT holds its final values)?
+    fn relocated(&self) -> bool {
+        let (Some(find), Some(first)) = (find_object(), self.segments.first()) else {
+            // Without `_dl_find_object` (glibc < 2.35) there is no way to tell: assume so.
+            return true;
+        };
+        // `struct dl_find_object` is 12 words on x86-64 and aarch64; room to spare.
+        let mut result = [0u64; 32];
+        // SAFETY: `_dl_find_object` writes at most one `struct dl_find_object` to `result`.
+        unsafe { find(first.start as *mut c_void, result.as_mut_ptr().cast()) == 0 }
     }
 
     fn contains(&self, address: usize) -> bool {

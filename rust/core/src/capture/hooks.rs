@@ -2,10 +2,14 @@
 //!
 //! Each hook calls the C library's function through our own (never patched) GOT, then, only
 //! while a test is tracked, records the event. Untracked, a hook is the call plus one branch.
+//! Recording never changes what the caller sees: the result and `errno` are the C library's.
+//! The loader's entry points are not hooks but trampolines (see [`super::loader`]): they must
+//! not become the caller whose search path or `RTLD_NEXT` the loader applies.
 
-use libc::{c_char, c_int, c_void, off_t, size_t};
+use libc::{c_int, c_void, off_t, size_t};
 
 use super::elf_got::Hook;
+use super::loader;
 use super::tracker::Allocator;
 use super::{is_active, recorder, threads};
 
@@ -35,18 +39,38 @@ pub(crate) fn table() -> Vec<Hook> {
         b"mmap" => mmap_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void,
         b"mmap64" => mmap_hook as unsafe extern "C" fn(*mut c_void, size_t, c_int, c_int, c_int, off_t) -> *mut c_void,
         b"munmap" => munmap_hook as unsafe extern "C" fn(*mut c_void, size_t) -> c_int,
-        b"dlopen" => dlopen_hook as unsafe extern "C" fn(*const c_char, c_int) -> *mut c_void,
+        b"mremap" => mremap_hook as unsafe extern "C" fn(*mut c_void, size_t, size_t, c_int, *mut c_void) -> *mut c_void,
+        b"dlopen" => loader::heapgate_dlopen_trampoline as unsafe extern "C" fn(),
+        b"dlmopen" => loader::heapgate_dlmopen_trampoline as unsafe extern "C" fn(),
+        b"dlsym" => loader::heapgate_dlsym_trampoline as unsafe extern "C" fn(),
+        b"dlvsym" => loader::heapgate_dlvsym_trampoline as unsafe extern "C" fn(),
         b"dlclose" => dlclose_hook as unsafe extern "C" fn(*mut c_void) -> c_int,
         b"pthread_create" => threads::pthread_create_hook as threads::PthreadCreate,
     }
 }
 
+/// Run our recording and leave `errno` as the C library set it (our locks, the stack walk
+/// and the tables may change it; the caller may read it even after a success).
+#[inline]
+fn keeping_errno<R>(record: impl FnOnce() -> R) -> R {
+    // SAFETY: __errno_location returns the calling thread's errno slot, valid while it runs.
+    let slot = unsafe { libc::__errno_location() };
+    // SAFETY: as above.
+    let saved = unsafe { *slot };
+    let result = record();
+    // SAFETY: as above.
+    unsafe { *slot = saved };
+    result
+}
+
 #[inline]
 fn record(ptr: *mut c_void, size: usize, allocator: Allocator) {
     if is_active() && !ptr.is_null() {
-        if let Some(r) = recorder() {
-            r.record_alloc(ptr as usize, size, allocator);
-        }
+        keeping_errno(|| {
+            if let Some(r) = recorder() {
+                r.record_alloc(ptr as usize, size, allocator);
+            }
+        });
     }
 }
 
@@ -80,16 +104,20 @@ fn resize(
     let removed = if old.is_null() {
         None
     } else {
-        r.take(old as usize)
+        keeping_errno(|| r.take(old as usize))
     };
     let new = call();
-    if new.is_null() && size != 0 {
-        if let Some(block) = removed {
-            r.restore(block);
+    keeping_errno(|| {
+        // glibc's realloc(p, 0) frees p and returns NULL; a NULL for a size > 0 is a failure
+        // that leaves the old block alive.
+        if new.is_null() && size != 0 {
+            if let Some(block) = removed {
+                r.restore(block);
+            }
+        } else if !new.is_null() {
+            r.record_alloc(new as usize, size, allocator);
         }
-    } else if !new.is_null() {
-        r.record_alloc(new as usize, size, allocator);
-    }
+    });
     new
 }
 
@@ -114,9 +142,11 @@ unsafe extern "C" fn reallocarray_hook(
 
 unsafe extern "C" fn free_hook(ptr: *mut c_void) {
     if is_active() && !ptr.is_null() {
-        if let Some(r) = recorder() {
-            r.take(ptr as usize);
-        }
+        keeping_errno(|| {
+            if let Some(r) = recorder() {
+                r.take(ptr as usize);
+            }
+        });
     }
     // SAFETY: forwards the caller's pointer to the C library.
     unsafe { libc::free(ptr) }
@@ -130,7 +160,8 @@ unsafe extern "C" fn posix_memalign_hook(
     // SAFETY: forwards the caller's arguments to the C library.
     let rc = unsafe { libc::posix_memalign(out, align, size) };
     if rc == 0 {
-        // SAFETY: on success the C library stored the block in `*out`.
+        // SAFETY: on success the C library stored the block in `*out` (on failure `*out` is
+        // neither read nor written here).
         record(unsafe { *out }, size, Allocator::PosixMemalign);
     }
     rc
@@ -175,35 +206,78 @@ unsafe extern "C" fn mmap_hook(
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { libc::mmap(addr, len, prot, flags, fd, offset) };
     if is_active() && ptr != libc::MAP_FAILED {
-        if let Some(r) = recorder() {
-            r.record_mmap(ptr as usize, len);
-        }
+        keeping_errno(|| {
+            if let Some(r) = recorder() {
+                if flags & libc::MAP_ANONYMOUS != 0 {
+                    r.record_mmap(ptr as usize, len);
+                } else {
+                    // A file's pages are the file's (page cache), not the program's memory;
+                    // the mapping may still replace (MAP_FIXED) an anonymous one of ours.
+                    r.record_munmap(ptr as usize, len);
+                }
+            }
+        });
     }
     ptr
 }
 
 unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
-    if is_active() {
-        if let Some(r) = recorder() {
-            r.record_munmap(addr as usize, len);
-        }
+    // Recorded before the call, so the range cannot be mapped again by another thread first;
+    // arguments the kernel refuses (EINVAL) unmap nothing and are not recorded.
+    if is_active() && len != 0 && (addr as usize) % page_size() == 0 {
+        keeping_errno(|| {
+            if let Some(r) = recorder() {
+                r.record_munmap(addr as usize, len);
+            }
+        });
     }
     // SAFETY: forwards the caller's arguments to the C library.
     unsafe { libc::munmap(addr, len) }
 }
 
-unsafe extern "C" fn dlopen_hook(file: *const c_char, flags: c_int) -> *mut c_void {
+/// `new_address` is read by the C library only with `MREMAP_FIXED`; passing it always is
+/// what the variadic C declaration allows on x86-64 and aarch64 (same registers).
+unsafe extern "C" fn mremap_hook(
+    old: *mut c_void,
+    old_len: size_t,
+    new_len: size_t,
+    flags: c_int,
+    new_address: *mut c_void,
+) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
-    let handle = unsafe { libc::dlopen(file, flags) };
-    if !handle.is_null() {
-        super::on_objects_loaded();
+    let call = || unsafe { libc::mremap(old, old_len, new_len, flags, new_address) };
+    if !is_active() {
+        return call();
     }
-    handle
+    let Some(r) = recorder() else { return call() };
+    // Like realloc: what moved or resized leaves the table and the new mapping enters it at
+    // this call's stack. The call runs under the tracker's lock, so no other thread's
+    // mapping can land in the old range before it leaves the table.
+    let keeps_old = flags & libc::MREMAP_DONTUNMAP != 0 || old_len == 0;
+    r.record_mremap(old as usize, old_len, new_len, keeps_old, || {
+        let new = call();
+        // SAFETY: reads the calling thread's errno slot.
+        let errno = unsafe { *libc::__errno_location() };
+        ((new != libc::MAP_FAILED).then_some(new as usize), errno)
+    })
+    .map_or(libc::MAP_FAILED, |new| new as *mut c_void)
 }
 
 unsafe extern "C" fn dlclose_hook(handle: *mut c_void) -> c_int {
+    // dlclose does not depend on its caller, so calling it from here changes nothing.
     // SAFETY: forwards the caller's handle to the C library.
     let rc = unsafe { libc::dlclose(handle) };
-    super::on_objects_unloaded();
+    // Note what was unloaded (its module-map entry stays for the test's report), and let
+    // the next object at the same addresses be patched.
+    keeping_errno(super::sync_objects);
     rc
+}
+
+fn page_size() -> usize {
+    static PAGE: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    // SAFETY: sysconf has no preconditions.
+    *PAGE.get_or_init(|| match unsafe { libc::sysconf(libc::_SC_PAGESIZE) } {
+        size if size > 0 => size as usize,
+        _ => 4096,
+    })
 }

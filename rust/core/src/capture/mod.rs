@@ -8,6 +8,7 @@ mod elf_got;
 mod guard;
 mod hooks;
 pub mod hybrid;
+mod loader;
 mod scan;
 mod scrub;
 mod threads;
@@ -94,6 +95,13 @@ pub struct PythonStack {
     /// True when the walk ended at the test's entry or boundary frame (not at the thread's
     /// first frame or the depth limit): native frames below it are not the test's.
     pub complete: bool,
+    /// True when the thread is running a trace, profile or `sys.monitoring` callback
+    /// (coverage, a profiler, a debugger): what it allocates there is the observer's.
+    pub in_tracer: bool,
+    /// Non-zero when CPython may be making a frame object for such a callback right now,
+    /// before the callback runs (3.11): the object's size. A Python allocation of exactly
+    /// this size is that frame object.
+    pub tracer_frame_size: usize,
 }
 
 impl PythonStack {
@@ -105,6 +113,8 @@ impl PythonStack {
             len: 0,
             reached_entry: false,
             complete: false,
+            in_tracer: false,
+            tracer_frame_size: 0,
         }
     }
 
@@ -154,6 +164,7 @@ static GENERATION: AtomicU64 = AtomicU64::new(0);
 static MODE: AtomicU8 = AtomicU8::new(0);
 static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
 static NATIVE: AtomicBool = AtomicBool::new(false);
+static CHARGE_TRACERS: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
 static PYTHON: OnceLock<PythonStackSource> = OnceLock::new();
 
@@ -194,9 +205,9 @@ pub fn supported() -> Result<(), CaptureError> {
     }
 }
 
-/// Patch every loaded object (and, through the `dlopen` hook, every object loaded later).
-/// Idempotent; the first call's outcome is returned to every caller. [`start`] calls it, so
-/// nothing is patched until the first tracked test.
+/// Patch every loaded object (and, through the loader trampolines and at each test start,
+/// every object loaded later). Idempotent; the first call's outcome is returned to every
+/// caller. [`start`] calls it, so nothing is patched until the first tracked test.
 pub fn install() -> Result<(), CaptureError> {
     INSTALLED
         .get_or_init(|| {
@@ -205,10 +216,49 @@ pub fn install() -> Result<(), CaptureError> {
             unsafe {
                 libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
             }
-            elf_got::patch_loaded_objects(&hooks::table());
+            loader::init();
+            let _guard = Guard::enter();
+            elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
             Ok(())
         })
         .clone()
+}
+
+fn hook_table() -> &'static [elf_got::Hook] {
+    static TABLE: OnceLock<Vec<elf_got::Hook>> = OnceLock::new();
+    TABLE.get_or_init(hooks::table)
+}
+
+/// Patch the objects loaded since the last look and note those unloaded (cheap when nothing
+/// changed). Runs before `dlsym` and after `dlclose`, at test start, and, after a `dlopen`,
+/// in the next tracked allocation.
+fn sync_objects() {
+    if !INSTALLED.get().is_some_and(|r| r.is_ok()) {
+        return;
+    }
+    if let Some(_guard) = Guard::enter() {
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        unwind::forget_unloaded_objects();
+    }
+}
+
+/// In a tracked allocation hook (guard held): patch if a `dlopen` ran since the last look.
+/// Never waits for another thread's walk (that thread may be inside the loader, waiting for
+/// a lock this one holds); the note stays for later instead.
+#[inline]
+fn sync_objects_if_changed() {
+    if loader::take_change_note()
+        && elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::TryOnly).is_none()
+    {
+        loader::keep_change_note();
+    }
+}
+
+/// Module-map entries of the objects unloaded since the last tracked test started, as
+/// recorded when they were loaded: a report made after a `dlclose` still symbolizes frames
+/// that point into them (see [`crate::symbolize::ModuleMap::current_process_with`]).
+pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
+    elf_got::unloaded_modules()
 }
 
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
@@ -217,6 +267,14 @@ pub fn install() -> Result<(), CaptureError> {
 /// allocation also records its native return addresses (hybrid with the Python frames).
 pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), CaptureError> {
     install()?;
+    {
+        // Objects loaded since the last test (by paths the trampolines do not see) are
+        // patched before this one's first allocation; those unloaded before it are no
+        // longer needed for a report.
+        let _guard = Guard::enter();
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        elf_got::forget_unloaded();
+    }
     let mut s = session();
     if is_active() {
         return Err(CaptureError::AlreadyActive);
@@ -244,6 +302,13 @@ pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), 
     .set();
     ACTIVE.store(true, Ordering::SeqCst);
     Ok(())
+}
+
+/// Whether the next tracked tests are also charged for what trace, profile and
+/// `sys.monitoring` callbacks allocate (see [`PythonStack::in_tracer`]). Off by default:
+/// coverage, profilers and debuggers are observers, not the test.
+pub fn set_charge_tracers(charge: bool) {
+    CHARGE_TRACERS.store(charge, Ordering::SeqCst);
 }
 
 /// Stop tracking and return the test's numbers.
@@ -454,8 +519,8 @@ fn explain_references(
                 .iter()
                 .map(|w| format!("{w:#x}"))
                 .collect();
-            eprintln!(
-                "heapgate: block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+            explain(format!(
+                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
                 c.start_address(),
                 c.size,
                 w,
@@ -464,9 +529,39 @@ fn explain_references(
                 region.start.get(),
                 region.end.get(),
                 if region.anonymous { " (anonymous)" } else { "" }
-            );
+            ));
         }
     }
+}
+
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` found in the last leak scan, for the test's report (the
+/// scan runs inside the test process, where writing to its terminal would cut into pytest's
+/// progress line).
+static EXPLANATIONS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Lines kept per scan; the rest are counted.
+const MAX_EXPLANATIONS: usize = 1000;
+static EXPLANATIONS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn explain(line: String) {
+    let mut lines = EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if lines.len() < MAX_EXPLANATIONS {
+        lines.push(line);
+    } else {
+        EXPLANATIONS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The lines `HEAPGATE_EXPLAIN_LEAKS=1` made [`scan_leaks`] collect since the last call: for
+/// each reference to a candidate block found in a root or a live block, where it was found.
+/// Empty when the variable is not set.
+pub fn take_leak_explanations() -> Vec<String> {
+    let _guard = Guard::enter();
+    let mut lines = std::mem::take(&mut *EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner()));
+    let dropped = EXPLANATIONS_DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        lines.push(format!("... {dropped} more references not shown"));
+    }
+    lines
 }
 
 /// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
@@ -558,6 +653,13 @@ impl Recorder {
         counted.then_some((generation, entry_rule))
     }
 
+    /// Is this allocation a tracer's (and tracers are not charged)?
+    fn observers(&self, python: &PythonStack, size: usize, allocator: Allocator) -> bool {
+        let tracers = python.in_tracer
+            || (python.tracer_frame_size == size && size != 0 && allocator.is_python());
+        tracers && !CHARGE_TRACERS.load(Ordering::Relaxed)
+    }
+
     fn walk_python(&self, stack: &mut PythonStack) {
         if let Some(python) = PYTHON.get() {
             (python.walk)(stack);
@@ -621,12 +723,13 @@ impl Recorder {
 
     /// Record a heap block of `size` bytes at `addr`.
     pub fn record_alloc(&self, addr: usize, size: usize, allocator: Allocator) {
+        sync_objects_if_changed();
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
         let mut python = PythonStack::new();
         self.walk_python(&mut python);
-        if entry_rule && !python.reached_entry {
+        if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
             return;
         }
         let mut keys = HybridKeys::new();
@@ -639,10 +742,13 @@ impl Recorder {
 
     /// Record `len` bytes mapped at `addr`.
     pub(crate) fn record_mmap(&self, addr: usize, len: usize) {
+        sync_objects_if_changed();
         let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
             self.walk_python(&mut python);
-            (!entry_rule || python.reached_entry).then_some(generation)
+            ((!entry_rule || python.reached_entry)
+                && !self.observers(&python, len, Allocator::Mmap))
+            .then_some(generation)
         });
         let Some(generation) = counted else {
             // Not ours, but it may replace (MAP_FIXED) a mapping that is.
@@ -657,10 +763,62 @@ impl Recorder {
         });
     }
 
+    /// Run `call` (an `mremap` of `[old, old + old_len)` to `new_len` bytes; it returns the
+    /// new address, if any, and its errno) under the tracker's lock, and record it like a
+    /// `realloc`: if the old range held tracked mappings, they leave the table (unless
+    /// `keeps_old`) and the new mapping enters it whole, at this call's stack. A mapping the
+    /// tracker does not know (made before the test, or file-backed) stays unknown.
+    /// Returns what `call` returned, with `errno` as `call` left it.
+    pub(crate) fn record_mremap(
+        &self,
+        old: usize,
+        old_len: usize,
+        new_len: usize,
+        keeps_old: bool,
+        call: impl FnOnce() -> (Option<usize>, libc::c_int),
+    ) -> Option<usize> {
+        let mut python = PythonStack::new();
+        let counted = self.charged().and_then(|(generation, entry_rule)| {
+            self.walk_python(&mut python);
+            (!entry_rule || python.reached_entry).then_some(generation)
+        });
+        let mut hybrid = HybridKeys::new();
+        let keys = counted.map(|_| self.hybrid_keys(&python, &mut hybrid));
+        let generation = GENERATION.load(Ordering::Relaxed);
+        let mut s = session();
+        let (new, errno) = call();
+        if let (Some(new), Some(session)) = (new, s.as_mut()) {
+            if session.generation == generation && is_active() {
+                let t = &mut session.tracker;
+                let tracked = if keeps_old {
+                    t.mapped_in(old, old_len as u64)
+                } else {
+                    t.on_munmap(old, old_len as u64)
+                };
+                match (keys, tracked > 0) {
+                    (Some(is_hybrid), true) => {
+                        let node = self.node_for(t, &python, is_hybrid.then_some(&hybrid));
+                        t.on_mmap(new, new_len as u64, node);
+                    }
+                    // Not ours, but it may replace (MREMAP_FIXED) a mapping that is.
+                    _ => {
+                        t.on_munmap(new, new_len as u64);
+                    }
+                }
+            }
+        }
+        drop(s);
+        // SAFETY: writes the calling thread's errno slot.
+        unsafe { *libc::__errno_location() = errno };
+        new
+    }
+
     /// Record that `[addr, addr + len)` was unmapped (before the C library unmaps it).
     pub(crate) fn record_munmap(&self, addr: usize, len: usize) {
         let generation = GENERATION.load(Ordering::Relaxed);
-        self.with_tracker(generation, |t| t.on_munmap(addr, len as u64));
+        self.with_tracker(generation, |t| {
+            t.on_munmap(addr, len as u64);
+        });
     }
 
     /// Take the block at `addr` out of the live table (before the C library frees it, so the
@@ -682,25 +840,13 @@ impl Recorder {
     }
 }
 
-fn on_objects_loaded() {
-    if INSTALLED.get().is_some_and(|r| r.is_ok()) {
-        let _guard = Guard::enter();
-        elf_got::patch_loaded_objects(&hooks::table());
-    }
-}
-
-fn on_objects_unloaded() {
-    elf_got::forget_patched_objects();
-    unwind::forget_objects();
-}
-
 thread_local! {
     /// The locks held by the forking thread between the prepare and parent/child handlers.
     static FORK_LOCKS: RefCell<Option<ForkLocks>> = const { RefCell::new(None) };
 }
 
 struct ForkLocks {
-    _patch: MutexGuard<'static, Option<std::collections::HashSet<usize>>>,
+    _patch: MutexGuard<'static, Option<elf_got::LoadedObjects>>,
     _session: MutexGuard<'static, Option<Session>>,
 }
 

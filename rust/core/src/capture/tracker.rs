@@ -523,11 +523,13 @@ impl Tracker {
     }
 
     /// `[addr, addr + len)` was unmapped: whole or partial overlaps with tracked mappings end.
-    pub fn on_munmap(&mut self, addr: usize, len: u64) {
+    /// Returns the tracked bytes that were in the range.
+    pub fn on_munmap(&mut self, addr: usize, len: u64) -> u64 {
         let end = addr.saturating_add(len as usize);
         if len == 0 || self.mappings.is_empty() {
-            return;
+            return 0;
         }
+        let mut released = 0;
         let overlapping: Vec<(usize, LiveBlock)> = self
             .mappings
             .range(..tagged(end))
@@ -538,6 +540,7 @@ impl Tracker {
         for (start, block) in overlapping {
             self.mappings.remove(&tagged(start));
             self.remove(block);
+            released += block.size;
             let block_end = start + block.size as usize;
             // Keep the parts of the mapping outside the unmapped range.
             for (piece_start, piece_end) in
@@ -554,9 +557,26 @@ impl Tracker {
                     s.current_count += 1;
                     self.current += piece.size;
                     self.current_count += 1;
+                    released -= piece.size;
                 }
             }
         }
+        released
+    }
+
+    /// Tracked bytes mapped in `[addr, addr + len)`.
+    pub fn mapped_in(&self, addr: usize, len: u64) -> u64 {
+        let end = addr.saturating_add(len as usize);
+        self.mappings
+            .range(..tagged(end))
+            .rev()
+            .take_while(|(start, b)| untagged(**start) + b.size as usize > addr)
+            .map(|(start, b)| {
+                let start = untagged(*start);
+                let piece_end = (start + b.size as usize).min(end);
+                (piece_end - start.max(addr)) as u64
+            })
+            .sum()
     }
 
     /// Live tracked bytes right now.
@@ -736,6 +756,26 @@ mod tests {
         let r = t.report();
         assert_eq!(r.peak_bytes, 0x4000);
         assert_eq!(r.sites[0].bytes_at_peak, 0x4000);
+    }
+
+    #[test]
+    fn munmap_reports_the_tracked_bytes_it_released() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[1]);
+        t.on_mmap(0x10000, 0x5000, a);
+        assert_eq!(t.mapped_in(0x0, 0x100000), 0x5000);
+        assert_eq!(t.mapped_in(0x11000, 0x2000), 0x2000);
+        assert_eq!(t.mapped_in(0x14000, 0x10000), 0x1000);
+        assert_eq!(t.mapped_in(0x20000, 0x1000), 0);
+        // Middle, front, back: two pages left in two pieces.
+        assert_eq!(t.on_munmap(0x12000, 0x1000), 0x1000);
+        assert_eq!(t.on_munmap(0x10000, 0x1000), 0x1000);
+        assert_eq!(t.on_munmap(0x14000, 0x1000), 0x1000);
+        assert_eq!(t.current_bytes(), 0x2000);
+        assert_eq!(t.mapped_in(0x10000, 0x5000), 0x2000);
+        assert_eq!(t.on_munmap(0x20000, 0x1000), 0, "untracked range");
+        assert_eq!(t.on_munmap(0x10000, 0x5000), 0x2000);
+        assert_eq!(t.current_bytes(), 0);
     }
 
     #[test]

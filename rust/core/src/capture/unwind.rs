@@ -160,10 +160,11 @@ pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usiz
     }
 }
 
-/// Objects were unloaded: unwind tables that refer to them must go.
-pub fn forget_objects() {
+/// Drop the unwind tables if an object was unloaded since they were made (they may refer
+/// to its memory). Runs after `dlclose`.
+pub fn forget_unloaded_objects() {
     #[cfg(target_arch = "x86_64")]
-    cfi::forget_objects();
+    cfi::forget_unloaded_objects();
 }
 
 /// framehop over the loaded objects' unwind tables (x86-64).
@@ -195,8 +196,8 @@ mod cfi {
                 return &[];
             }
             // SAFETY: a range inside a PT_LOAD segment of an object the loader reported; it
-            // stays mapped until the object is unloaded, and `forget_objects` (on dlclose)
-            // drops the table that refers to it.
+            // stays mapped until the object is unloaded, and `forget_unloaded_objects` (after
+            // dlclose) drops the table that refers to it.
             unsafe { std::slice::from_raw_parts(self.start as *const u8, self.len) }
         }
     }
@@ -209,8 +210,9 @@ mod cfi {
     struct Objects {
         unwinder: Cfi,
         ranges: Vec<(usize, usize)>,
-        /// The loader's count of objects ever loaded when this table was made.
+        /// The loader's counts of objects ever loaded and unloaded when this table was made.
         adds: u64,
+        subs: u64,
     }
 
     impl Objects {
@@ -236,10 +238,17 @@ mod cfi {
         static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
     }
 
-    /// Drop the table (objects were unloaded); the next unwind reads the loader again.
-    pub(super) fn forget_objects() {
-        *SHARED.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        GENERATION.fetch_add(1, Ordering::SeqCst);
+    /// Drop the table if objects were unloaded since it was made; the next unwind reads the
+    /// loader again.
+    pub(super) fn forget_unloaded_objects() {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if shared
+            .as_ref()
+            .is_some_and(|o| o.subs != loader_counters().1)
+        {
+            *shared = None;
+            GENERATION.fetch_add(1, Ordering::SeqCst);
+        }
     }
 
     /// The current table and its generation. With `made_at` (the loader's count of loaded
@@ -248,7 +257,7 @@ mod cfi {
         let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
         let rebuild = match (shared.as_ref(), made_at) {
             (None, _) => true,
-            (Some(objects), Some(_)) => objects.adds != loader_adds(),
+            (Some(objects), Some(_)) => objects.adds != loader_counters().0,
             (Some(_), None) => false,
         };
         if rebuild {
@@ -369,20 +378,23 @@ mod cfi {
         }
     }
 
-    fn loader_adds() -> u64 {
+    /// The loader's counts of objects ever loaded and unloaded.
+    fn loader_counters() -> (u64, u64) {
         unsafe extern "C" fn read(
             info: *mut libc::dl_phdr_info,
             _: usize,
             data: *mut c_void,
         ) -> c_int {
-            // SAFETY: `data` is the u64 below; `info` is valid during the callback.
-            unsafe { *(data as *mut u64) = (*info).dlpi_adds };
+            // SAFETY: `data` is the pair below; `info` is valid during the callback.
+            unsafe { *(data as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs) };
             1
         }
-        let mut adds = 0u64;
-        // SAFETY: the callback writes only `adds`.
-        unsafe { libc::dl_iterate_phdr(Some(read), &mut adds as *mut u64 as *mut c_void) };
-        adds
+        let mut counters = (0u64, 0u64);
+        // SAFETY: the callback writes only `counters`.
+        unsafe {
+            libc::dl_iterate_phdr(Some(read), &mut counters as *mut (u64, u64) as *mut c_void)
+        };
+        counters
     }
 
     fn read_objects() -> Objects {
@@ -390,6 +402,7 @@ mod cfi {
             unwinder: Cfi::new(),
             ranges: Vec::new(),
             adds: 0,
+            subs: 0,
         };
         // SAFETY: the callback reads loader-provided program headers and mapped segments.
         unsafe {
@@ -409,7 +422,7 @@ mod cfi {
     ) -> c_int {
         // SAFETY: `data` is the Objects passed by read_objects; `info` is valid here.
         let (objects, info) = unsafe { (&mut *(data as *mut Objects), &*info) };
-        objects.adds = info.dlpi_adds;
+        (objects.adds, objects.subs) = (info.dlpi_adds, info.dlpi_subs);
         if info.dlpi_phdr.is_null() {
             return 0;
         }

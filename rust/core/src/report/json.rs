@@ -105,6 +105,21 @@ pub struct Location {
     pub line: Option<u32>,
     /// The stack, allocating frame first: `function (file:line)`.
     pub stack: Vec<String>,
+    /// The same frames with their source file as recorded (absolute) and line, for tools
+    /// that place results in source code (`heapgate github` annotations).
+    #[serde(default)]
+    pub frames: Vec<FrameSource>,
+}
+
+/// One frame of a [`Location`]'s stack, unshortened.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FrameSource {
+    /// Function name.
+    pub function: String,
+    /// Source file as recorded (not made relative), when known.
+    pub file: Option<String>,
+    /// Source line, when known.
+    pub line: Option<u32>,
 }
 
 /// Files written for a test, relative to the report's directory.
@@ -218,6 +233,14 @@ impl TestEntry {
                         .map(|f| super::text::show_path(f, root)),
                     line: located.and_then(|f| f.line),
                     stack: stack.iter().map(|f| frame_label(f, root)).collect(),
+                    frames: stack
+                        .iter()
+                        .map(|f| FrameSource {
+                            function: f.function.clone(),
+                            file: f.filename.clone().filter(|n| !n.is_empty()),
+                            line: f.line.filter(|&l| l > 0),
+                        })
+                        .collect(),
                 }
             })
             .collect();

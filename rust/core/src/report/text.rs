@@ -38,6 +38,22 @@ pub fn thread_rule_text(mode: &str) -> &'static str {
     }
 }
 
+/// The charge rule of a failure text: whose allocations (`mode` is a thread mode, with a
+/// `+tracers` suffix when what trace, profile and `sys.monitoring` callbacks allocate was
+/// charged too, `--heapgate-include-tracers`), and whether observers' memory counted.
+pub fn charge_rule_text(mode: &str) -> String {
+    match mode.strip_suffix("+tracers") {
+        Some(threads) => format!(
+            "{}; also memory that trace, profile or sys.monitoring callbacks allocate (--heapgate-include-tracers)",
+            thread_rule_text(threads)
+        ),
+        None => format!(
+            "{}; not memory that trace, profile or sys.monitoring callbacks allocate (coverage, profilers, debuggers)",
+            thread_rule_text(mode)
+        ),
+    }
+}
+
 /// `10.0MiB`-style text for a byte count: binary prefixes, one decimal (as the plugin's
 /// `heapgate.format_size`).
 pub fn format_size(size: u64) -> String {
@@ -115,7 +131,7 @@ pub fn peak_failure(
             totals.peak_bytes,
             plural(totals.peak_count, "live allocation")
         ),
-        format!("  charged: {}", thread_rule_text(mode)),
+        format!("  charged: {}", charge_rule_text(mode)),
         "Top locations at the peak (allocating frame first):".to_string(),
     ];
     lines.extend(location_lines(capture, resolver, options));
@@ -204,7 +220,7 @@ pub fn capture_text(
         ),
         format!(
             "  charged: {}",
-            thread_rule_text(&c.test.limits.thread_mode)
+            charge_rule_text(&c.test.limits.thread_mode)
         ),
         "Top locations at the peak (allocating frame first):".to_string(),
     ];

@@ -3,8 +3,8 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
+use super::demangle::demangle;
 use super::elf::SymbolLookup;
-use super::object_symbolizer::demangle;
 use super::{Module, SymbolizeError, Symbolizer};
 
 /// Parsed `addr2line [-a] [-f] [-i] [-C] [-s] [-p] -e OBJECT ADDRESS...` arguments.

@@ -13,11 +13,13 @@
 mod addr2line_cli;
 mod debugfile;
 mod debuginfod;
+mod demangle;
 mod elf;
 mod modules;
 mod object_symbolizer;
 
 pub use addr2line_cli::{addr2line_output, Addr2lineArgs};
+pub use demangle::uses_cxa_demangle;
 pub use modules::{Module, ModuleMap};
 
 use std::fmt;
@@ -283,7 +285,7 @@ impl Symbolizer {
         frames
             .into_iter()
             .map(|f| SymbolizedFrame {
-                function: f.name.map(|n| object_symbolizer::demangle(&n, f.language)),
+                function: f.name.map(|n| demangle::demangle(&n, f.language)),
                 file: f.file.filter(|file| !file.is_empty()),
                 line: f.line,
                 column: f.column,

@@ -115,6 +115,32 @@ impl ModuleMap {
         }
         ModuleMap::new(raw)
     }
+
+    /// [`ModuleMap::current_process`] plus objects unloaded since they were recorded (see
+    /// [`crate::capture::unloaded_modules`]), so frames that point into a library closed
+    /// during a test are still symbolized. An unloaded object whose addresses a loaded one
+    /// now occupies is left out: the loaded one owns them.
+    pub fn current_process_with(unloaded: Vec<Module>) -> Self {
+        let current = ModuleMap::current_process();
+        if unloaded.is_empty() {
+            return current;
+        }
+        let mut modules = current.modules;
+        let mut taken: Vec<Range<u64>> = modules.iter().flat_map(|m| m.ranges.clone()).collect();
+        for mut module in unloaded {
+            let overlaps = module
+                .ranges
+                .iter()
+                .any(|r| taken.iter().any(|t| r.start < t.end && t.start < r.end));
+            if overlaps {
+                continue;
+            }
+            module.debuglink = read_debuglink(&module.path);
+            taken.extend(module.ranges.iter().cloned());
+            modules.push(module);
+        }
+        ModuleMap::new(modules)
+    }
 }
 
 fn read_debuglink(path: &Path) -> Option<(String, u32)> {
@@ -133,8 +159,6 @@ type NativeHeader = object::elf::FileHeader32<object::NativeEndian>;
 type NativeWord = u32;
 
 /// `dl_iterate_phdr` callback: appends one [`Module`] (without debuglink) to the `Vec` in `data`.
-// `u64::from` is the identity on 64-bit targets but widens the 32-bit ELF fields.
-#[allow(clippy::useless_conversion)]
 unsafe extern "C" fn collect_module(
     info: *mut libc::dl_phdr_info,
     _size: libc::size_t,
@@ -143,64 +167,82 @@ unsafe extern "C" fn collect_module(
     // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the callback, and
     // `data` is the `&mut Vec<Module>` given to `dl_iterate_phdr` by `current_process`.
     let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<Module>>()) };
-    let base = u64::from(info.dlpi_addr);
-    let name = if info.dlpi_name.is_null() {
-        Vec::new()
-    } else {
-        // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader.
-        unsafe { CStr::from_ptr(info.dlpi_name) }
-            .to_bytes()
-            .to_vec()
-    };
-    let phdrs = if info.dlpi_phdr.is_null() {
-        &[][..]
-    } else {
-        // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers mapped by the loader.
-        unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-    };
-    let mut ranges = Vec::new();
-    for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
-        let start = base.wrapping_add(u64::from(ph.p_vaddr));
-        ranges.push(start..start.saturating_add(u64::from(ph.p_memsz)));
-    }
-    ranges.sort_by_key(|r| r.start);
-    let mut build_id = None;
-    for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
-        let start = base.wrapping_add(u64::from(ph.p_vaddr));
-        let len = u64::from(ph.p_filesz);
-        // Only read notes that lie inside a readable loaded segment of this object.
-        let readable = phdrs.iter().any(|load| {
-            let seg = base.wrapping_add(u64::from(load.p_vaddr));
-            load.p_type == libc::PT_LOAD
-                && load.p_flags & libc::PF_R != 0
-                && start >= seg
-                && start.saturating_add(len) <= seg.saturating_add(u64::from(load.p_filesz))
-        });
-        let Ok(len) = usize::try_from(len) else {
-            continue;
-        };
-        if !readable || len == 0 {
-            continue;
-        }
-        // SAFETY: the range was checked above to lie within the file-backed part of a
-        // readable PT_LOAD segment of this object, which stays mapped while it is loaded
-        // (and the loader lock held during dl_iterate_phdr prevents unloading).
-        let notes = unsafe {
-            std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(start as usize), len)
-        };
-        build_id = gnu_build_id(notes, u64::from(ph.p_align));
-        if build_id.is_some() {
-            break;
-        }
-    }
-    out.push(Module {
-        path: PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(name)),
-        base,
-        ranges,
-        build_id,
-        debuglink: None,
-    });
+    // SAFETY: as above, `info` describes an object the loader keeps mapped during the callback.
+    out.push(unsafe { Module::from_phdr_info(info) });
     0
+}
+
+impl Module {
+    /// The module-map entry (without debuglink) of a loaded object, as `dl_iterate_phdr`
+    /// describes it. The capture layer records these when it first sees an object, so an
+    /// object closed before the report is still symbolized.
+    ///
+    /// # Safety
+    /// `info` must come from the loader (inside a `dl_iterate_phdr` callback) for an object
+    /// that stays loaded during the call.
+    // `u64::from` is the identity on 64-bit targets but widens the 32-bit ELF fields.
+    #[allow(clippy::useless_conversion)]
+    pub(crate) unsafe fn from_phdr_info(info: &libc::dl_phdr_info) -> Module {
+        let base = u64::from(info.dlpi_addr);
+        let name = if info.dlpi_name.is_null() {
+            Vec::new()
+        } else {
+            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader.
+            unsafe { CStr::from_ptr(info.dlpi_name) }
+                .to_bytes()
+                .to_vec()
+        };
+        let phdrs = if info.dlpi_phdr.is_null() {
+            &[][..]
+        } else {
+            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers mapped by the loader.
+            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
+        };
+        let mut ranges = Vec::new();
+        for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
+            let start = base.wrapping_add(u64::from(ph.p_vaddr));
+            ranges.push(start..start.saturating_add(u64::from(ph.p_memsz)));
+        }
+        ranges.sort_by_key(|r| r.start);
+        let mut build_id = None;
+        for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
+            let start = base.wrapping_add(u64::from(ph.p_vaddr));
+            let len = u64::from(ph.p_filesz);
+            // Only read notes that lie inside a readable loaded segment of this object.
+            let readable = phdrs.iter().any(|load| {
+                let seg = base.wrapping_add(u64::from(load.p_vaddr));
+                load.p_type == libc::PT_LOAD
+                    && load.p_flags & libc::PF_R != 0
+                    && start >= seg
+                    && start.saturating_add(len) <= seg.saturating_add(u64::from(load.p_filesz))
+            });
+            let Ok(len) = usize::try_from(len) else {
+                continue;
+            };
+            if !readable || len == 0 {
+                continue;
+            }
+            // SAFETY: the range was checked above to lie within the file-backed part of a
+            // readable PT_LOAD segment of this object, which stays mapped while it is loaded.
+            let notes = unsafe {
+                std::slice::from_raw_parts(
+                    std::ptr::with_exposed_provenance::<u8>(start as usize),
+                    len,
+                )
+            };
+            build_id = gnu_build_id(notes, u64::from(ph.p_align));
+            if build_id.is_some() {
+                break;
+            }
+        }
+        Module {
+            path: PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(name)),
+            base,
+            ranges,
+            build_id,
+            debuglink: None,
+        }
+    }
 }
 
 /// Finds `NT_GNU_BUILD_ID` in the bytes of a note segment.
@@ -263,6 +305,24 @@ mod tests {
         let libc_addr = libc::malloc as *const () as usize as u64;
         let (libc_module, _) = map.lookup(libc_addr).expect("libc is mapped");
         assert_ne!(libc_module.path, m.path);
+    }
+
+    #[test]
+    fn unloaded_modules_fill_only_addresses_no_loaded_object_owns() {
+        let own =
+            unloaded_modules_fill_only_addresses_no_loaded_object_owns as *const () as usize as u64;
+        let gone = module("/gone/libclosed.so", 0x1000, &[(0x1000, 0x3000)]);
+        let shadowed = module("/gone/libshadowed.so", 0, &[(own, own + 1)]);
+        let map = ModuleMap::current_process_with(vec![gone, shadowed]);
+        let (m, rel) = map
+            .lookup(0x2000)
+            .expect("the unloaded module is in the map");
+        assert_eq!(
+            (m.path.to_str().unwrap(), rel),
+            ("/gone/libclosed.so", 0x1000)
+        );
+        let (m, _) = map.lookup(own).unwrap();
+        assert_ne!(m.path.to_str().unwrap(), "/gone/libshadowed.so");
     }
 
     #[test]
