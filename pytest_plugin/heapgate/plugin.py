@@ -290,6 +290,11 @@ class HeapgatePlugin:
             item.stash[ACTIVE] = False
             if not self._forked():
                 _native.stop()
+        if call.when == "teardown" and RESULT in item.stash:
+            # The full result (every site's stack) lives only until the test is done (its
+            # report carries the few numbers the summary needs): kept on the item it would
+            # grow the session by ~100 KB a test.
+            del item.stash[RESULT]
         if call.when != "call" or RESULT not in item.stash:
             return
         result = item.stash[RESULT]

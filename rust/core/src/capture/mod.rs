@@ -238,6 +238,7 @@ fn sync_objects() {
     }
     if let Some(_guard) = Guard::enter() {
         elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        unwind::forget_unloaded_objects();
     }
 }
 
@@ -794,11 +795,8 @@ pub fn recorder() -> Option<Recorder> {
     Guard::enter().map(|g| Recorder { _guard: g })
 }
 
-/// An allocation's stack keys: the Python frames as walked, or a hybrid stack.
-enum StackKeys {
-    Python,
-    Hybrid(Vec<FrameKey>),
-}
+// An allocation's hybrid stack, built in place (no allocation per event).
+use hybrid::Keys as HybridKeys;
 
 /// A heap block taken out of the live table by [`Recorder::take`].
 pub struct TakenBlock {
@@ -835,10 +833,11 @@ impl Recorder {
         }
     }
 
-    /// The allocation's stack: Python frames alone, or hybrid with native frames.
-    fn stack_keys(&self, python: &PythonStack) -> StackKeys {
+    /// The allocation's hybrid stack into `keys` when native stacks are recorded; false
+    /// when the stack is the Python frames alone.
+    fn hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
         if !NATIVE.load(Ordering::Relaxed) {
-            return StackKeys::Python;
+            return false;
         }
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
         let py = python.frames();
@@ -851,15 +850,14 @@ impl Recorder {
             len: 0,
         };
         unwind::unwind(&mut native, eval, budget);
-        let mut keys = Vec::with_capacity(native.len + py.len());
         hybrid::merge(
             &native.frames[..native.len],
             py,
             |ip| eval.contains(ip),
             python.complete,
-            &mut keys,
+            keys,
         );
-        StackKeys::Hybrid(keys)
+        true
     }
 
     fn with_tracker(&self, generation: u64, f: impl FnOnce(&mut Tracker)) {
@@ -871,17 +869,22 @@ impl Recorder {
         }
     }
 
-    fn node_for(&self, tracker: &mut Tracker, python: &PythonStack, keys: &StackKeys) -> u32 {
+    fn node_for(
+        &self,
+        tracker: &mut Tracker,
+        python: &PythonStack,
+        keys: Option<&HybridKeys>,
+    ) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
         let mut describe = |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
         };
         match keys {
-            StackKeys::Python => {
+            None => {
                 tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
             }
-            StackKeys::Hybrid(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            Some(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
         }
     }
 
@@ -896,9 +899,10 @@ impl Recorder {
         if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
             return;
         }
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_alloc(addr, size as u64, allocator, node);
         });
     }
@@ -918,9 +922,10 @@ impl Recorder {
             self.record_munmap(addr, len);
             return;
         };
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_mmap(addr, len as u64, node);
         });
     }
@@ -944,7 +949,8 @@ impl Recorder {
             self.walk_python(&mut python);
             (!entry_rule || python.reached_entry).then_some(generation)
         });
-        let keys = counted.map(|_| self.stack_keys(&python));
+        let mut hybrid = HybridKeys::new();
+        let keys = counted.map(|_| self.hybrid_keys(&python, &mut hybrid));
         let generation = GENERATION.load(Ordering::Relaxed);
         let mut s = session();
         let (new, errno) = call();
@@ -956,9 +962,9 @@ impl Recorder {
                 } else {
                     t.on_munmap(old, old_len as u64)
                 };
-                match (&keys, tracked > 0) {
-                    (Some(keys), true) => {
-                        let node = self.node_for(t, &python, keys);
+                match (keys, tracked > 0) {
+                    (Some(is_hybrid), true) => {
+                        let node = self.node_for(t, &python, is_hybrid.then_some(&hybrid));
                         t.on_mmap(new, new_len as u64, node);
                     }
                     // Not ours, but it may replace (MREMAP_FIXED) a mapping that is.
