@@ -120,8 +120,10 @@ impl Walk<'_> {
             return false;
         }
         let stack = &mut *self.stack;
-        if stack.len == 0 && self.own.contains(ip) {
-            return true; // still inside heapgate's hook
+        if self.own.contains(ip) {
+            // heapgate's own frames: its hook on top, its thread-start trampoline at the
+            // bottom of threads started during a test. Neither is the user's code.
+            return true;
         }
         stack.frames[stack.len] = ip;
         stack.len += 1;
