@@ -297,6 +297,16 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
 #endif
 }
 
+/* 3.12 keeps a managed-dict object's inline values behind a pointer stored as their address
+ * minus 1 (the values are an interior block address, so the word is odd): 1 there, else 0. */
+size_t hg_py_values_tag(void) {
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+    return 1;
+#else
+    return 0;
+#endif
+}
+
 /* The leak scan's entry, called directly by the interpreter: everything above this frame is
  * the callers' (live), everything below is ours or left by calls that have returned (stale,
  * and must not count as references). The callers' callee-saved registers are captured with
@@ -333,10 +343,11 @@ PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) 
  * collection does, for the leak scan: an object handed out from a free list was allocated
  * before the test, so a leaked one would be no candidate and would root whatever it points to.
  * Emptied right before the test's call, every such object the call creates is a new block.
- * 3.11 is emptied directly (the free lists' layout is that version's; the clearing functions
- * are not exported); other versions run a full collection, which clears them (3.9-3.13).
+ * 3.11 and 3.12 are emptied directly (their free lists share one layout, compiled here from
+ * the version's own headers; the clearing functions are not exported); other versions run a
+ * full collection, which clears them (3.9-3.13).
  * Returns 1 when emptied directly, 0 when a collection did it. The GIL must be held. */
-#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
 #include "internal/pycore_interp.h"
 #include "internal/pycore_list.h"
 #include "internal/pycore_tuple.h"

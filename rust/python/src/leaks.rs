@@ -16,6 +16,7 @@ extern "C" {
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
+    fn hg_py_values_tag() -> size_t;
     fn hg_py_make_scan_function(
         module: *mut ffi::PyObject,
         callback: ScanCallback,
@@ -25,17 +26,19 @@ extern "C" {
 fn pool_layout() -> PoolLayout {
     let (mut pool_size, mut overhead, mut alignment_shift) = (0, 0, 0);
     let (mut code_type, mut code_bytecode) = (0, 0);
-    // SAFETY: the shim writes five integers.
-    unsafe {
+    // SAFETY: the shim writes five integers and returns a constant.
+    let values_tag = unsafe {
         hg_py_pool_layout(&mut pool_size, &mut overhead, &mut alignment_shift);
         hg_py_code_layout(&mut code_type, &mut code_bytecode);
-    }
+        hg_py_values_tag()
+    };
     PoolLayout {
         pool_size,
         overhead,
         alignment_shift,
         code_type,
         code_bytecode,
+        values_tag,
     }
 }
 

@@ -452,7 +452,13 @@ pub fn scan_leaks(
         words
     };
     let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
-    let kinds = scan::classify(&candidates, &gc_heads, &mut roots, &read_block);
+    let kinds = scan::classify(
+        &candidates,
+        &gc_heads,
+        pools.map_or(0, |p| p.values_tag),
+        &mut roots,
+        &read_block,
+    );
     session.tracker.set_leak_kinds(&candidates, &kinds);
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }

@@ -260,6 +260,9 @@ pub struct PoolLayout {
     pub code_type: usize,
     /// Offset of a code object's bytecode.
     pub code_bytecode: usize,
+    /// What CPython subtracts from the address of an object's inline values before storing
+    /// it (3.12 stores `values - 1`; 0 elsewhere): such a word references the values block.
+    pub values_tag: usize,
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
@@ -413,6 +416,7 @@ impl PageFilter {
 struct Scanner<'a> {
     candidates: &'a [Candidate],
     gc_heads: &'a [usize],
+    values_tag: usize,
     lo: usize,
     hi: usize,
     filter: PageFilter,
@@ -430,11 +434,12 @@ impl Scanner<'_> {
                 if self.gc_heads.binary_search(&(w | TAG)).is_err() {
                     // A reference to an object or a header is aligned; an odd address near
                     // the start is a cursor or stale bytes (a str's padding was seen).
+                    // 3.12's inline-values pointer is such an address minus its tag.
                     let offset = w - self.candidates[i].start();
-                    hit(
-                        i,
-                        offset < START_WINDOW && offset % std::mem::size_of::<usize>() == 0,
-                    );
+                    let word = std::mem::size_of::<usize>();
+                    let aligned = offset % word == 0
+                        || (self.values_tag != 0 && (offset + self.values_tag) % word == 0);
+                    hit(i, offset < START_WINDOW && aligned);
                 }
             }
         }
@@ -447,9 +452,11 @@ pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize])) + 'a;
 /// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
 /// to its argument (candidates' own words excluded: see [`mask_out_candidates`]);
 /// `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
+/// `values_tag`: see [`PoolLayout::values_tag`].
 pub fn classify(
     candidates: &[Candidate],
     gc_heads: &[usize],
+    values_tag: usize,
     roots: &mut RootWords<'_>,
     read_block: &dyn Fn(usize, usize) -> Vec<usize>,
 ) -> Vec<LeakKind> {
@@ -463,6 +470,7 @@ pub fn classify(
     let scanner = Scanner {
         candidates,
         gc_heads: &heads,
+        values_tag,
         lo: candidates[0].start(),
         hi: candidates[n - 1].end_tagged & !TAG,
         filter: PageFilter::new(candidates),
@@ -696,7 +704,7 @@ mod tests {
                 visit(&kept);
             }
         };
-        classify(candidates, heads, &mut visit_roots, &|s, l| {
+        classify(candidates, heads, 0, &mut visit_roots, &|s, l| {
             memory.read(s, l)
         })
     }
@@ -841,6 +849,7 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
             alignment_shift: 4,
             code_type: 0xc0de,
             code_bytecode: 16,
+            values_tag: 0,
         };
         let base = 0x10000;
         let mut words = vec![0usize; 32];
