@@ -29,11 +29,12 @@ def _compile(sources: list[Path], output: Path, *, flags: list[str], python: boo
 
 @pytest.fixture(scope="session")
 def native_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory with `hgtest` and `hgleak` (C extensions, -g -O0) and `libhgdl.so`."""
+    """A directory with `hgtest`, `hgleak` and `hgstress` (C extensions, -g -O0) and `libhgdl.so`."""
     out = tmp_path_factory.mktemp("native")
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
     _compile([CSRC / "hgtest.c"], out / f"hgtest{suffix}", flags=["-g", "-O0"], python=True)
     _compile([CSRC / "hgleak.c"], out / f"hgleak{suffix}", flags=["-g", "-O0"], python=True)
+    _compile([CSRC / "hgstress.c"], out / f"hgstress{suffix}", flags=["-g", "-O0", "-Wall", "-Werror", "-ldl"], python=True)
     _compile([CSRC / "hgdl.c"], out / "libhgdl.so", flags=["-g", "-O0"], python=False)
     return out
 

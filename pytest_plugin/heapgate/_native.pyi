@@ -9,6 +9,7 @@ __all__ = [
     "checkpoint",
     "is_active",
     "install",
+    "hooks_installed",
     "check_supported",
     "leak_explanations",
     "Report",
@@ -65,6 +66,8 @@ class Report:
     leaked_count: int
     sites: list[Site]
     leak_kinds: Optional[dict[str, int]]
+    # Why the numbers cannot be trusted (Python's allocator replaced during the test), or None.
+    interpreter_problem: Optional[str]
     def peak_failure(
         self,
         limit: int,
@@ -136,6 +139,8 @@ def checkpoint() -> Report:
     """The tracked test's numbers so far, without stopping (what is live now)."""
 def is_active() -> bool: ...
 def install() -> None: ...
+def hooks_installed() -> bool:
+    """Any hook installed in this process (GOT entries, Python allocator wrappers)?"""
 def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before

@@ -15,9 +15,10 @@ import platform
 import re
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
 if TYPE_CHECKING:
     from ._native import Record
@@ -34,6 +35,8 @@ __all__ = [
     "safe_name",
     "session_json",
     "test_entry",
+    "write_atomically",
+    "write_text_atomically",
 ]
 
 CAPTURE_SUFFIX = ".heapgate"
@@ -61,6 +64,26 @@ def process_facts(rootdir: Optional[Path]) -> dict[str, Optional[str]]:
         "executable": sys.executable or None,
         "rootdir": str(rootdir) if rootdir is not None else None,
     }
+
+
+def write_atomically(path: Path, write: Callable[[Path], object]) -> None:
+    """Call ``write`` on a temporary file beside ``path``, then rename it to ``path``: a reader,
+    a crash or a full disk leaves the old file or the new one, never a truncated one."""
+    temporary = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        try:
+            os.unlink(temporary)
+        except OSError:
+            pass
+        raise
+
+
+def write_text_atomically(path: Path, text: str) -> None:
+    """``path.write_text(text)`` through :func:`write_atomically`."""
+    write_atomically(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 class DirError(Exception):
@@ -94,8 +117,8 @@ class ArtifactDir:
         stem = safe_name(record.nodeid)
         capture = f"{stem}{CAPTURE_SUFFIX}"
         svg = f"{stem}.svg"
-        record.write(str(self.path / capture))
-        (self.path / svg).write_text(record.flamegraph_svg(), encoding="utf-8")
+        write_atomically(self.path / capture, lambda temporary: record.write(str(temporary)))
+        write_text_atomically(self.path / svg, record.flamegraph_svg())
         return Written(capture, svg)
 
     @property
@@ -112,9 +135,9 @@ class ArtifactDir:
         from . import _native
 
         text = session_json(json.loads(_native.session_report([], facts)), entries)
-        self.json_path.write_text(text, encoding="utf-8")
+        write_text_atomically(self.json_path, text)
         junit = _native.junit_from_session(str(self.json_path), str(self.path.resolve()))
-        self.junit_path.write_text(junit, encoding="utf-8")
+        write_text_atomically(self.junit_path, junit)
 
 
 def test_entry(record: Record, written: Written, facts: dict[str, Optional[str]]) -> dict[str, Any]:

@@ -86,6 +86,8 @@ def judge(test: Judged, policy: Policy) -> Failure:
     """Every failed memory check's text, in a fixed order, joined by blank lines."""
     checks, report, root, frames = test.checks, test.report, policy.rootpath, policy.max_frames
     failures = []
+    if report.interpreter_problem is not None:
+        failures.append(report.interpreter_problem)
     lm = checks.limit_memory
     if lm is not None and report.peak_bytes > lm.limit:
         mode = charge_mode(checks, policy.include_tracers)

@@ -8,7 +8,7 @@ unambiguously.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from fractions import Fraction
 
 __all__ = ["LimitError", "format_size", "parse_size"]
 
@@ -48,10 +48,8 @@ def parse_size(value: object, what: str = "memory limit") -> int:
     match = _SIZE.match(value)
     if match is None or match["unit"].lower() not in _UNITS:
         raise LimitError(f"invalid {what} {value!r}: expected {ACCEPTED_FORMS}")
-    try:
-        number = Decimal(match["number"])
-    except InvalidOperation:  # pragma: no cover - the pattern admits only decimals
-        raise LimitError(f"invalid {what} {value!r}: expected {ACCEPTED_FORMS}") from None
+    # Exact arithmetic: decimal's default context keeps 28 digits and would round the product.
+    number = Fraction(match["number"])
     if number < 0:
         raise LimitError(f"invalid {what} {value!r}: it is negative; expected {ACCEPTED_FORMS}")
     return int(number * _UNITS[match["unit"].lower()])

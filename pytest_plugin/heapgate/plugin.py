@@ -96,6 +96,9 @@ class HeapgatePlugin:
         self.native = self.settings.native
         self.max_frames = self.settings.max_frames
         self.is_worker = isinstance(getattr(config, "workerinput", None), dict)
+        # A child the test forked that returns into pytest instead of exiting runs the rest of
+        # the session as a copy of this process: it must neither track nor report.
+        self.pid = os.getpid()
         self.artifacts = _artifact_dir(self.settings.artifacts_dir)
         self.artifacts_all = self.settings.artifacts_all
         self.facts = process_facts(config.rootpath)
@@ -139,8 +142,12 @@ class HeapgatePlugin:
             )
         return lines or None
 
+    def _forked(self) -> bool:
+        """Is this a child forked by a test (not the process that configured the session)?"""
+        return os.getpid() != self.pid
+
     def _tracked(self, item: pytest.Item, checks: Checks) -> bool:
-        return _native is not None and (bool(checks) or self.track_all)
+        return _native is not None and (bool(checks) or self.track_all) and not self._forked()
 
     def _start(self, item: pytest.Item, checks: Checks, codes: list[Any], boundary: Optional[FrameType]) -> None:
         assert _native is not None
@@ -199,10 +206,14 @@ class HeapgatePlugin:
             # With --heapgate-repeat, all but the last run happen here; pytest runs the last.
             for _ in range(repeat - 1):
                 item.runtest()
+                if self._forked():
+                    break
                 gc.collect()
                 checkpoints.append(_native.checkpoint())
                 totals.append(checkpoints[-1].leaked_bytes)
             yield
+            if self._forked():
+                return  # nothing is tracked in a child the test forked
             if repeat > 1:
                 gc.collect()
                 checkpoints.append(_native.checkpoint())
@@ -215,7 +226,10 @@ class HeapgatePlugin:
                 _native.scan_leaks()
                 explanations = _native.leak_explanations()
         finally:
-            report = _native.stop()
+            # A forked child starts untracked (the capture layer's fork handler): nothing to stop.
+            report = None if self._forked() else _native.stop()
+        if report is None:
+            return
         item.stash[RESULT] = TestResult(
             item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints, explanations=explanations
         )
@@ -225,14 +239,16 @@ class HeapgatePlugin:
         # Tracking started in setup whose call never ran (setup failed, --setup-only, ...).
         if item.stash.get(ACTIVE, False) and _native is not None:
             item.stash[ACTIVE] = False
-            _native.stop()
+            if not self._forked():
+                _native.stop()
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, None]:
         outcome = yield
         if call.when == "setup" and call.excinfo is not None and item.stash.get(ACTIVE, False) and _native is not None:
             item.stash[ACTIVE] = False
-            _native.stop()
+            if not self._forked():
+                _native.stop()
         if call.when != "call" or RESULT not in item.stash:
             return
         result = item.stash[RESULT]
@@ -346,7 +362,7 @@ class HeapgatePlugin:
         self.collected[nodeid] = data
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.is_worker:
+        if self.is_worker or self._forked():
             return  # the controller writes the session files from the reports it receives
         results = list(self.collected.values())
         if self.artifacts is not None:
@@ -365,6 +381,8 @@ class HeapgatePlugin:
                 self.problems.append(f"heapgate: baseline of {len(tests)} tests written to {self.settings.save}")
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if self._forked():
+            return
         tr = terminalreporter
         results = list(self.collected.values())
         for r in results:

@@ -176,6 +176,10 @@ struct Report {
     /// Sites, largest at peak first.
     #[pyo3(get)]
     sites: Py<PyList>,
+    /// Why these numbers cannot be trusted (Python's allocator was replaced during the
+    /// test), or None.
+    #[pyo3(get)]
+    interpreter_problem: Option<String>,
     data: Arc<ResolvedCapture>,
 }
 
@@ -259,7 +263,11 @@ fn frame_to_py(frame: ReportFrame) -> StackFrame {
     }
 }
 
-fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
+fn report_to_py(
+    py: Python<'_>,
+    report: TestReport,
+    interpreter_problem: Option<String>,
+) -> PyResult<Report> {
     let has_native = report
         .sites
         .iter()
@@ -306,6 +314,7 @@ fn report_to_py(py: Python<'_>, report: TestReport) -> PyResult<Report> {
         leaked_bytes: report.leaked_bytes,
         leaked_count: report.leaked_count,
         sites: PyList::new(py, sites)?.unbind(),
+        interpreter_problem,
         data,
     })
 }
@@ -355,6 +364,8 @@ fn start(
     let codes: Vec<*mut pyo3::ffi::PyObject> = entry_codes.iter().map(|c| c.as_ptr()).collect();
     capture::set_python_stack_source(pyframes::source());
     pymem::install();
+    // A domain whose wrapper was taken out since the last test is wrapped again.
+    pymem::rewrap_bypassed();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
     capture::set_charge_tracers(tracers);
     capture::start(mode, !codes.is_empty(), native)
@@ -366,20 +377,28 @@ fn start(
 fn stop(py: Python<'_>) -> PyResult<Report> {
     let report = capture::stop().map_err(|e| TrackingError::new_err(e.to_string()))?;
     pyframes::set_entry(&[], None);
-    report_to_py(py, report)
+    let problem = pymem::problem_after_test();
+    report_to_py(py, report, problem)
 }
 
 /// The tracked test's numbers so far (a `Report`), without stopping: what is live now.
 #[pyfunction]
 fn checkpoint(py: Python<'_>) -> PyResult<Report> {
     let report = capture::checkpoint().map_err(|e| TrackingError::new_err(e.to_string()))?;
-    report_to_py(py, report)
+    report_to_py(py, report, None)
 }
 
 /// True while a test is tracked.
 #[pyfunction]
 fn is_active() -> bool {
     capture::is_active()
+}
+
+/// Has this process installed any hook: GOT entries patched, or Python's allocators wrapped?
+/// False until the first tracked test (untracked sessions pay nothing).
+#[pyfunction]
+fn hooks_installed() -> bool {
+    capture::installed() || pymem::installed()
 }
 
 /// Raise TrackingError where tracking is not supported (patches nothing).
@@ -409,6 +428,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(checkpoint, m)?)?;
     m.add_function(wrap_pyfunction!(is_active, m)?)?;
     m.add_function(wrap_pyfunction!(install, m)?)?;
+    m.add_function(wrap_pyfunction!(hooks_installed, m)?)?;
     m.add_function(wrap_pyfunction!(check_supported, m)?)?;
     m.add_function(wrap_pyfunction!(leak_explanations, m)?)?;
     m.add_class::<Report>()?;

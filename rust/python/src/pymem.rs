@@ -2,6 +2,7 @@
 //! once, at its requested size. The arena allocator is wrapped too, only to keep the memory
 //! pymalloc and the frame stack take from the system out of the native counts.
 
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Once;
 
 use heapgate_core::capture::{is_active, recorder, Allocator, Guard};
@@ -50,6 +51,9 @@ fn clear_slack(kind: Slack, ptr: *mut c_void, size: size_t) {
 
 extern "C" fn malloc(ctx: *mut c_void, size: size_t) -> *mut c_void {
     let d = domain(ctx);
+    if PROBING.load(Ordering::Relaxed) {
+        probe_hit(d.allocator);
+    }
     let call = d.original.malloc.expect("CPython allocators are complete");
     if !is_active() {
         let ptr = call(d.original.ctx, size);
@@ -155,45 +159,53 @@ fn pymalloc_in_use() -> bool {
     !name.is_null() && unsafe { std::ffi::CStr::from_ptr(name) }.to_bytes() == b"pymalloc"
 }
 
+/// The domains and how their blocks are reported.
+const DOMAINS: [(PyMemAllocatorDomain, Allocator); 3] = [
+    (PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, Allocator::PyRaw),
+    (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, Allocator::PyMem),
+    (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, Allocator::PyObj),
+];
+
+/// Wrap `domain`'s current allocator with ours (the GIL must be held).
+fn wrap(domain: PyMemAllocatorDomain, allocator: Allocator, slack: Slack) {
+    let mut original = PyMemAllocatorEx {
+        ctx: std::ptr::null_mut(),
+        malloc: None,
+        calloc: None,
+        realloc: None,
+        free: None,
+    };
+    // SAFETY: the GIL is held; the struct is filled by CPython.
+    unsafe { ffi::PyMem_GetAllocator(domain, &mut original) };
+    let ctx = Box::into_raw(Box::new(Domain {
+        original,
+        allocator,
+        slack,
+    })) as *mut c_void;
+    let mut ours = PyMemAllocatorEx {
+        ctx,
+        malloc: Some(malloc),
+        calloc: Some(calloc),
+        realloc: Some(realloc),
+        free: Some(free),
+    };
+    // SAFETY: the GIL is held; ours wraps the original, so blocks allocated before this call
+    // are freed by the allocator that made them.
+    unsafe { ffi::PyMem_SetAllocator(domain, &mut ours) };
+}
+
 /// Wrap the three domains and the arena allocator (once per process; the GIL must be held).
 pub fn install() {
     INSTALL.call_once(|| {
         let pymalloc = pymalloc_in_use();
-        for (domain, allocator) in [
-            (PyMemAllocatorDomain::PYMEM_DOMAIN_RAW, Allocator::PyRaw),
-            (PyMemAllocatorDomain::PYMEM_DOMAIN_MEM, Allocator::PyMem),
-            (PyMemAllocatorDomain::PYMEM_DOMAIN_OBJ, Allocator::PyObj),
-        ] {
-            let mut original = PyMemAllocatorEx {
-                ctx: std::ptr::null_mut(),
-                malloc: None,
-                calloc: None,
-                realloc: None,
-                free: None,
-            };
-            // SAFETY: the GIL is held; the struct is filled by CPython.
-            unsafe { ffi::PyMem_GetAllocator(domain, &mut original) };
+        for (domain, allocator) in DOMAINS {
             // With the default allocators, RAW is the C library's malloc.
             let slack = if pymalloc && allocator == Allocator::PyRaw {
                 Slack::Malloc
             } else {
                 Slack::Unknown
             };
-            let ctx = Box::into_raw(Box::new(Domain {
-                original,
-                allocator,
-                slack,
-            })) as *mut c_void;
-            let mut ours = PyMemAllocatorEx {
-                ctx,
-                malloc: Some(malloc),
-                calloc: Some(calloc),
-                realloc: Some(realloc),
-                free: Some(free),
-            };
-            // SAFETY: the GIL is held; ours wraps the original, so blocks allocated before
-            // this call are freed by the allocator that made them.
-            unsafe { ffi::PyMem_SetAllocator(domain, &mut ours) };
+            wrap(domain, allocator, slack);
         }
         let mut original = PyObjectArenaAllocator {
             ctx: std::ptr::null_mut(),
@@ -212,4 +224,109 @@ pub fn install() {
             ffi::PyObject_SetArenaAllocator(&mut ours);
         }
     });
+}
+
+/// Were the Python allocator wrappers installed in this process?
+pub fn installed() -> bool {
+    INSTALL.is_completed()
+}
+
+// The probe: while PROBING, our malloc wrapper called on the prober's thread sets its
+// domain's bit in REACHED. One relaxed load of a flag that is almost never set on the hot path.
+static PROBING: AtomicBool = AtomicBool::new(false);
+static PROBER: AtomicUsize = AtomicUsize::new(0);
+static REACHED: AtomicU8 = AtomicU8::new(0);
+
+fn domain_bit(allocator: Allocator) -> u8 {
+    match allocator {
+        Allocator::PyRaw => 1,
+        Allocator::PyMem => 2,
+        _ => 4,
+    }
+}
+
+#[cold]
+fn probe_hit(allocator: Allocator) {
+    // SAFETY: pthread_self has no preconditions.
+    if PROBER.load(Ordering::Relaxed) == unsafe { libc::pthread_self() } as usize {
+        REACHED.fetch_or(domain_bit(allocator), Ordering::Relaxed);
+    }
+}
+
+/// The domains whose allocator no longer goes through our wrapper: someone called
+/// `PyMem_SetAllocator` with an allocator that does not forward to the one it replaced (an
+/// extension restoring an allocator it saved before heapgate wrapped it, or
+/// `tracemalloc.stop()` under `-X tracemalloc`). Found by calling each domain's current
+/// allocator once with a 1-byte block. Untracked (call it only while no test is tracked); the
+/// GIL must be held.
+fn bypassed() -> Vec<(PyMemAllocatorDomain, Allocator)> {
+    if !installed() {
+        return Vec::new();
+    }
+    // SAFETY: pthread_self has no preconditions.
+    PROBER.store(unsafe { libc::pthread_self() } as usize, Ordering::Relaxed);
+    REACHED.store(0, Ordering::Relaxed);
+    PROBING.store(true, Ordering::SeqCst);
+    for (domain, _) in DOMAINS {
+        let mut current = PyMemAllocatorEx {
+            ctx: std::ptr::null_mut(),
+            malloc: None,
+            calloc: None,
+            realloc: None,
+            free: None,
+        };
+        // SAFETY: the GIL is held; the struct is filled by CPython, and a block from the
+        // domain's malloc is returned to the same domain's free.
+        unsafe {
+            ffi::PyMem_GetAllocator(domain, &mut current);
+            if let (Some(m), Some(f)) = (current.malloc, current.free) {
+                let block = m(current.ctx, 1);
+                f(current.ctx, block);
+            }
+        }
+    }
+    PROBING.store(false, Ordering::SeqCst);
+    let reached = REACHED.load(Ordering::Relaxed);
+    DOMAINS
+        .into_iter()
+        .filter(|(_, allocator)| reached & domain_bit(*allocator) == 0)
+        .collect()
+}
+
+/// Before a tracked test: wrap again any domain whose allocator was replaced since (so the
+/// test is counted exactly). The GIL must be held; no test is tracked.
+pub fn rewrap_bypassed() {
+    for (domain, allocator) in bypassed() {
+        wrap(domain, allocator, Slack::Unknown);
+    }
+}
+
+/// After a tracked test: what went wrong with Python's allocators during it, as the text the
+/// user reads, or None when every domain still goes through our wrapper. The GIL must be held;
+/// no test is tracked.
+pub fn problem_after_test() -> Option<String> {
+    let names: Vec<&str> = bypassed()
+        .into_iter()
+        .map(|(_, allocator)| match allocator {
+            Allocator::PyRaw => "RAW (PyMem_RawMalloc)",
+            Allocator::PyMem => "MEM (PyMem_Malloc)",
+            _ => "OBJ (PyObject_Malloc)",
+        })
+        .collect();
+    if names.is_empty() {
+        return None;
+    }
+    Some(format!(
+        "heapgate cannot vouch for this test's numbers: Python's allocator was replaced during \
+         the test without forwarding to the one it replaced, so the {} domain{} no longer \
+         {} through heapgate's wrapper and Python objects allocated after the change were not \
+         counted (or not at their requested size).\n  Cause: PyMem_SetAllocator called by an \
+         extension that restores an allocator saved before heapgate wrapped it, or \
+         tracemalloc.stop() in a process started with -X tracemalloc / PYTHONTRACEMALLOC. \
+         Wrap the current allocator instead, or keep tracemalloc running; heapgate wraps the \
+         domain again before the next tracked test.",
+        names.join(", "),
+        if names.len() == 1 { "" } else { "s" },
+        if names.len() == 1 { "goes" } else { "go" },
+    ))
 }

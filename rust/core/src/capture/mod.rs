@@ -260,6 +260,11 @@ pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
     elf_got::unloaded_modules()
 }
 
+/// Have the hooks been written into the loaded objects' GOTs (by [`install`])?
+pub fn installed() -> bool {
+    INSTALLED.get().is_some_and(|r| r.is_ok())
+}
+
 /// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
 /// charged only for allocations made while the test's own function is on its stack (as the
 /// Python layer reports through [`PythonStack::reached_entry`]). With `native`, every

@@ -225,6 +225,40 @@ proptest! {
         prop_assert!(Capture::from_bytes(&longer).is_err());
     }
 
+    /// ... nor on a real capture edited several times (bytes flipped, inserted, removed, the
+    /// payload cut) and framed again with a good checksum, so the decoder and the validator
+    /// see every edit; whatever decodes can be rendered and written again.
+    #[test]
+    fn reader_never_panics_on_edited_valid_captures(
+        edits in proptest::collection::vec((0u8..3, any::<prop::sample::Index>(), any::<u8>()), 1..12),
+        cut in proptest::option::of(any::<prop::sample::Index>()),
+    ) {
+        let bytes = capture().to_bytes().unwrap();
+        let mut payload = bytes[HEADER_LEN..].to_vec();
+        for (kind, at, value) in edits {
+            let i = at.index(payload.len().max(1));
+            match kind {
+                0 if i < payload.len() => payload[i] ^= value | 1,
+                1 => payload.insert(i.min(payload.len()), value),
+                _ if i < payload.len() => {
+                    payload.remove(i);
+                }
+                _ => {}
+            }
+        }
+        if let Some(cut) = cut {
+            payload.truncate(cut.index(payload.len().max(1)));
+        }
+        if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
+            for i in 0..c.sites.len() {
+                let _ = c.site_stack(i);
+            }
+            let _ = c.to_test_report();
+            let again = c.to_bytes().unwrap();
+            prop_assert!(Capture::from_bytes(&again).is_ok());
+        }
+    }
+
     /// ... and valid-but-mutated payloads decode or fail cleanly.
     #[test]
     fn reader_never_panics_on_mutated_payloads(index in any::<prop::sample::Index>(), xor in 1u8..=255) {
