@@ -2,11 +2,12 @@
 """Wall time of allocation-heavy pytest tests: untracked, tracked by heapgate, tracked by
 pytest-memray (Python-only, --native, and --native --trace-python-allocators).
 
-    python3 benches/alloc_bench.py [--repeat 5] [--json out.json]
+    python benches/alloc_bench.py [--repeat 5] [--json out.json]
 
-See benches/README.md for what each mode and number means. Everything runs as real pytest
-sessions in a virtualenv this script creates (benches/.venv, system site-packages visible so
-the installed heapgate is importable; pytest-memray is installed there and nowhere else).
+Run it with the interpreter that has heapgate installed (e.g. the checkout's .venv). See
+benches/README.md for what each mode and number means. Everything runs as real pytest sessions
+in a virtualenv this script creates (benches/.venv, with pytest-memray installed there and
+nowhere else) on a snapshot of that heapgate.
 """
 
 from __future__ import annotations
@@ -74,15 +75,21 @@ def log(msg: str) -> None:
 
 
 def ensure_venv(venv: Path) -> Path:
-    """The benchmark's own interpreter: a --system-site-packages venv with pytest-memray."""
+    """The benchmark's own interpreter: a virtualenv with pytest (the running interpreter's
+    version), numpy and pytest-memray. heapgate is not installed there: every session imports
+    the snapshot that snapshot_heapgate makes."""
     python = venv / "bin" / "python"
-    probe = [str(python), "-c", "import memray, pytest_memray, heapgate"]
+    probe = [str(python), "-c", "import memray, pytest_memray, numpy, pytest"]
     if python.exists() and subprocess.run(probe, capture_output=True).returncode == 0:
         return python
-    log(f"creating benchmark virtualenv {venv} (system site-packages + pytest-memray)")
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    log(f"creating benchmark virtualenv {venv} (pytest, numpy, {MEMRAY_REQUIREMENT})")
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    from importlib.metadata import version
+
     subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", MEMRAY_REQUIREMENT], check=True
+        [str(python), "-m", "pip", "install", "--quiet", f"pytest=={version('pytest')}", "numpy",
+         MEMRAY_REQUIREMENT],
+        check=True,
     )
     r = subprocess.run(probe, capture_output=True, text=True)
     if r.returncode != 0:
@@ -90,16 +97,27 @@ def ensure_venv(venv: Path) -> Path:
     return python
 
 
-def snapshot_heapgate(python: Path, dest: Path) -> tuple[dict[str, str], str]:
-    """Copies the heapgate package the venv imports (Python files and the built _native) into
-    dest and returns an environment that puts that copy first on sys.path. The editable install
-    in the repository may be rebuilt while the benchmark runs; every session uses this one copy."""
-    code = "import heapgate, os; print(os.path.dirname(heapgate.__file__))"
-    src = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True)
-    shutil.copytree(src.stdout.strip(), dest / "heapgate",
-                    ignore=shutil.ignore_patterns("__pycache__"))
+def snapshot_heapgate(dest: Path) -> tuple[dict[str, str], str]:
+    """Copies the heapgate that the running interpreter imports (Python files, the built
+    _native, and its distribution metadata, whose pytest11 entry point loads the plugin) into
+    dest and returns an environment that puts dest on sys.path. The editable install may be
+    rebuilt while the benchmark runs; every session uses this one copy."""
+    import heapgate
+
+    src = Path(heapgate.__file__).parent
+    shutil.copytree(src, dest / "heapgate", ignore=shutil.ignore_patterns("__pycache__"))
+    from importlib.metadata import distribution
+
+    dist = distribution("pytest-heapgate")
+    info = dest / f"pytest_heapgate-{dist.version}.dist-info"
+    info.mkdir()
+    for name in ("METADATA", "entry_points.txt"):
+        text = dist.read_text(name)
+        if text is None:
+            sys.exit(f"pytest-heapgate's {name} is missing; reinstall it (pip install -e .)")
+        (info / name).write_text(text)
     path = os.pathsep.join(filter(None, [str(dest), os.environ.get("PYTHONPATH")]))
-    return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1"), src.stdout.strip()
+    return dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1"), str(src)
 
 
 def versions(python: Path, env: dict[str, str]) -> dict[str, str]:
@@ -240,7 +258,7 @@ def main() -> int:
     python = ensure_venv(args.venv)
     tmp = tempfile.TemporaryDirectory(prefix="heapgate-bench-")
     workdir = Path(tmp.name)
-    env, heapgate_source = snapshot_heapgate(python, workdir / "snapshot")
+    env, heapgate_source = snapshot_heapgate(workdir / "snapshot")
     if args.modes is None:
         modes = [m for m in MODES if m != "heapgate-native" or heapgate_has_native(python, env)]
     else:

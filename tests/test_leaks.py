@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import sys
 
@@ -136,10 +137,9 @@ EXACT = ("-p", "no:logging")
 
 
 # Whether a stale pointer somewhere in the process happens to match a block depends on the
-# address layout, which ASLR changes every run (about one run in ten misses one block here).
-# So the byte-exact checks look at three fresh processes: in every one the outcomes are the
-# same and no count exceeds the truth (a leak is never invented), and in at least one the
-# counts are exact.
+# address layout, which ASLR changes every run. The scan leaves out the stale memory it knows
+# of (free chunks, free-list slots, dead data-stack slots, inline caches), so the byte-exact
+# checks of C-level leaks hold in every one of several fresh processes.
 RUNS = 3
 
 # CPython 3.9 and 3.10 keep each code object's last frame for reuse (a "zombie frame"); its
@@ -197,7 +197,7 @@ def test_native_leak_byte_counts_are_exact(native_sessions: list[pytest.RunResul
     for session in native_sessions:
         for test, total in truth.items():
             assert 0 < lost(kinds(session, test)) <= total
-    assert any(exact(session) for session in native_sessions), [
+    assert all(exact(session) for session in native_sessions), [
         {t: kinds(s, t) for t in truth} for s in native_sessions
     ]
 
@@ -349,11 +349,12 @@ def test_a_suppression_removes_exactly_its_stack(run, pytester: pytest.Pytester)
     for r in results:
         r.assert_outcomes(failed=1)
         assert 0 < lost(kinds(r, "test_two")) <= 7000
-    # As above: exact in at least one of three fresh processes.
+    # As above: exact in every fresh process.
     absorbed = "heapgate: suppression leak:leak_malloc (leaks.supp:2) absorbed 100000 bytes in 1 blocks"
-    result = next((r for r in results if lost(kinds(r, "test_two")) == 7000 and absorbed in r.stdout.str()), None)
-    assert result is not None, [kinds(r, "test_two") for r in results]
-    out = result.stdout.str()
+    assert all(lost(kinds(r, "test_two")) == 7000 and absorbed in r.stdout.str() for r in results), [
+        kinds(r, "test_two") for r in results
+    ]
+    out = results[0].stdout.str()
     assert "suppressed by leak:leak_malloc (leaks.supp:2): 100000 bytes in 1 block" in out
     assert "heapgate: suppression leak:leak_malloc (leaks.supp:2) absorbed 100000 bytes in 1 blocks" in out
     assert "leak_malloc at" not in out.split("Lost memory by location")[1]
@@ -375,3 +376,93 @@ def test_a_bad_native_leaks_limit_is_a_usage_error(run, pytester: pytest.Pyteste
     result = run("--native-leaks=lots")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*invalid --native-leaks limit 'lots'*"])
+
+
+FREE_LIST_TESTS = """
+import json, pathlib, sys
+import hgleak, pytest
+
+LEAKED = 5
+
+@pytest.fixture(params=["list", "tuple", "dict", "float"])
+def kind(request):
+    # Warm CPython's free list of this type before the call: objects made and dropped here
+    # are what the leaking call would be handed.
+    junk = [hgleak.make_object(request.param) for _ in range(60)]
+    del junk
+    return request.param
+
+def test_leak(kind):
+    hgleak.leak_objects(kind, LEAKED)
+
+@pytest.mark.native_leaks(False)
+def test_sizes():
+    sizes = {k: sys.getsizeof(hgleak.make_object(k)) for k in ("list", "tuple", "dict", "float")}
+    pathlib.Path("sizes.json").write_text(json.dumps(sizes))
+"""
+
+
+@exact_scan
+def test_leaked_objects_from_cpython_free_lists_are_reported(run, pytester: pytest.Pytester) -> None:
+    # Each leaked object would come from its type's warm free list, allocated before the test
+    # (issue 11, item 2): with and without pytest's logging plugin, in fresh processes, every
+    # type's leak is reported and never over-counted. Stale pointers in the unused tails of
+    # live Python objects can still hide one of the five objects (the scan reads Python objects
+    # conservatively: README, Known limits), so the exact count is required in one process.
+    pytester.makepyfile(test_free_lists=FREE_LIST_TESTS)
+    found: dict[str, list[int]] = {}
+    sizes: dict[str, int] = {}
+    for plugins in ((), EXACT):
+        for _ in range(3):
+            result = run("--native-leaks", *plugins)
+            result.assert_outcomes(passed=1, failed=4)
+            sizes = json.loads((pytester.path / "sizes.json").read_text())
+            for kind, size in sizes.items():
+                total = lost(kinds(result, f"test_leak[{kind}]"))
+                assert size <= total <= 5 * size, (plugins, kind, total, size)
+                found.setdefault(kind, []).append(total)
+    for kind, totals in found.items():
+        assert 5 * sizes[kind] in totals, (kind, totals, sizes[kind])
+
+
+@exact_scan
+def test_a_leak_reports_the_same_bytes_in_ten_fresh_processes(run, pytester: pytest.Pytester) -> None:
+    # Issue 11, item 4: address randomisation is on, so each process lays memory out anew; the
+    # lost bytes of the same leaks (a block, a list hanging off a lost head) never vary.
+    pytester.makepyfile(
+        test_same="""
+        import hgleak
+
+        def test_leaks():
+            hgleak.leak_malloc(4096)
+            hgleak.leak_list(10, 100)
+        """
+    )
+    totals = []
+    for i in range(10):
+        result = run("--native-leaks", *(EXACT if i % 2 else ()))
+        result.assert_outcomes(failed=1)
+        totals.append(lost(kinds(result, "test_leaks")))
+    assert totals == [4096 + 10 * 108] * 10, totals
+
+
+@exact_scan
+def test_indirectly_lost_blocks_come_with_the_lost_block_they_hang_off(run, pytester: pytest.Pytester) -> None:
+    # Issue 11, item 3: a dict made by Python code holds a list made by C code; C code leaks a
+    # reference to the dict. The list (a native site) is indirectly lost; the dict it hangs off
+    # is definitely lost although the interpreter allocated it, and the report shows both.
+    pytester.makepyfile(
+        test_anchor="""
+        import hgleak
+
+        def test_anchor():
+            holder = {"made by C": hgleak.make_object("list")}
+            hgleak.leak_reference(holder)
+        """
+    )
+    result = run("--native-leaks", *EXACT)
+    result.assert_outcomes(failed=1)
+    found = kinds(result, "test_anchor")
+    assert found["indirectly lost"] > 0, found
+    assert found["definitely lost"] + found["possibly lost"] > 0, found
+    result.stdout.fnmatch_lines(["*definitely lost in 1 block*", "*test_anchor at test_anchor.py:4*"])

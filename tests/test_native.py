@@ -424,3 +424,23 @@ def test_doctor_bad_import_is_usage_error() -> None:
     done = heapgate("doctor", "--import", "heapgate_no_such_module_xyz")
     assert done.returncode == 2 and "heapgate_no_such_module_xyz" in done.stderr, done.stderr
 
+
+
+def test_threads_started_by_the_test_show_no_heapgate_frames(run, pytester: pytest.Pytester) -> None:
+    """A thread started during the test begins in heapgate's start trampoline (it carries the
+    test's charge); that frame is heapgate's, not the user's, and never shows in a stack."""
+    pytester.makepyfile(
+        test_threads="""
+        import pytest, hgtest
+
+        @pytest.mark.limit_memory("1MB")
+        def test_threads():
+            hgtest.threads_malloc_free(2, 1_000_000)
+        """
+    )
+    result = run("--native")
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    assert "peak 2000000 bytes" in out, out
+    assert "worker_main at " in out, out
+    assert "trampoline_start" not in out and "heapgate_core" not in out, out

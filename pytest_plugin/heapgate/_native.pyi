@@ -149,6 +149,14 @@ def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
 
+def has_gc_candidates() -> bool:
+    """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a
+    collection before the leak scan free one of its blocks)?"""
+
+def clear_free_lists() -> bool:
+    """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
+    native leaks). True when emptied directly, False when a full collection did it."""
+
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 
 @final

@@ -201,9 +201,20 @@ def native_leaks_result(
     reachable_sites: list[tuple[int, Site]] = []
     totals = {kind: [0, 0] for kind in ("definitely_lost", "indirectly_lost", "possibly_lost", "still_reachable")}
     absorbed: dict[str, list[int]] = {}
-    for site in report.sites:
+    native = [site for site in report.sites if is_native_site(site.stack)]
+    if any(_kinds(site).get("indirectly_lost_count") for site in native):
+        # Indirectly lost blocks hang off a definitely or possibly lost one, which may have been
+        # allocated by the interpreter (a Python object whose reference C code leaked): those
+        # lost blocks are shown too, or the report would show the rest of a leak without its head.
+        native += [
+            site
+            for site in report.sites
+            if not is_native_site(site.stack)
+            and any(_kinds(site).get(f"{k}_count") for k in ("definitely_lost", "possibly_lost"))
+        ]
+    for site in native:
         kinds = _kinds(site)
-        if not kinds or not site.leaked_count or not is_native_site(site.stack):
+        if not kinds or not site.leaked_count:
             continue
         site_lost = sum(kinds.get(f"{k}_bytes", 0) for k in LOST_KINDS)
         site_lost_blocks = sum(kinds.get(f"{k}_count", 0) for k in LOST_KINDS)
@@ -216,6 +227,8 @@ def native_leaks_result(
             tally[1] += site_lost_blocks
             continue
         for kind in totals:
+            if kind == "still_reachable" and not is_native_site(site.stack):
+                continue
             totals[kind][0] += kinds.get(f"{kind}_bytes", 0)
             totals[kind][1] += kinds.get(f"{kind}_count", 0)
         if site_lost:

@@ -218,9 +218,14 @@ class HeapgatePlugin:
                 gc.collect()
                 checkpoints.append(_native.checkpoint())
                 totals.append(checkpoints[-1].leaked_bytes)
-            if checks.needs_collect:
+            if checks.native_leaks is not None:
+                # Objects the call dropped into CPython's free lists are no leak: free them.
+                _native.clear_free_lists()
+            if checks.needs_collect and (checks.limit_leaks is not None or _native.has_gc_candidates()):
                 # Still tracking: what the collection frees is no leak (and it allocates
                 # nothing that is charged, as the test's function is no longer running).
+                # The leak scan alone needs it only when the test holds GC-tracked objects:
+                # a full collection costs what the whole process holds.
                 gc.collect()
             if checks.native_leaks is not None:
                 _native.scan_leaks()
@@ -233,6 +238,15 @@ class HeapgatePlugin:
         item.stash[RESULT] = TestResult(
             item.nodeid, report, checks, warmup=warmup, totals=totals, checkpoints=checkpoints, explanations=explanations
         )
+
+    @pytest.hookimpl(hookwrapper=True, trylast=True)
+    def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, None]:
+        # As close to the test's function as a hook gets: what CPython's free lists hold now
+        # was allocated before the test, and a leaked object revived from one would hide.
+        checks = pyfuncitem.stash.get(CHECKS, Checks())
+        if checks.native_leaks is not None and _native is not None and _native.is_active():
+            _native.clear_free_lists()
+        yield
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:
@@ -249,6 +263,11 @@ class HeapgatePlugin:
             item.stash[ACTIVE] = False
             if not self._forked():
                 _native.stop()
+        if call.when == "teardown" and RESULT in item.stash:
+            # The full result (every site's stack) lives only until the test is done (its
+            # report carries the few numbers the summary needs): kept on the item it would
+            # grow the session by ~100 KB a test.
+            del item.stash[RESULT]
         if call.when != "call" or RESULT not in item.stash:
             return
         result = item.stash[RESULT]

@@ -98,6 +98,51 @@ static PyObject *release_pyobjects(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* One object of a type CPython keeps a free list for: a list or tuple of two Nones, a dict
+ * with one item (its keys object has a free list too), a float. */
+static PyObject *new_object(const char *kind) {
+    if (strcmp(kind, "list") == 0) {
+        PyObject *l = PyList_New(2);
+        if (l == NULL) return NULL;
+        for (Py_ssize_t i = 0; i < 2; i++) {
+            Py_INCREF(Py_None);
+            PyList_SET_ITEM(l, i, Py_None);
+        }
+        return l;
+    }
+    if (strcmp(kind, "tuple") == 0) return PyTuple_Pack(2, Py_None, Py_None);
+    if (strcmp(kind, "dict") == 0) {
+        PyObject *d = PyDict_New();
+        if (d != NULL && PyDict_SetItemString(d, "key", Py_None) < 0) Py_CLEAR(d);
+        return d;
+    }
+    if (strcmp(kind, "float") == 0) return PyFloat_FromDouble(1.5);
+    return PyErr_Format(PyExc_ValueError, "unknown kind %s", kind);
+}
+
+static PyObject *make_object(PyObject *self, PyObject *args) {
+    const char *kind;
+    if (!PyArg_ParseTuple(args, "s", &kind)) return NULL;
+    return new_object(kind);
+}
+
+/* n such objects whose references are never released. */
+static PyObject *leak_objects(PyObject *self, PyObject *args) {
+    const char *kind;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &kind, &n)) return NULL;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        if (new_object(kind) == NULL) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* A reference taken and never released. */
+static PyObject *leak_reference(PyObject *self, PyObject *obj) {
+    Py_INCREF(obj);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -106,6 +151,9 @@ static PyMethodDef methods[] = {
     {"leak_in_threads", leak_in_threads, METH_VARARGS, "n threads each leak size bytes"},
     {"leak_pyobjects", leak_pyobjects, METH_VARARGS, "str and list references leaked"},
     {"release_pyobjects", release_pyobjects, METH_VARARGS, "str and list released"},
+    {"make_object", make_object, METH_VARARGS, "a list, tuple, dict or float (free-list types)"},
+    {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
+    {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
     {NULL, NULL, 0, NULL},
 };
 

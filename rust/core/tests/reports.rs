@@ -294,3 +294,17 @@ fn github_output_of_a_hostile_test_id() {
         lines.join("\n")
     );
 }
+
+#[test]
+fn a_test_that_kept_its_memory_limit_has_no_peak_failure_text() {
+    // Failed on something else (a leak or baseline check) while its peak stayed under the limit.
+    let mut capture = fixed_capture();
+    capture.test.limits.limit_memory = Some(capture.totals.peak_bytes);
+    let bytes = capture.to_bytes().unwrap();
+    let resolved = ResolvedCapture::new(Capture::from_bytes(&bytes).unwrap());
+    let entry = with_resolver(|_, r| TestEntry::new(&resolved, r, Artifacts::default()));
+    assert!(entry.memory_failed);
+    assert_eq!(entry.failure, None);
+    let over = with_resolver(|c, r| TestEntry::new(c, r, Artifacts::default()));
+    assert!(over.failure.unwrap().contains("at its peak"));
+}

@@ -263,32 +263,6 @@ int hg_py_eval_function(uintptr_t *start, uintptr_t *end) {
     return 1;
 }
 
-/* Addresses of the GC heads of every object CPython's cyclic GC tracks (all generations and
- * the permanent one), for the leak scan: a pointer to a GC head is a GC-list link, not a
- * reference. Writes at most `cap`, returns how many there are. The GIL must be held. */
-#include "internal/pycore_interp.h"
-#include "internal/pycore_gc.h"
-
-static size_t walk_generation(PyGC_Head *head, uintptr_t *out, size_t cap, size_t n) {
-    for (PyGC_Head *g = (PyGC_Head *)head->_gc_next; g != head && g != NULL;
-         g = (PyGC_Head *)g->_gc_next) {
-        if (n < cap) out[n] = (uintptr_t)g;
-        n++;
-    }
-    return n;
-}
-
-size_t hg_py_gc_heads(uintptr_t *out, size_t cap) {
-    PyInterpreterState *interp = PyInterpreterState_Get();
-    struct _gc_runtime_state *gc = &interp->gc;
-    size_t n = 0;
-    for (int i = 0; i < NUM_GENERATIONS; i++) {
-        n = walk_generation(&gc->generations[i].head, out, cap, n);
-    }
-    n = walk_generation(&gc->permanent_generation.head, out, cap, n);
-    return n;
-}
-
 /* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
  * 3.9-3.13; sizes come from the headers where CPython publishes them). */
 #if PY_VERSION_HEX >= 0x030C0000
@@ -309,6 +283,18 @@ void hg_py_pool_layout(size_t *pool_size, size_t *overhead, unsigned *alignment_
     *pool_size = HG_POOL_SIZE;
     *overhead = (header + align - 1) & ~(align - 1);
     *alignment_shift = HG_ALIGNMENT_SHIFT;
+}
+
+/* The code object type and the offset of a code object's bytecode, which 3.11+ keeps inline
+ * with its specialising caches (borrowed object addresses that go stale; 0 before 3.11). */
+void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
+    *code_type = (uintptr_t)&PyCode_Type;
+#if PY_VERSION_HEX >= 0x030B0000
+    *bytecode = offsetof(PyCodeObject, co_code_adaptive);
+#else
+    *code_type = 0;
+    *bytecode = 0;
+#endif
 }
 
 /* The leak scan's entry, called directly by the interpreter: everything above this frame is
@@ -342,3 +328,107 @@ PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) 
     scan_callback = callback;
     return PyCFunction_NewEx(&scan_leaks_def, module, NULL);
 }
+
+/* Empty CPython's free lists of lists, dicts (and their keys), tuples and floats, as a full
+ * collection does, for the leak scan: an object handed out from a free list was allocated
+ * before the test, so a leaked one would be no candidate and would root whatever it points to.
+ * Emptied right before the test's call, every such object the call creates is a new block.
+ * 3.11 is emptied directly (the free lists' layout is that version's; the clearing functions
+ * are not exported); other versions run a full collection, which clears them (3.9-3.13).
+ * Returns 1 when emptied directly, 0 when a collection did it. The GIL must be held. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+#include "internal/pycore_interp.h"
+#include "internal/pycore_list.h"
+#include "internal/pycore_tuple.h"
+#include "internal/pycore_floatobject.h"
+#include "internal/pycore_dict.h"
+
+int hg_py_clear_free_lists(void) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+#if PyList_MAXFREELIST > 0
+    while (interp->list.numfree > 0) {
+        int i = --interp->list.numfree;
+        PyObject_GC_Del(interp->list.free_list[i]);
+        interp->list.free_list[i] = NULL;
+    }
+#endif
+#if PyDict_MAXFREELIST > 0
+    while (interp->dict_state.numfree > 0) {
+        int i = --interp->dict_state.numfree;
+        PyObject_GC_Del(interp->dict_state.free_list[i]);
+        interp->dict_state.free_list[i] = NULL;
+    }
+    while (interp->dict_state.keys_numfree > 0) {
+        int i = --interp->dict_state.keys_numfree;
+        PyObject_Free(interp->dict_state.keys_free_list[i]);
+        interp->dict_state.keys_free_list[i] = NULL;
+    }
+#endif
+#if PyTuple_NFREELISTS > 0
+    for (int i = 0; i < PyTuple_NFREELISTS; i++) {
+        PyTupleObject *t = interp->tuple.free_list[i];
+        interp->tuple.free_list[i] = NULL;
+        interp->tuple.numfree[i] = 0;
+        while (t != NULL) {
+            PyTupleObject *next = (PyTupleObject *)t->ob_item[0];
+            PyObject_GC_Del(t);
+            t = next;
+        }
+    }
+#endif
+#if PyFloat_MAXFREELIST > 0
+    PyFloatObject *f = interp->float_state.free_list;
+    interp->float_state.free_list = NULL;
+    interp->float_state.numfree = 0;
+    while (f != NULL) {
+        PyFloatObject *next = (PyFloatObject *)Py_TYPE(f);
+        PyObject_Free(f);
+        f = next;
+    }
+#endif
+    return 1;
+}
+
+/* Interpreter memory that holds no references: the unused slots of the free-list arrays
+ * (from the count up; CPython leaves the address of every object it took back out there)
+ * and the data stacks' slots above their tops. Writes (start, end) pairs
+ * into `out` (at most `cap` words), returns the number of words written. */
+size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    size_t n = 0;
+#define HG_STALE(array, count, max)                                       \
+    if (n + 2 <= cap) {                                                   \
+        out[n++] = (uintptr_t)&(array)[(count)];                          \
+        out[n++] = (uintptr_t)&(array)[(max)];                            \
+    }
+#if PyList_MAXFREELIST > 0
+    HG_STALE(interp->list.free_list, interp->list.numfree, PyList_MAXFREELIST)
+#endif
+#if PyDict_MAXFREELIST > 0
+    HG_STALE(interp->dict_state.free_list, interp->dict_state.numfree, PyDict_MAXFREELIST)
+    HG_STALE(interp->dict_state.keys_free_list, interp->dict_state.keys_numfree,
+             PyDict_MAXFREELIST)
+#endif
+#undef HG_STALE
+    /* Each thread's Python data stack above its top: slots of frames that have returned. */
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t)) {
+        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
+            out[n++] = (uintptr_t)t->datastack_top;
+            out[n++] = (uintptr_t)t->datastack_limit;
+        }
+    }
+    return n;
+}
+#else
+int hg_py_clear_free_lists(void) {
+    PyGC_Collect();
+    return 0;
+}
+
+size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
+    (void)out;
+    (void)cap;
+    return 0;
+}
+#endif

@@ -2,7 +2,7 @@
 //! reachability before tracking stops.
 
 use heapgate_core::capture::{self, LeakKinds, PoolLayout};
-use libc::{c_uint, size_t};
+use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -12,8 +12,10 @@ use crate::TrackingError;
 type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObject;
 
 extern "C" {
-    fn hg_py_gc_heads(out: *mut usize, cap: size_t) -> size_t;
+    fn hg_py_clear_free_lists() -> c_int;
+    fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
+    fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_make_scan_function(
         module: *mut ffi::PyObject,
         callback: ScanCallback,
@@ -22,26 +24,18 @@ extern "C" {
 
 fn pool_layout() -> PoolLayout {
     let (mut pool_size, mut overhead, mut alignment_shift) = (0, 0, 0);
-    // SAFETY: the shim writes three integers.
-    unsafe { hg_py_pool_layout(&mut pool_size, &mut overhead, &mut alignment_shift) };
+    let (mut code_type, mut code_bytecode) = (0, 0);
+    // SAFETY: the shim writes five integers.
+    unsafe {
+        hg_py_pool_layout(&mut pool_size, &mut overhead, &mut alignment_shift);
+        hg_py_code_layout(&mut code_type, &mut code_bytecode);
+    }
     PoolLayout {
         pool_size,
         overhead,
         alignment_shift,
-    }
-}
-
-/// Addresses of the GC heads of every object the cyclic GC tracks.
-fn gc_heads(_py: Python<'_>) -> Vec<usize> {
-    let mut heads = vec![0usize; 1 << 16];
-    loop {
-        // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` entries.
-        let n = unsafe { hg_py_gc_heads(heads.as_mut_ptr(), heads.len()) };
-        if n <= heads.len() {
-            heads.truncate(n);
-            return heads;
-        }
-        heads = vec![0usize; n + n / 4];
+        code_type,
+        code_bytecode,
     }
 }
 
@@ -62,9 +56,21 @@ pub(crate) fn kinds_to_dict<'py>(
     Ok(d)
 }
 
+/// Interpreter memory that holds no references (the unused slots of its free-list arrays,
+/// the dead part of each thread's data stack), as (start, end) ranges.
+fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
+    let mut words = vec![0usize; 1024];
+    // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
+    let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
+    words[..n.min(words.len())]
+        .chunks_exact(2)
+        .map(|pair| (pair[0], pair[1]))
+        .collect()
+}
+
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<PyDict>> {
-    let heads = gc_heads(py);
-    let kinds = capture::scan_leaks(&heads, stack_from, registers, Some(pool_layout()))
+    let stale = stale_slots(py);
+    let kinds = capture::scan_leaks(&stale, stack_from, registers, Some(pool_layout()))
         .map_err(|e| TrackingError::new_err(e.to_string()))?;
     Ok(kinds_to_dict(py, &kinds)?.unbind())
 }
@@ -91,7 +97,27 @@ extern "C" fn scan_callback(
 /// Adds `scan_leaks()`: classify the tracked test's live blocks (call after `gc.collect()`,
 /// before `stop`). Returns totals `{definitely_lost_bytes, definitely_lost_count, ...}`; per
 /// site figures appear in the report's sites.
+/// Empty CPython's free lists (lists, dicts, tuples, floats) right before a test's call that
+/// is checked for native leaks: objects the call then creates are new blocks, so a leaked one
+/// is a candidate and cannot root what it points to. Returns True when the lists were emptied
+/// directly, False when a full collection did it (interpreters whose layout the shim does not
+/// know).
+#[pyfunction]
+fn clear_free_lists(_py: Python<'_>) -> bool {
+    // SAFETY: the GIL is held (the `Python` token).
+    unsafe { hg_py_clear_free_lists() != 0 }
+}
+
+/// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
+/// full collection before the leak scan free any of the test's blocks.
+#[pyfunction]
+fn has_gc_candidates() -> PyResult<bool> {
+    capture::has_gc_candidates().map_err(|e| TrackingError::new_err(e.to_string()))
+}
+
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
+    m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {
         Bound::from_owned_ptr_or_err(m.py(), hg_py_make_scan_function(m.as_ptr(), scan_callback))?

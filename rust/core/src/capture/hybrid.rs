@@ -3,7 +3,10 @@
 //! of Python frames (the innermost group first).
 
 use super::tracker::FrameKey;
-use super::PyFrameRef;
+use super::{PyFrameRef, MAX_NATIVE_FRAMES, MAX_PYTHON_FRAMES};
+
+/// A merged stack: at most every native and every Python frame.
+pub type Keys = arrayvec::ArrayVec<FrameKey, { MAX_NATIVE_FRAMES + MAX_PYTHON_FRAMES }>;
 
 /// Merge `native` return addresses (innermost first) with `python` frames (innermost first,
 /// `group_end` set on the last frame of each interpreter call). Every native frame that
@@ -15,8 +18,9 @@ pub fn merge(
     python: &[PyFrameRef],
     is_eval: impl Fn(usize) -> bool,
     python_complete: bool,
-    out: &mut Vec<FrameKey>,
+    out: &mut Keys,
 ) {
+    debug_assert!(native.len() <= MAX_NATIVE_FRAMES && python.len() <= MAX_PYTHON_FRAMES);
     let mut next = 0;
     for &ip in native {
         if is_eval(ip) && next < python.len() {
@@ -65,9 +69,9 @@ mod tests {
                 FrameKey::Native(_) => unreachable!("python frames only"),
             })
             .collect();
-        let mut out = Vec::new();
+        let mut out = Keys::new();
         merge(native, &python, |ip| ip == EVAL, complete, &mut out);
-        out
+        out.to_vec()
     }
 
     #[test]

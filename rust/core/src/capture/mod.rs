@@ -238,6 +238,7 @@ fn sync_objects() {
     }
     if let Some(_guard) = Guard::enter() {
         elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        unwind::forget_unloaded_objects();
     }
 }
 
@@ -330,11 +331,12 @@ pub fn stop() -> Result<TestReport, CaptureError> {
 ///
 /// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
 /// block can be freed or unmapped while it is read (a thread that frees one waits).
-/// `gc_heads`: CPython's GC heads (links between them are not references). `stack_from`: an
+/// Links between CPython's GC heads are not references (see [`scan::gc_head`]). `stale`:
+/// ranges that hold no references (the interpreter's unused free-list slots). `stack_from`: an
 /// address in the caller's frame; the calling thread's stack is scanned from there up, plus
 /// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
 pub fn scan_leaks(
-    gc_heads: &[usize],
+    stale: &[(usize, usize)],
     stack_from: usize,
     registers: &[usize],
     pools: Option<scan::PoolLayout>,
@@ -376,18 +378,29 @@ pub fn scan_leaks(
     .filter(|r| r.end.get() <= scratch_start || r.start.get() >= scratch_end)
     .collect();
     drop(maps);
-    // Free chunks of the main heap are no roots: read the whole heap once to find them.
-    let heap_free: Vec<(usize, usize)> = regions
+    // Free chunks of the main heap are no roots: walk its chunk headers to find them (a
+    // large free chunk is jumped over, never read).
+    let mut dead: Vec<(usize, usize)> = regions
         .iter()
         .find(|r| r.heap)
         .and_then(|heap| {
             let (start, end) = (heap.start.get(), heap.end.get());
-            let mut all = scrub::Scratch::new((end - start) / std::mem::size_of::<usize>())?;
-            let words = all.words();
-            (read_words(start, words) == words.len())
-                .then(|| scan::glibc_free_chunks(words, start))?
+            let mut window = WindowReader::new(start, end)?;
+            scan::glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
         })
         .unwrap_or_default();
+    dead.extend(stale.iter().filter(|(s, e)| s < e));
+    dead.sort_unstable();
+    // Merged, so that ends are sorted too (the lookups search by end).
+    dead.dedup_by(|next, prev| {
+        let overlaps = next.0 <= prev.1;
+        if overlaps {
+            prev.1 = prev.1.max(next.1);
+        }
+        overlaps
+    });
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+    let mut mask = Vec::with_capacity(scratch.words().len());
     let mut roots = |visit: &mut dyn FnMut(&[usize])| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
@@ -401,19 +414,21 @@ pub fn scan_leaks(
         }
         visit(registers);
         for region in &regions {
-            let free = if region.heap {
-                heap_free.as_slice()
-            } else {
-                &[]
-            };
-            visit_region(
-                *region,
-                &candidates,
-                pools.as_ref(),
-                free,
-                scratch.words(),
-                visit,
-            );
+            // Pools are read whole (their headers say which blocks are in use).
+            let grid = pools
+                .filter(|_| region.anonymous)
+                .map_or(4096, |p| p.pool_size);
+            for (from, to) in resident_ranges(pagemap.as_mut(), *region, grid) {
+                visit_region(
+                    *region,
+                    (from, to),
+                    &candidates,
+                    pools.as_ref(),
+                    &dead,
+                    (scratch.words(), &mut mask),
+                    visit,
+                );
+            }
         }
     };
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
@@ -436,9 +451,42 @@ pub fn scan_leaks(
         }
         words
     };
-    let kinds = scan::classify(&candidates, gc_heads, &mut roots, &read_block);
+    let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
+    let kinds = scan::classify(&candidates, &gc_heads, &mut roots, &read_block);
     session.tracker.set_leak_kinds(&candidates, &kinds);
     Ok(session.tracker.leak_totals().unwrap_or_default())
+}
+
+/// The GC head of a candidate that CPython's cyclic GC tracks (see [`scan::gc_head`]). The
+/// caller holds the tracker's lock, so the block stays allocated.
+fn candidate_gc_head(c: &scan::Candidate) -> Option<usize> {
+    if c.size < 4 * std::mem::size_of::<usize>() as u64 {
+        return None;
+    }
+    let start = c.start_address();
+    // SAFETY: a live tracked block of at least four words (as in `scan_leaks`'s `read_block`).
+    let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
+    scan::gc_head(start, first, &mut |addr| {
+        let mut w = [0usize];
+        (read_words(addr, &mut w) == 1).then_some(w[0])
+    })
+}
+
+/// Does the tracked test hold a live block that CPython's cyclic GC tracks? Only then can a
+/// collection free any of its blocks (garbage made only of older objects holds the test's
+/// blocks as reachable, which the scan counts as such), so a leak scan needs a full
+/// collection first only then.
+pub fn has_gc_candidates() -> Result<bool, CaptureError> {
+    let _guard = Guard::enter();
+    let s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    let Some(session) = s.as_ref() else {
+        return Err(CaptureError::NotActive);
+    };
+    let candidates = session.tracker.leak_candidates(&usable_size);
+    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some()))
 }
 
 /// How much memory the allocator gave a live block. Blocks from the C library's allocators
@@ -456,16 +504,19 @@ fn usable_size(address: usize, size: u64, allocator: Allocator) -> usize {
     }
 }
 
-/// Hand the root words of `region` to `visit`, chunk by chunk: candidates' words left out,
-/// and in pymalloc pools only the words of blocks in use.
+/// Hand the root words of `range` (within `region`) to `visit`, chunk by chunk: candidates'
+/// words left out, `free` ranges (sorted) skipped unread, and in pymalloc pools only the
+/// words of blocks in use. `scratch`: the copy buffer and a mask buffer, reused.
 fn visit_region(
     region: scan::Region,
+    range: (usize, usize),
     candidates: &[scan::Candidate],
     pools: Option<&scan::PoolLayout>,
     free: &[(usize, usize)],
-    buffer: &mut [usize],
+    scratch: (&mut [usize], &mut Vec<bool>),
     visit: &mut dyn FnMut(&[usize]),
 ) {
+    let (buffer, mask) = scratch;
     let word = std::mem::size_of::<usize>();
     // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
@@ -474,9 +525,20 @@ fn visit_region(
         _ => std::mem::size_of_val(buffer),
     }
     .min(std::mem::size_of_val(buffer));
-    let (start, end) = (region.start.get() & !(word - 1), region.end.get());
+    let (start, end) = (range.0 & !(word - 1), range.1);
     let mut at = start;
+    let mut next_free = free.partition_point(|(_, e)| *e <= at);
     while at < end {
+        // Free memory holds only stale bytes: jump over it without reading it.
+        while next_free < free.len() && free[next_free].1 <= at {
+            next_free += 1;
+        }
+        if let Some(&(free_start, free_end)) = free.get(next_free) {
+            if free_start <= at {
+                at = free_end.next_multiple_of(word);
+                continue;
+            }
+        }
         // Chunks follow the pool grid, so a pool is always read whole.
         let chunk_end = ((at / chunk) + 1) * chunk;
         let len = (chunk_end.min(end) - at) / word;
@@ -485,17 +547,21 @@ fn visit_region(
         }
         let words = &mut buffer[..len];
         if read_words(at, words) == len {
-            let mut mask = pools
+            mask.clear();
+            match pools
                 .filter(|_| region.anonymous)
                 .and_then(|layout| scan::pool_mask(words, at, layout))
-                .unwrap_or_else(|| vec![true; len]);
-            scan::mask_out_candidates(&mut mask, at, candidates);
-            scan::mask_out_ranges(&mut mask, at, free);
+            {
+                Some(pool) => mask.extend_from_slice(&pool),
+                None => mask.resize(len, true),
+            }
+            scan::mask_out_candidates(mask, at, candidates);
+            scan::mask_out_ranges(mask, at, free);
             if explain {
-                explain_references(words, &mask, at, region, candidates);
+                explain_references(words, mask, at, region, candidates);
             }
             // Words that are not roots become 0 (never a reference) in our scratch copy.
-            for (w, keep) in words.iter_mut().zip(&mask) {
+            for (w, keep) in words.iter_mut().zip(mask.iter()) {
                 if !keep {
                     *w = 0;
                 }
@@ -503,6 +569,103 @@ fn visit_region(
             visit(words);
         }
         at = chunk_end;
+    }
+}
+
+/// Regions at least this big are read only where pages are resident (or swapped out):
+/// a page never touched holds no pointer, and reading it would map it in.
+const RESIDENT_CHECK_BYTES: usize = 1 << 20;
+
+/// The sub-ranges of `region` whose pages are present or swapped out, from
+/// `/proc/self/pagemap` (the whole region when it is small or pagemap cannot be read),
+/// widened to the `grid` (a power of two).
+fn resident_ranges(
+    pagemap: Option<&mut std::fs::File>,
+    region: scan::Region,
+    grid: usize,
+) -> Vec<(usize, usize)> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const PAGE: usize = 4096;
+    let (start, end) = (region.start.get(), region.end.get());
+    let whole = vec![(start, end)];
+    let Some(pagemap) = pagemap else {
+        return whole;
+    };
+    if end - start < RESIDENT_CHECK_BYTES || start % PAGE != 0 {
+        return whole;
+    }
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut entries = [0u64; 4096];
+    let mut page = start / PAGE;
+    let last = end.div_ceil(PAGE);
+    while page < last {
+        let n = (last - page).min(entries.len());
+        // SAFETY: viewing `n` u64 entries as bytes to read into them.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr() as *mut u8, n * 8) };
+        if pagemap.read_exact_at(bytes, (page * 8) as u64).is_err() {
+            return whole;
+        }
+        for (i, e) in entries[..n].iter().enumerate() {
+            if e & (PRESENT | SWAPPED) == 0 {
+                continue;
+            }
+            let at = (((page + i) * PAGE) & !(grid - 1)).max(start);
+            let to = ((page + i + 1) * PAGE).next_multiple_of(grid).min(end);
+            match ranges.last_mut() {
+                Some(last) if last.1 >= at => last.1 = last.1.max(to),
+                _ => ranges.push((at, to)),
+            }
+        }
+        page += n;
+    }
+    ranges
+}
+
+/// Words of `[start, end)` read through a window of scratch memory (outside the roots): a
+/// walk that moves forward reads 64 KiB at a time, a jump reads one page.
+struct WindowReader {
+    buffer: scrub::Scratch,
+    start: usize,
+    end: usize,
+    window: (usize, usize),
+}
+
+impl WindowReader {
+    fn new(start: usize, end: usize) -> Option<WindowReader> {
+        Some(WindowReader {
+            buffer: scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())?,
+            start,
+            end,
+            window: (0, 0),
+        })
+    }
+
+    fn word_at(&mut self, addr: usize) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        if addr < self.start || addr + word > self.end {
+            return None;
+        }
+        if !(self.window.0 <= addr && addr + word <= self.window.1) {
+            const PAGE: usize = 4096;
+            let sequential = addr >= self.window.1 && addr < self.window.1 + PAGE;
+            let from = (addr & !(PAGE - 1)).max(self.start);
+            let size = if sequential {
+                std::mem::size_of_val(self.buffer.words())
+            } else {
+                PAGE
+            };
+            let to = (from + size).min(self.end);
+            let words = &mut self.buffer.words()[..(to - from) / word];
+            let n = read_words(from, words);
+            self.window = (from, from + n * word);
+            if addr + word > self.window.1 {
+                return None;
+            }
+        }
+        Some(self.buffer.words()[(addr - self.window.0) / word])
     }
 }
 
@@ -632,11 +795,8 @@ pub fn recorder() -> Option<Recorder> {
     Guard::enter().map(|g| Recorder { _guard: g })
 }
 
-/// An allocation's stack keys: the Python frames as walked, or a hybrid stack.
-enum StackKeys {
-    Python,
-    Hybrid(Vec<FrameKey>),
-}
+// An allocation's hybrid stack, built in place (no allocation per event).
+use hybrid::Keys as HybridKeys;
 
 /// A heap block taken out of the live table by [`Recorder::take`].
 pub struct TakenBlock {
@@ -673,10 +833,11 @@ impl Recorder {
         }
     }
 
-    /// The allocation's stack: Python frames alone, or hybrid with native frames.
-    fn stack_keys(&self, python: &PythonStack) -> StackKeys {
+    /// The allocation's hybrid stack into `keys` when native stacks are recorded; false
+    /// when the stack is the Python frames alone.
+    fn hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
         if !NATIVE.load(Ordering::Relaxed) {
-            return StackKeys::Python;
+            return false;
         }
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
         let py = python.frames();
@@ -689,15 +850,14 @@ impl Recorder {
             len: 0,
         };
         unwind::unwind(&mut native, eval, budget);
-        let mut keys = Vec::with_capacity(native.len + py.len());
         hybrid::merge(
             &native.frames[..native.len],
             py,
             |ip| eval.contains(ip),
             python.complete,
-            &mut keys,
+            keys,
         );
-        StackKeys::Hybrid(keys)
+        true
     }
 
     fn with_tracker(&self, generation: u64, f: impl FnOnce(&mut Tracker)) {
@@ -709,17 +869,22 @@ impl Recorder {
         }
     }
 
-    fn node_for(&self, tracker: &mut Tracker, python: &PythonStack, keys: &StackKeys) -> u32 {
+    fn node_for(
+        &self,
+        tracker: &mut Tracker,
+        python: &PythonStack,
+        keys: Option<&HybridKeys>,
+    ) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
         let mut describe = |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
         };
         match keys {
-            StackKeys::Python => {
+            None => {
                 tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
             }
-            StackKeys::Hybrid(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            Some(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
         }
     }
 
@@ -734,9 +899,10 @@ impl Recorder {
         if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
             return;
         }
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_alloc(addr, size as u64, allocator, node);
         });
     }
@@ -756,9 +922,10 @@ impl Recorder {
             self.record_munmap(addr, len);
             return;
         };
-        let keys = self.stack_keys(&python);
+        let mut keys = HybridKeys::new();
+        let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, &keys);
+            let node = self.node_for(t, &python, hybrid.then_some(&keys));
             t.on_mmap(addr, len as u64, node);
         });
     }
@@ -782,7 +949,8 @@ impl Recorder {
             self.walk_python(&mut python);
             (!entry_rule || python.reached_entry).then_some(generation)
         });
-        let keys = counted.map(|_| self.stack_keys(&python));
+        let mut hybrid = HybridKeys::new();
+        let keys = counted.map(|_| self.hybrid_keys(&python, &mut hybrid));
         let generation = GENERATION.load(Ordering::Relaxed);
         let mut s = session();
         let (new, errno) = call();
@@ -794,9 +962,9 @@ impl Recorder {
                 } else {
                     t.on_munmap(old, old_len as u64)
                 };
-                match (&keys, tracked > 0) {
-                    (Some(keys), true) => {
-                        let node = self.node_for(t, &python, keys);
+                match (keys, tracked > 0) {
+                    (Some(is_hybrid), true) => {
+                        let node = self.node_for(t, &python, is_hybrid.then_some(&hybrid));
                         t.on_mmap(new, new_len as u64, node);
                     }
                     // Not ours, but it may replace (MREMAP_FIXED) a mapping that is.

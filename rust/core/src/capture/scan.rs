@@ -8,8 +8,8 @@
 //! (below a thread's stack pointer, and stacks glibc keeps cached for threads that ended) is
 //! not a root: stale copies of a pointer there would hide a leak.
 //!
-//! A block that roots point into only far from its start (past [`START_WINDOW`]) is
-//! **possibly lost**, as valgrind says: such a pointer may be a cursor into a live buffer, or
+//! A block that roots point into only far from its start (past [`START_WINDOW`], or at an
+//! unaligned address) is **possibly lost**, as valgrind says: such a pointer may be a cursor into a live buffer, or
 //! stale bytes in the unused tail of another block.
 //!
 //! CPython's cyclic GC links every tracked container into a list through the `PyGC_Head`
@@ -31,8 +31,8 @@ pub enum LeakKind {
     PossiblyLost,
 }
 
-/// A pointer into a block's first bytes counts as a pointer to its start: an object header
-/// or a base class may come first (CPython objects sit 16 or 32 bytes into their block).
+/// An aligned pointer into a block's first bytes counts as a pointer to its start: an object
+/// header or a base class may come first (CPython objects sit 16 or 32 bytes into their block).
 pub const START_WINDOW: usize = 64;
 
 /// A block to classify: `[start, end)` with the caller's site id.
@@ -129,20 +129,25 @@ impl Region {
     }
 }
 
-/// The free memory of glibc's main heap, given all its words (`base`: the heap's first byte,
-/// where its first chunk starts): chunks in bins (the next chunk's PREV_INUSE bit is clear),
-/// the top chunk, and the chunks the main thread's tcache holds (the heap's first chunk;
-/// their links are mangled with safe-linking, glibc 2.32+). `None` when the words do not walk
-/// as a heap: then nothing is masked. Free memory keeps whatever it held, and a stale pointer
-/// there would hide a leak.
-pub fn glibc_free_chunks(words: &[usize], base: usize) -> Option<Vec<(usize, usize)>> {
+/// The free memory of glibc's main heap `[base, end)` (`base`: the heap's first byte, where
+/// its first chunk starts), read a word at a time through `word_at` (None: unreadable): chunks
+/// in bins (the next chunk's PREV_INUSE bit is clear), the top chunk, and the chunks the main
+/// thread's tcache holds (the heap's first chunk; their links are mangled with safe-linking,
+/// glibc 2.32+). Only chunk headers are read, so a large free chunk costs one jump. `None`
+/// when the words do not walk as a heap: then nothing is masked. Free memory keeps whatever
+/// it held, and a stale pointer there would hide a leak.
+pub fn glibc_free_chunks(
+    word_at: &mut dyn FnMut(usize) -> Option<usize>,
+    base: usize,
+    end: usize,
+) -> Option<Vec<(usize, usize)>> {
     const PREV_INUSE: usize = 1;
     const TCACHE_STRUCT: usize = 0x290;
     let word = std::mem::size_of::<usize>();
-    let end = base + std::mem::size_of_val(words);
-    let at = |addr: usize| -> Option<usize> {
+    let mut at = |addr: usize| -> Option<usize> {
         (addr >= base && addr + word <= end && addr % word == 0)
-            .then(|| words[(addr - base) / word])
+            .then(|| word_at(addr))
+            .flatten()
     };
     let mut free = Vec::new();
     let mut chunk = base;
@@ -200,6 +205,29 @@ pub fn glibc_free_chunks(words: &[usize], base: usize) -> Option<Vec<(usize, usi
     Some(free)
 }
 
+/// The GC head of the block at `start` whose first words are `first`, if the block is an
+/// object CPython's cyclic GC tracks: its head (at the block's start, or 16 bytes in after
+/// the managed-dict pre-header of 3.11+) links to a previous and a next head that both link
+/// back to it. `word_at` reads any address safely (None: unreadable). Words equal to a
+/// candidate's head are GC-list links, not references; finding the heads of the candidates
+/// alone costs what the test allocated, not what the process holds.
+pub fn gc_head(
+    start: usize,
+    first: &[usize],
+    word_at: &mut dyn FnMut(usize) -> Option<usize>,
+) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    [0usize, 2].into_iter().find_map(|at| {
+        let (next, prev) = (*first.get(at)?, *first.get(at + 1)? & !3);
+        let head = start + at * word;
+        let plausible = next != 0 && prev != 0 && next % word == 0 && prev % word == 0;
+        (plausible
+            && word_at(next + word).map(|p| p & !3) == Some(head)
+            && word_at(prev) == Some(head))
+        .then_some(head)
+    })
+}
+
 /// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges`.
 pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]) {
     let word = std::mem::size_of::<usize>();
@@ -226,6 +254,12 @@ pub struct PoolLayout {
     pub overhead: usize,
     /// log2 of the size-class granularity.
     pub alignment_shift: u32,
+    /// The code object type (0: unknown). From `code_bytecode` bytes into a code object
+    /// comes its bytecode with the interpreter's inline caches, whose object addresses are
+    /// borrowed and go stale: no references.
+    pub code_type: usize,
+    /// Offset of a code object's bytecode.
+    pub code_bytecode: usize,
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
@@ -284,8 +318,13 @@ pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Ve
     }
     for i in (0..capacity).filter(|i| in_use[*i]) {
         let first = (layout.overhead + i * size) / word;
-        let last = ((layout.overhead + (i + 1) * size) / word).min(words.len());
-        mask[first + 1..last].fill(true);
+        let mut last = ((layout.overhead + (i + 1) * size) / word).min(words.len());
+        if layout.code_type != 0 && first + 1 < last && words[first + 1] == layout.code_type {
+            last = last.min(first + layout.code_bytecode / word);
+        }
+        if first + 1 < last {
+            mask[first + 1..last].fill(true);
+        }
     }
     Some(mask)
 }
@@ -320,11 +359,63 @@ fn find(candidates: &[Candidate], word: usize) -> Option<usize> {
     (i < candidates.len() && candidates[i].start_tagged <= key).then_some(i)
 }
 
+/// A one-hash Bloom filter over the 4 KiB pages candidates cover: most words of a process
+/// are no pointer into a candidate, and this rejects them with one bit test instead of a
+/// binary search over the candidates.
+struct PageFilter {
+    bits: Vec<u64>,
+    /// Candidates bigger than this many pages are looked up directly (their pages would fill
+    /// the filter).
+    big: Vec<(usize, usize)>,
+}
+
+const PAGE_SHIFT: u32 = 12;
+const FILTER_BITS_LOG2: u32 = 20;
+const BIG_PAGES: usize = 256;
+
+impl PageFilter {
+    fn new(candidates: &[Candidate]) -> PageFilter {
+        let mut filter = PageFilter {
+            bits: vec![0; 1 << (FILTER_BITS_LOG2 - 6)],
+            big: Vec::new(),
+        };
+        for c in candidates {
+            let (first, last) = (
+                c.start() >> PAGE_SHIFT,
+                (c.start() + c.len().max(1) - 1) >> PAGE_SHIFT,
+            );
+            if last - first >= BIG_PAGES {
+                filter.big.push((c.start(), c.start() + c.len()));
+                continue;
+            }
+            for page in first..=last {
+                let bit = Self::bit(page);
+                filter.bits[bit >> 6] |= 1 << (bit & 63);
+            }
+        }
+        filter
+    }
+
+    #[inline(always)]
+    fn bit(page: usize) -> usize {
+        page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - FILTER_BITS_LOG2)
+    }
+
+    /// False when `word` surely points into no candidate.
+    #[inline(always)]
+    fn may_hold(&self, word: usize) -> bool {
+        let bit = Self::bit(word >> PAGE_SHIFT);
+        self.bits[bit >> 6] & (1 << (bit & 63)) != 0
+            || self.big.iter().any(|(s, e)| *s <= word && word < *e)
+    }
+}
+
 struct Scanner<'a> {
     candidates: &'a [Candidate],
     gc_heads: &'a [usize],
     lo: usize,
     hi: usize,
+    filter: PageFilter,
 }
 
 impl Scanner<'_> {
@@ -332,12 +423,18 @@ impl Scanner<'_> {
     /// is near the block's start.
     fn targets(&self, words: &[usize], mut hit: impl FnMut(usize, bool)) {
         for &w in words {
-            if w < self.lo || w >= self.hi {
+            if w < self.lo || w >= self.hi || !self.filter.may_hold(w) {
                 continue;
             }
             if let Some(i) = find(self.candidates, w) {
                 if self.gc_heads.binary_search(&(w | TAG)).is_err() {
-                    hit(i, w - self.candidates[i].start() < START_WINDOW);
+                    // A reference to an object or a header is aligned; an odd address near
+                    // the start is a cursor or stale bytes (a str's padding was seen).
+                    let offset = w - self.candidates[i].start();
+                    hit(
+                        i,
+                        offset < START_WINDOW && offset % std::mem::size_of::<usize>() == 0,
+                    );
                 }
             }
         }
@@ -368,6 +465,7 @@ pub fn classify(
         gc_heads: &heads,
         lo: candidates[0].start(),
         hi: candidates[n - 1].end_tagged & !TAG,
+        filter: PageFilter::new(candidates),
     };
     let mut reachable = vec![false; n];
     let mut interior = vec![false; n];
@@ -550,6 +648,11 @@ pub fn blocked_thread_stack_pointers() -> Vec<usize> {
 mod tests {
     use super::*;
 
+    /// Words of `[base, base + 8 * words.len())` as a `glibc_free_chunks` reader.
+    fn words_reader(words: &[usize], base: usize) -> impl FnMut(usize) -> Option<usize> + '_ {
+        move |addr| words.get(addr.checked_sub(base)? / 8).copied()
+    }
+
     /// A fake address space: candidate blocks and roots are word arrays at fake addresses.
     struct Memory {
         words: Vec<(usize, Vec<usize>)>,
@@ -651,6 +754,27 @@ mod tests {
     }
 
     #[test]
+    fn gc_heads_are_found_by_their_links() {
+        // Three heads in a ring: 0x1000 <-> 0x2010 (after a 16-byte pre-header) <-> 0x3000.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0x2010, 0x3000]),
+                (0x2000, vec![0, 0, 0x3000, 0x1000 | 1]),
+                (0x3000, vec![0x1000, 0x2010]),
+                (0x4000, vec![0x5000, 0x6000]),
+            ],
+        };
+        let mut read = |addr: usize| memory.read(addr, 8).first().copied();
+        let first = memory.read(0x2000, 32);
+        assert_eq!(gc_head(0x2000, &first, &mut read), Some(0x2010));
+        let first = memory.read(0x1000, 16);
+        assert_eq!(gc_head(0x1000, &first, &mut read), Some(0x1000));
+        // Words that look like links but do not link back: no GC object.
+        let first = memory.read(0x4000, 16);
+        assert_eq!(gc_head(0x4000, &first, &mut read), None);
+    }
+
+    #[test]
     fn a_lost_cycle_has_one_definitely_lost_block() {
         use LeakKind::*;
         let memory = Memory {
@@ -715,6 +839,8 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
             pool_size: 256,
             overhead: 48,
             alignment_shift: 4,
+            code_type: 0xc0de,
+            code_bytecode: 16,
         };
         let base = 0x10000;
         let mut words = vec![0usize; 32];
@@ -728,6 +854,11 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
         let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
         // blocks 0, 2, 3 at words 6.., 14.., 18..; each 4 words, first skipped.
         assert_eq!(scanned, [7, 8, 9, 15, 16, 17, 19, 20, 21]);
+        // Block 2 is a code object: its words from the bytecode on hold no references.
+        words[14 + 1] = 0xc0de;
+        let mask = pool_mask(&words, base, &layout).expect("a pool");
+        let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
+        assert_eq!(scanned, [7, 8, 9, 15, 19, 20, 21]);
         words[5] = 12345;
         assert!(pool_mask(&words, base, &layout).is_none());
     }
@@ -785,11 +916,13 @@ ff00-ff10 r--p 00000000 00:00 0 [vvar]
         put(&mut words, base + 16, 1);
         put(&mut words, base + 16 + 128, a + 16);
         put(&mut words, a + 16, (a + 16) >> 12); // mangled NULL
-        let free = glibc_free_chunks(&words, base).expect("walks as a heap");
+        let end = base + words.len() * 8;
+        let free =
+            glibc_free_chunks(&mut words_reader(&words, base), base, end).expect("walks as a heap");
         assert_eq!(free, vec![(a + 16, a + 0x30), (b, c), (top, top + 0x100)]);
         let mut mask = vec![true; words.len()];
         mask_out_ranges(&mut mask, base, &free);
         assert!(mask[(a - base) / 8 + 1] && !mask[(a - base) / 8 + 2] && !mask[(b - base) / 8]);
-        assert!(glibc_free_chunks(&[0, 3, 5], 0x1000).is_none());
+        assert!(glibc_free_chunks(&mut words_reader(&[0, 3, 5], 0x1000), 0x1000, 0x1018).is_none());
     }
 }

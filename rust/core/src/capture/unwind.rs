@@ -1,6 +1,12 @@
-//! Native stacks at allocation time: return addresses from libgcc's `_Unwind_Backtrace`
-//! (which finds unwind tables through glibc's lock-free `_dl_find_object` on glibc 2.35+),
-//! stopping as soon as the frames below the test are reached.
+//! Native stacks at allocation time: return addresses, stopping as soon as the frames below
+//! the test are reached.
+//!
+//! On x86-64 the walk is framehop's CFI unwinder over each loaded object's `.eh_frame_hdr`
+//! and `.eh_frame` (read in place, never copied), with a per-thread rule cache: a frame seen
+//! before costs one cache lookup. Each thread keeps its own handle on the shared table of
+//! objects, so threads take no common lock; an address outside every known object (a library
+//! loaded since) rebuilds the table once. libgcc's `_Unwind_Backtrace` remains for other
+//! architectures and for threads whose thread-local state is gone (thread exit).
 
 use std::sync::OnceLock;
 
@@ -99,27 +105,37 @@ extern "C" fn visit_frame(ctx: *mut c_void, arg: *mut c_void) -> c_int {
     let walk = unsafe { &mut *(arg as *mut Walk) };
     // SAFETY: `ctx` is the unwinder's context for the current frame.
     let ip = unsafe { _Unwind_GetIP(ctx) };
-    if ip == 0 {
-        return URC_NORMAL_STOP;
+    if walk.visit(ip) {
+        URC_NO_REASON
+    } else {
+        URC_NORMAL_STOP
     }
-    let stack = &mut *walk.stack;
-    if stack.len == 0 && walk.own.contains(ip) {
-        return URC_NO_REASON; // still inside heapgate's hook
-    }
-    stack.frames[stack.len] = ip;
-    stack.len += 1;
-    if walk.eval.contains(ip) {
-        if let Some(budget) = walk.eval_budget.as_mut() {
-            *budget -= 1;
-            if *budget == 0 {
-                return URC_NORMAL_STOP;
+}
+
+impl Walk<'_> {
+    /// Take frame `ip`; false when the walk is over.
+    #[inline]
+    fn visit(&mut self, ip: usize) -> bool {
+        if ip == 0 {
+            return false;
+        }
+        let stack = &mut *self.stack;
+        if self.own.contains(ip) {
+            // heapgate's own frames: its hook on top, its thread-start trampoline at the
+            // bottom of threads started during a test. Neither is the user's code.
+            return true;
+        }
+        stack.frames[stack.len] = ip;
+        stack.len += 1;
+        if self.eval.contains(ip) {
+            if let Some(budget) = self.eval_budget.as_mut() {
+                *budget -= 1;
+                if *budget == 0 {
+                    return false;
+                }
             }
         }
-    }
-    if stack.len == MAX_NATIVE_FRAMES {
-        URC_NORMAL_STOP
-    } else {
-        URC_NO_REASON
+        stack.len < MAX_NATIVE_FRAMES
     }
 }
 
@@ -136,8 +152,351 @@ pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usiz
         eval,
         eval_budget,
     };
+    #[cfg(target_arch = "x86_64")]
+    if cfi::unwind(&mut walk) {
+        return;
+    }
     // SAFETY: the callback only writes into `walk`, which outlives the call.
     unsafe {
         _Unwind_Backtrace(visit_frame, &mut walk as *mut Walk as *mut c_void);
+    }
+}
+
+/// Drop the unwind tables if an object was unloaded since they were made (they may refer
+/// to its memory). Runs after `dlclose`.
+pub fn forget_unloaded_objects() {
+    #[cfg(target_arch = "x86_64")]
+    cfi::forget_unloaded_objects();
+}
+
+/// framehop over the loaded objects' unwind tables (x86-64).
+#[cfg(target_arch = "x86_64")]
+mod cfi {
+    use std::cell::RefCell;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    use framehop::x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64};
+    use framehop::{
+        ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind, Unwinder,
+    };
+    use libc::{c_int, c_void};
+
+    use super::Walk;
+
+    /// Bytes of a loaded object, read in place.
+    #[derive(Clone, Copy, Default)]
+    struct Mapped {
+        start: usize,
+        len: usize,
+    }
+
+    impl std::ops::Deref for Mapped {
+        type Target = [u8];
+        fn deref(&self) -> &[u8] {
+            if self.len == 0 {
+                return &[];
+            }
+            // SAFETY: a range inside a PT_LOAD segment of an object the loader reported; it
+            // stays mapped until the object is unloaded, and `forget_unloaded_objects` (after
+            // dlclose) drops the table that refers to it.
+            unsafe { std::slice::from_raw_parts(self.start as *const u8, self.len) }
+        }
+    }
+
+    type Cfi = UnwinderX86_64<Mapped, MustNotAllocateDuringUnwind>;
+    type Cache = CacheX86_64<MustNotAllocateDuringUnwind>;
+
+    /// The loaded objects' unwind tables and code ranges (sorted), as of one look at the
+    /// loader.
+    struct Objects {
+        unwinder: Cfi,
+        ranges: Vec<(usize, usize)>,
+        /// The loader's counts of objects ever loaded and unloaded when this table was made.
+        adds: u64,
+        subs: u64,
+    }
+
+    impl Objects {
+        fn covers(&self, ip: usize) -> bool {
+            let i = self.ranges.partition_point(|r| r.0 <= ip);
+            i > 0 && ip < self.ranges[i - 1].1
+        }
+    }
+
+    /// The current table; GENERATION changes whenever it is replaced or dropped.
+    static SHARED: Mutex<Option<Arc<Objects>>> = Mutex::new(None);
+    static GENERATION: AtomicU64 = AtomicU64::new(1);
+
+    struct Local {
+        objects: Arc<Objects>,
+        generation: u64,
+        cache: Box<Cache>,
+        /// One past the highest address of this thread's stack.
+        stack_end: usize,
+    }
+
+    thread_local! {
+        static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    }
+
+    /// Drop the table if objects were unloaded since it was made; the next unwind reads the
+    /// loader again.
+    pub(super) fn forget_unloaded_objects() {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        if shared
+            .as_ref()
+            .is_some_and(|o| o.subs != loader_counters().1)
+        {
+            *shared = None;
+            GENERATION.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// The current table and its generation. With `made_at` (the loader's count of loaded
+    /// objects the caller's table was made at), rebuilt if the loader has loaded more since.
+    fn shared(made_at: Option<u64>) -> (Arc<Objects>, u64) {
+        let mut shared = SHARED.lock().unwrap_or_else(|e| e.into_inner());
+        let rebuild = match (shared.as_ref(), made_at) {
+            (None, _) => true,
+            (Some(objects), Some(_)) => objects.adds != loader_counters().0,
+            (Some(_), None) => false,
+        };
+        if rebuild {
+            *shared = Some(Arc::new(read_objects()));
+            GENERATION.fetch_add(1, Ordering::SeqCst);
+        }
+        let objects = Arc::clone(shared.as_ref().expect("the table was just made"));
+        (objects, GENERATION.load(Ordering::SeqCst))
+    }
+
+    /// Walk the calling thread's stack into `walk`; false if this thread cannot (its
+    /// thread-local state is being torn down), for the caller to fall back.
+    #[inline(never)]
+    pub(super) fn unwind(walk: &mut Walk) -> bool {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads this function's own instruction, stack and frame pointers.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+                options(nomem, nostack, preserves_flags),
+            );
+        }
+        LOCAL
+            .try_with(|local| {
+                let Ok(mut local) = local.try_borrow_mut() else {
+                    return false;
+                };
+                let generation = GENERATION.load(Ordering::Relaxed);
+                let local = match local.as_mut() {
+                    Some(l) => {
+                        if l.generation != generation {
+                            (l.objects, l.generation) = shared(None);
+                        }
+                        l
+                    }
+                    None => {
+                        let (objects, generation) = shared(None);
+                        local.insert(Local {
+                            objects,
+                            generation,
+                            cache: Box::default(),
+                            stack_end: stack_end(sp as usize),
+                        })
+                    }
+                };
+                walk_frames(local, walk, ip, sp, bp);
+                true
+            })
+            .unwrap_or(false)
+    }
+
+    fn walk_frames(local: &mut Local, walk: &mut Walk, ip: u64, sp: u64, bp: u64) {
+        let (low, high) = (sp as usize, local.stack_end);
+        // Only this thread's stack above the walk's start is ever read.
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let a = addr as usize;
+            if a >= low && a.checked_add(8).is_some_and(|end| end <= high) && a % 8 == 0 {
+                // SAFETY: an aligned word inside the calling thread's live stack.
+                Ok(unsafe { std::ptr::read_volatile(a as *const u64) })
+            } else {
+                Err(())
+            }
+        };
+        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
+        let mut address = FrameAddress::from_instruction_pointer(ip);
+        let mut first = true;
+        loop {
+            let lookup = address.address_for_lookup() as usize;
+            if !local.objects.covers(lookup) {
+                // An object loaded since the table was made: ask the loader once more.
+                (local.objects, local.generation) = shared(Some(local.objects.adds));
+                if !local.objects.covers(lookup) {
+                    return; // code outside every object: no tables to go on
+                }
+            }
+            if !first && !walk.visit(address.address() as usize) {
+                return;
+            }
+            first = false;
+            let next = local.objects.unwinder.unwind_frame(
+                address,
+                &mut regs,
+                &mut local.cache,
+                &mut read_stack,
+            );
+            match next
+                .ok()
+                .flatten()
+                .and_then(FrameAddress::from_return_address)
+            {
+                Some(next) => address = next,
+                None => return,
+            }
+        }
+    }
+
+    fn stack_end(probe: usize) -> usize {
+        let mut attr = std::mem::MaybeUninit::<libc::pthread_attr_t>::uninit();
+        let (mut start, mut size): (*mut c_void, usize) = (std::ptr::null_mut(), 0);
+        // SAFETY: the attr is initialised by pthread_getattr_np and destroyed after use.
+        let ok = unsafe {
+            libc::pthread_getattr_np(libc::pthread_self(), attr.as_mut_ptr()) == 0 && {
+                let got = libc::pthread_attr_getstack(attr.as_ptr(), &mut start, &mut size) == 0;
+                libc::pthread_attr_destroy(attr.as_mut_ptr());
+                got
+            }
+        };
+        if ok && (start as usize) <= probe && probe < start as usize + size {
+            start as usize + size
+        } else {
+            // Unknown bounds: read nothing above the stack pointer.
+            probe
+        }
+    }
+
+    /// The loader's counts of objects ever loaded and unloaded.
+    fn loader_counters() -> (u64, u64) {
+        unsafe extern "C" fn read(
+            info: *mut libc::dl_phdr_info,
+            _: usize,
+            data: *mut c_void,
+        ) -> c_int {
+            // SAFETY: `data` is the pair below; `info` is valid during the callback.
+            unsafe { *(data as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs) };
+            1
+        }
+        let mut counters = (0u64, 0u64);
+        // SAFETY: the callback writes only `counters`.
+        unsafe {
+            libc::dl_iterate_phdr(Some(read), &mut counters as *mut (u64, u64) as *mut c_void)
+        };
+        counters
+    }
+
+    fn read_objects() -> Objects {
+        let mut objects = Objects {
+            unwinder: Cfi::new(),
+            ranges: Vec::new(),
+            adds: 0,
+            subs: 0,
+        };
+        // SAFETY: the callback reads loader-provided program headers and mapped segments.
+        unsafe {
+            libc::dl_iterate_phdr(
+                Some(add_object),
+                &mut objects as *mut Objects as *mut c_void,
+            );
+        }
+        objects.ranges.sort_unstable();
+        objects
+    }
+
+    unsafe extern "C" fn add_object(
+        info: *mut libc::dl_phdr_info,
+        _: usize,
+        data: *mut c_void,
+    ) -> c_int {
+        // SAFETY: `data` is the Objects passed by read_objects; `info` is valid here.
+        let (objects, info) = unsafe { (&mut *(data as *mut Objects), &*info) };
+        (objects.adds, objects.subs) = (info.dlpi_adds, info.dlpi_subs);
+        if info.dlpi_phdr.is_null() {
+            return 0;
+        }
+        // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
+        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
+        let bias = info.dlpi_addr as usize;
+        let loads: Vec<(usize, usize)> = phdrs
+            .iter()
+            .filter(|p| p.p_type == libc::PT_LOAD)
+            .map(|p| (p.p_vaddr as usize, (p.p_vaddr + p.p_memsz) as usize))
+            .collect();
+        let lo = loads.iter().map(|l| l.0).min();
+        let hi = loads.iter().map(|l| l.1).max();
+        let hdr = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME);
+        let (Some(lo), Some(hi), Some(hdr)) = (lo, hi, hdr) else {
+            return 0;
+        };
+        let (hdr_start, hdr_end) = (hdr.p_vaddr as usize, (hdr.p_vaddr + hdr.p_memsz) as usize);
+        let Some(eh_frame) = eh_frame_address(bias + hdr_start, hdr_end - hdr_start) else {
+            return 0;
+        };
+        let eh_frame = eh_frame.wrapping_sub(bias);
+        // .eh_frame's length is in no program header: up to the end of its segment (the
+        // index in .eh_frame_hdr says where each entry is).
+        let Some(&(_, segment_end)) = loads.iter().find(|l| l.0 <= eh_frame && eh_frame < l.1)
+        else {
+            return 0;
+        };
+        let section = |start: usize, end: usize| Mapped {
+            start: bias + start,
+            len: end - start,
+        };
+        let sections = ExplicitModuleSectionInfo {
+            base_svma: 0,
+            eh_frame_hdr_svma: Some(hdr_start as u64..hdr_end as u64),
+            eh_frame_hdr: Some(section(hdr_start, hdr_end)),
+            eh_frame_svma: Some(eh_frame as u64..segment_end as u64),
+            eh_frame: Some(section(eh_frame, segment_end)),
+            ..Default::default()
+        };
+        let range = (bias + lo, bias + hi);
+        objects.ranges.push(range);
+        objects.unwinder.add_module(Module::new(
+            String::new(),
+            range.0 as u64..range.1 as u64,
+            bias as u64,
+            sections,
+        ));
+        0
+    }
+
+    /// Where `.eh_frame` starts, from the `eh_frame_ptr` field of the `.eh_frame_hdr` of
+    /// `len` bytes at `hdr`.
+    fn eh_frame_address(hdr: usize, len: usize) -> Option<usize> {
+        const ABSPTR: u8 = 0x00;
+        const UDATA8: u8 = 0x04;
+        const PCREL_SDATA4: u8 = 0x1b;
+        if len < 12 {
+            return None;
+        }
+        // SAFETY: the first 12 of `len` mapped bytes at `hdr`.
+        let bytes = unsafe { std::slice::from_raw_parts(hdr as *const u8, 12) };
+        let field = hdr + 4;
+        match (bytes[0], bytes[1]) {
+            (1, PCREL_SDATA4) => {
+                let offset = i32::from_ne_bytes(bytes[4..8].try_into().ok()?);
+                Some(field.wrapping_add(offset as isize as usize))
+            }
+            (1, ABSPTR | UDATA8) => {
+                Some(u64::from_ne_bytes(bytes[4..12].try_into().ok()?) as usize)
+            }
+            _ => None,
+        }
     }
 }
