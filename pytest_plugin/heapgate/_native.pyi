@@ -27,6 +27,8 @@ __all__ = [
     "ObjectDebugInfo",
     "loaded_objects",
     "scan_leaks",
+    "has_gc_candidates",
+    "clear_free_lists",
 ]
 
 class TrackingError(RuntimeError): ...
