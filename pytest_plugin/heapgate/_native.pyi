@@ -82,10 +82,12 @@ class Report:
         self,
         nodeid: str,
         outcome: str,
-        memory_failed: bool,
+        failure: Optional[str],
         limit: Optional[int],
         mode: str,
         facts: Mapping[str, Optional[str]],
+        limit_leaks: Optional[int] = None,
+        native_leaks: Optional[int] = None,
     ) -> Record: ...
 
 # --- reports and artifacts (rust/python/src/records.rs) ---

@@ -313,13 +313,16 @@ class HeapgatePlugin:
         lm = result.checks.limit_memory
         written = None
         if self.artifacts is not None:
+            checks = result.checks
             result.record = result.report.record(
                 result.nodeid,
                 outcome,
-                result.failure is not None,
+                result.failure,
                 lm.limit if lm else None,
-                self._charge_mode(result.checks),
+                self._charge_mode(checks),
                 self.facts,
+                limit_leaks=checks.limit_leaks.limit if checks.limit_leaks else None,
+                native_leaks=checks.native_leaks.limit if checks.native_leaks else None,
             )
             if result.failure is not None or self.artifacts_all:
                 try:

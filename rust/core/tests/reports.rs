@@ -8,9 +8,9 @@ use std::sync::Arc;
 use heapgate_core::capture::{Allocator, Frame, SiteReport, TestReport};
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
-    flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml, peak_failure,
-    Artifacts, GithubOptions, InterpreterModules, ResolvedCapture, Resolver, SessionFacts,
-    SessionReport, TestEntry, TextOptions, Weight,
+    capture_text, flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml,
+    peak_failure, Artifacts, GithubOptions, InterpreterModules, ResolvedCapture, Resolver,
+    SessionFacts, SessionReport, TestEntry, TextOptions, Weight,
 };
 use heapgate_core::symbolize::{Module, ModuleMap, Symbolizer, SymbolizerOptions};
 
@@ -96,8 +96,11 @@ fn fixed_capture() -> Capture {
             memory_failed: true,
             limits: Limits {
                 limit_memory: Some(5 << 20),
+                limit_leaks: None,
+                native_leaks: Some(0),
                 thread_mode: "spawned".into(),
             },
+            failure: None,
         },
     )
 }
@@ -307,4 +310,22 @@ fn a_test_that_kept_its_memory_limit_has_no_peak_failure_text() {
     assert_eq!(entry.failure, None);
     let over = with_resolver(|c, r| TestEntry::new(c, r, Artifacts::default()));
     assert!(over.failure.unwrap().contains("at its peak"));
+}
+
+#[test]
+fn a_leak_failure_keeps_its_text_and_limits() {
+    let mut capture = fixed_capture();
+    capture.test.limits.limit_memory = None;
+    capture.test.failure =
+        Some("Test leaked 97.7KiB from native code (limit 0B, --native-leaks)".into());
+    let bytes = capture.to_bytes().unwrap();
+    let resolved = ResolvedCapture::new(Capture::from_bytes(&bytes).unwrap());
+    let (entry, text) = with_resolver(|_, r| {
+        let entry = TestEntry::new(&resolved, r, Artifacts::default());
+        let text = capture_text(&resolved, r, &TextOptions::default());
+        (entry, text)
+    });
+    assert_eq!(entry.failure.as_deref(), capture.test.failure.as_deref());
+    assert_eq!(Some(text), capture.test.failure);
+    assert_eq!(entry.limits.native_leaks, Some(0));
 }

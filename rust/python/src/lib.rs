@@ -225,25 +225,29 @@ impl Report {
     }
 
     /// This report as a capture of test `nodeid` (see records.rs).
-    #[pyo3(signature = (nodeid, outcome, memory_failed, limit, mode, facts))]
+    /// `failure`: the failure text the test reported, if a memory check failed. Limits in
+    /// bytes: `limit` is `limit_memory`'s, `limit_leaks` per location, `native_leaks` of lost
+    /// native memory.
+    #[pyo3(signature = (nodeid, outcome, failure, limit, mode, facts, limit_leaks=None, native_leaks=None))]
+    #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
         nodeid: String,
         outcome: String,
-        memory_failed: bool,
+        failure: Option<String>,
         limit: Option<u64>,
         mode: String,
         facts: records::Facts,
+        limit_leaks: Option<u64>,
+        native_leaks: Option<u64>,
     ) -> records::Record {
-        records::Record::from_live(
-            &self.data,
-            nodeid,
-            outcome,
-            memory_failed,
-            limit,
-            mode,
-            facts,
-        )
+        let limits = heapgate_core::record::Limits {
+            limit_memory: limit,
+            limit_leaks,
+            native_leaks,
+            thread_mode: mode,
+        };
+        records::Record::from_live(&self.data, nodeid, outcome, failure, limits, facts)
     }
 }
 

@@ -56,20 +56,17 @@ impl Record {
         data: &ResolvedCapture,
         nodeid: String,
         outcome: String,
-        memory_failed: bool,
-        limit: Option<u64>,
-        mode: String,
+        failure: Option<String>,
+        limits: Limits,
         facts: Facts,
     ) -> Record {
         let resolved = data.with_test(
             TestInfo {
                 nodeid,
                 outcome,
-                memory_failed,
-                limits: Limits {
-                    limit_memory: limit,
-                    thread_mode: mode,
-                },
+                memory_failed: failure.is_some(),
+                limits,
+                failure,
             },
             facts.into_process_facts(),
         );

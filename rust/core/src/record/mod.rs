@@ -24,7 +24,7 @@ use crate::symbolize::{Module, ModuleMap};
 /// The 8 bytes every capture file starts with.
 pub const MAGIC: &[u8; 8] = b"HGCAPTUR";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// Header size: magic, version, payload length, CRC32.
 pub const HEADER_LEN: usize = 8 + 2 + 4 + 4;
 /// The largest payload the reader accepts (a capture is kilobytes; this bounds a hostile file).
@@ -114,6 +114,10 @@ pub struct ProcessFacts {
 pub struct Limits {
     /// `limit_memory`'s limit in bytes.
     pub limit_memory: Option<u64>,
+    /// `limit_leaks`' limit in bytes, per location.
+    pub limit_leaks: Option<u64>,
+    /// `--native-leaks`' limit in bytes of lost native memory.
+    pub native_leaks: Option<u64>,
     /// Whose allocations were charged: `spawned`, `current_thread` or `all`.
     pub thread_mode: String,
 }
@@ -129,6 +133,8 @@ pub struct TestInfo {
     pub memory_failed: bool,
     /// The limits.
     pub limits: Limits,
+    /// The failure text the test reported (any check: peak, leaks, growth, baseline).
+    pub failure: Option<String>,
 }
 
 /// The test's totals (as in [`TestReport`]).

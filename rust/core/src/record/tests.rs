@@ -96,8 +96,11 @@ fn capture() -> Capture {
             memory_failed: true,
             limits: Limits {
                 limit_memory: Some(1 << 20),
+                limit_leaks: None,
+                native_leaks: Some(0),
                 thread_mode: "spawned".into(),
             },
+            failure: None,
         },
     )
 }

@@ -179,6 +179,13 @@ fn verdict_of(test: &TestEntry) -> String {
             test.peak_bytes,
             format_size(limit)
         ),
+        // Another check failed: the first line of the text the test reported says which.
+        _ if test.failure.is_some() => test
+            .failure
+            .as_deref()
+            .and_then(|f| f.lines().next())
+            .unwrap_or_default()
+            .to_string(),
         _ if test.leaked.bytes > 0 => format!(
             "{} ({} bytes) still allocated at the end of the call (leak check)",
             format_size(test.leaked.bytes),
@@ -272,6 +279,29 @@ fn url_path(path: &str) -> String {
     out
 }
 
+/// Every limit the test ran under, each named unless it is `limit_memory`'s alone; `—` for none.
+fn limits_cell(test: &TestEntry, size: fn(u64) -> String) -> String {
+    let l = &test.limits;
+    let named = [
+        (l.limit_memory, "peak"),
+        (l.limit_leaks, "leaks per location"),
+        (l.native_leaks, "native leaks"),
+    ];
+    let given: Vec<(u64, &str)> = named
+        .iter()
+        .filter_map(|(limit, name)| limit.map(|bytes| (bytes, *name)))
+        .collect();
+    match given.as_slice() {
+        [] => "—".to_string(),
+        [(bytes, "peak")] => size(*bytes),
+        _ => given
+            .iter()
+            .map(|(bytes, name)| format!("{name} {}", size(*bytes)))
+            .collect::<Vec<_>>()
+            .join("<br>"),
+    }
+}
+
 fn size_cell(bytes: u64) -> String {
     format!("{} ({bytes} B)", format_size(bytes))
 }
@@ -353,10 +383,7 @@ pub fn github_summary(report: &SessionReport, options: &GithubOptions) -> String
         md.push_str("| test | limit | peak | leaked | allocated at |\n");
         md.push_str("| --- | ---: | ---: | ---: | --- |\n");
         for test in &failed {
-            let limit = test
-                .limits
-                .limit_memory
-                .map_or_else(|| "—".to_string(), size_cell);
+            let limit = limits_cell(test, size_cell);
             let _ = writeln!(
                 md,
                 "| {} | {limit} | {} | {} | {} |",
@@ -383,10 +410,7 @@ pub fn github_summary(report: &SessionReport, options: &GithubOptions) -> String
         let _ = writeln!(md, "### Highest peaks\n");
         md.push_str("| peak | limit | leaked | test |\n| ---: | ---: | ---: | --- |\n");
         for test in by_peak.into_iter().take(options.top) {
-            let limit = test
-                .limits
-                .limit_memory
-                .map_or_else(|| "—".to_string(), format_size);
+            let limit = limits_cell(test, format_size);
             let _ = writeln!(
                 md,
                 "| {} | {limit} | {} | {}{} |",

@@ -198,6 +198,8 @@ impl TestEntry {
                     ..TextOptions::default()
                 },
             )),
+            // Another check failed (leaks, growth, baseline): the text the test reported.
+            (true, _) => c.test.failure.clone(),
             _ => None,
         };
         let by_leaks = c.totals.peak_bytes == 0;

@@ -190,14 +190,22 @@ pub fn capture_text(
     options: &TextOptions<'_>,
 ) -> String {
     let c = capture.capture();
-    if let (true, Some(limit)) = (c.test.memory_failed, c.test.limits.limit_memory) {
-        return peak_failure(
-            limit,
-            capture,
-            resolver,
-            &c.test.limits.thread_mode,
-            options,
-        );
+    match (c.test.memory_failed, c.test.limits.limit_memory) {
+        // The peak failed: rendered again, symbolized on this machine.
+        (true, Some(limit)) if c.totals.peak_bytes > limit => {
+            return peak_failure(
+                limit,
+                capture,
+                resolver,
+                &c.test.limits.thread_mode,
+                options,
+            );
+        }
+        // Another check failed (leaks, growth, baseline): the text the test reported.
+        (true, _) if c.test.failure.is_some() => {
+            return c.test.failure.clone().unwrap_or_default();
+        }
+        _ => {}
     }
     let limit = c
         .test
