@@ -89,7 +89,12 @@ def test_session_json_lists_every_tracked_test(session: tuple[pytest.RunResult, 
     assert set(tests) == {"test_mem.py::test_too_big", "test_mem.py::test_fits"}
     big = tests["test_mem.py::test_too_big"]
     assert big["outcome"] == "failed" and big["memory_failed"] is True
-    assert big["limits"] == {"limit_memory": 1024 * 1024, "thread_mode": "spawned"}
+    assert big["limits"] == {
+        "limit_memory": 1024 * 1024,
+        "limit_leaks": None,
+        "native_leaks": None,
+        "thread_mode": "spawned",
+    }
     assert big["peak_bytes"] >= 3 * 1024 * 1024
     assert big["failure"].startswith("Test was limited to 1.0MiB but allocated 3.0MiB at its peak")
     top = big["top_locations"][0]
@@ -100,6 +105,32 @@ def test_session_json_lists_every_tracked_test(session: tuple[pytest.RunResult, 
     fits = tests["test_mem.py::test_fits"]
     assert fits["outcome"] == "passed" and fits["artifacts"] == {"capture": None, "flamegraph": None}
     assert {"bytes", "count", "native_bytes", "python_bytes"} <= set(fits["leaked"])
+
+
+def test_a_leak_failure_keeps_its_limits_and_text_in_every_report(run, pytester: pytest.Pytester) -> None:
+    """A test that fails a leak check (not its peak) carries that check's limit and failure text
+    into heapgate.json, and `heapgate report` prints the same text from the capture."""
+    pytester.makepyfile(
+        test_lk="""
+        import pytest, hgleak
+
+        @pytest.mark.limit_memory("10 MB")
+        @pytest.mark.limit_leaks("1 KB")
+        def test_leaks():
+            hgleak.leak_malloc(100_000)
+        """
+    )
+    result = run("--native-leaks", "--heapgate-dir=out", "-p", "no:logging")
+    result.assert_outcomes(failed=1)
+    out = pytester.path / "out"
+    entry = json.loads((out / "heapgate.json").read_text())["tests"][0]
+    assert entry["memory_failed"] is True
+    assert entry["limits"] == {"limit_memory": 10 * 1024 * 1024, "limit_leaks": 1024, "native_leaks": 0, "thread_mode": "spawned"}
+    assert entry["failure"] is not None and "peak" not in entry["failure"].splitlines()[0]
+    assert entry["failure"].splitlines()[0] in result.stdout.str()
+    printed = heapgate_cli("report", str(out / entry["artifacts"]["capture"]))
+    assert printed.returncode == 1
+    assert printed.stdout.strip() == entry["failure"].strip()
 
 
 def test_heapgate_junit_has_failures_properties_and_attachments(session: tuple[pytest.RunResult, Path]) -> None:

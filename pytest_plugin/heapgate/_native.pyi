@@ -1,10 +1,39 @@
 """Type stubs for heapgate's Rust core (rust/python)."""
 
 from types import CodeType, FrameType
-from typing import Mapping, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence, final
+
+__all__ = [
+    "start",
+    "stop",
+    "checkpoint",
+    "is_active",
+    "install",
+    "hooks_installed",
+    "check_supported",
+    "leak_explanations",
+    "Report",
+    "Site",
+    "StackFrame",
+    "TrackingError",
+    "Record",
+    "session_report",
+    "read_session_report",
+    "junit_from_session",
+    "github_report",
+    "MAX_ANNOTATIONS",
+    "ReportFileError",
+    "Symbolizer",
+    "ObjectDebugInfo",
+    "loaded_objects",
+    "scan_leaks",
+    "has_gc_candidates",
+    "clear_free_lists",
+]
 
 class TrackingError(RuntimeError): ...
 
+@final
 class StackFrame:
     function: str
     filename: Optional[str]
@@ -16,6 +45,7 @@ class StackFrame:
     def format(self, rootpath: Optional[str] = None) -> str: ...
 
 
+@final
 class Site:
     allocator: str
     bytes_at_peak: int
@@ -25,9 +55,10 @@ class Site:
     total_bytes: int
     total_count: int
     stack: tuple[StackFrame, ...]
-    # {definitely_lost_bytes, definitely_lost_count, indirectly_lost_..., still_reachable_...}
+    # {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}
     leak_kinds: Optional[dict[str, int]]
 
+@final
 class Report:
     peak_bytes: int
     peak_count: int
@@ -63,6 +94,7 @@ class Report:
 
 class ReportFileError(ValueError): ...
 
+@final
 class Record:
     """One test's capture (rust/core/src/record): written, read, rendered."""
 
@@ -116,7 +148,7 @@ def hooks_installed() -> bool:
 def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
-    stop()): {definitely_lost,indirectly_lost,still_reachable}_{bytes,count}."""
+    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}."""
 def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
@@ -131,8 +163,7 @@ def clear_free_lists() -> bool:
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 
-from typing import Callable
-
+@final
 class ObjectDebugInfo:
     path: str
     build_id: Optional[str]
@@ -143,8 +174,9 @@ class ObjectDebugInfo:
     debuglink: Optional[str]
     error: Optional[str]
 
+@final
 class Symbolizer:
-    def __init__(self, on_message: Optional[Callable[[str], None]] = None) -> None: ...
+    def __new__(cls, on_message: Optional[Callable[[str], None]] = None) -> Symbolizer: ...
     def addr2line(self, argv: Sequence[str]) -> str: ...
     def symbolize(
         self, path: str, addresses: Sequence[int]

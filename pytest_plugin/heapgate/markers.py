@@ -6,6 +6,7 @@ A bad marker raises :class:`MarkerError`; the plugin turns it into an error of t
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
@@ -16,22 +17,6 @@ if TYPE_CHECKING:
     from _pytest.nodes import Node
 
 __all__ = ["MARKERS", "Checks", "LimitLeaks", "LimitMemory", "MarkerError", "NativeLeaks", "checks_for"]
-
-MARKERS = {
-    "limit_memory": (
-        "limit_memory(limit, *, current_thread_only=False): fail the test when the peak of memory "
-        "it allocates exceeds limit (e.g. '50MB', '1.5GiB', or bytes)."
-    ),
-    "limit_leaks": (
-        "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False): fail the test when "
-        "memory it allocated and did not free exceeds location_limit at any one allocation location."
-    ),
-    "native_leaks": (
-        "native_leaks(limit=0): check this test for memory lost by native code (as --native-leaks), "
-        "with its own limit; native_leaks(False) opts the test out."
-    ),
-}
-
 
 class MarkerError(Exception):
     """A marker whose arguments cannot be used; the message says which and why."""
@@ -178,13 +163,47 @@ def _native_leaks(limit: object = 0) -> Optional[NativeLeaks]:
     return NativeLeaks(parse_size(limit, "native leak limit"), from_marker=True)
 
 
+def _signature(name: str, build: Callable[..., Any]) -> str:
+    """``name(arg, *, keyword=default, ...)`` from the builder's own signature, so the help and
+    the error messages cannot drift from what a marker accepts."""
+    parts = []
+    for param in inspect.signature(build).parameters.values():
+        if param.kind is param.KEYWORD_ONLY and "*" not in parts:
+            parts.append("*")
+        parts.append(param.name if param.default is param.empty else f"{param.name}={param.default!r}")
+    return f"{name}({', '.join(parts)})"
+
+
 _SIGNATURES = {
-    "limit_memory": "limit_memory(limit, *, current_thread_only=False, all_threads=False, warmup=None, repeat=None)",
-    "limit_leaks": (
-        "limit_leaks(location_limit, *, filter_fn=None, current_thread_only=False, all_threads=False, "
-        "warmup=None, repeat=None)"
+    "limit_memory": _signature("limit_memory", _limit_memory),
+    "limit_leaks": _signature("limit_leaks", _limit_leaks),
+    "native_leaks": _signature("native_leaks", _native_leaks) + " or native_leaks(False)",
+}
+
+# What each marker does; ``pytest --markers`` shows it after the signature.
+_PURPOSES = {
+    "limit_memory": (
+        "fail the test when the peak of memory it allocates exceeds limit (e.g. '50MB', '1.5GiB', "
+        "or bytes); limit=None opts out of --heapgate-limit-memory."
     ),
-    "native_leaks": "native_leaks(limit=0) or native_leaks(False)",
+    "limit_leaks": (
+        "fail the test when memory it allocated and did not free exceeds location_limit at any one "
+        "allocation location; filter_fn(stack) returning False ignores a location."
+    ),
+    "native_leaks": (
+        "check this test for memory lost by native code (as --native-leaks), with its own limit; "
+        "native_leaks(False) opts the test out."
+    ),
+}
+_RUN_OPTIONS = (
+    " current_thread_only / all_threads: charge only the test's thread / every thread (default: the "
+    "test's thread and those it starts); warmup: untracked runs of the call first; repeat: tracked "
+    "runs, failing on growth in each."
+)
+
+MARKERS = {
+    name: f"{signature}: {_PURPOSES[name]}{_RUN_OPTIONS if name != 'native_leaks' else ''}"
+    for name, signature in _SIGNATURES.items()
 }
 
 

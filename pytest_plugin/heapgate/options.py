@@ -8,7 +8,9 @@ so a suite migrates by renaming ``--memray`` — unless pytest-memray itself is 
 those names are pytest-memray's (pytest refuses two options with one name), and heapgate
 answers to its namespaced forms only, so both plugins load side by side.
 
-A bad value (a flag's or an ini key's) is a usage error naming the option, before any test runs.
+Each option is one row of ``OPTIONS``: ``add_options`` registers its flags and ini keys from
+it, ``read_settings`` reads them from it; nothing else registers or reads a heapgate option. A
+bad value (a flag's or an ini key's) is a usage error naming the option, before any test runs.
 
 ``--native-leaks`` takes an optional limit. A following word that is not a size is not its
 limit but a test path (``pytest --native-leaks tests/``), handed back to pytest's positional
@@ -25,13 +27,13 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import pytest
 
 from .limits import ACCEPTED_FORMS, LimitError, parse_size
 
-__all__ = ["Settings", "add_options", "memray_installed", "native_leaks_limit", "read_settings"]
+__all__ = ["OPTIONS", "Option", "Settings", "add_options", "memray_installed", "read_settings"]
 
 DEFAULT_MOST_ALLOCATIONS = 5
 DEFAULT_MAX_INCREASE = "10%"
@@ -48,184 +50,320 @@ def memray_installed() -> bool:
         return False
 
 
-# (namespaced flag, memray's bare flag or None, dest, kind, metavar, help)
-# kind: "bool" (store_true), "value" (one argument)
-_FLAGS: tuple[tuple[str, Optional[str], str, str, Optional[str], str], ...] = (
-    ("--heapgate", None, "heapgate", "bool", None, "Track every test (not only marked ones) and show the memory summary."),
-    (
+Parser = Callable[[str, str, Path], Any]  # (value, where it came from, base directory) -> setting
+
+
+def _whole(minimum: int) -> Parser:
+    def parse(value: str, where: str, base: Path) -> int:
+        try:
+            number = int(value)
+        except (TypeError, ValueError):
+            raise pytest.UsageError(f"heapgate: {where} must be a whole number, not {value!r}") from None
+        if number < minimum:
+            raise pytest.UsageError(f"heapgate: {where} must be at least {minimum}, not {number}")
+        return number
+
+    return parse
+
+
+def _percent(value: str, where: str, base: Path) -> Decimal:
+    text = value.strip()
+    try:
+        number = Decimal(text[:-1].strip() if text.endswith("%") else text)
+    except InvalidOperation:
+        number = Decimal(-1)
+    if not number.is_finite() or number < 0:
+        raise pytest.UsageError(
+            f"heapgate: {where} must be a non-negative percentage such as '10%' or '2.5', not {text!r}"
+        )
+    return number
+
+
+def _size(value: str, where: str, base: Path) -> int:
+    """A size in bytes (a leading '+' allowed)."""
+    text = value.strip().lstrip("+")
+    try:
+        return parse_size(int(text) if text.isdigit() else text, where)
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
+def _path(value: str, where: str, base: Path) -> Path:
+    """A file flag is relative to the invocation directory, an ini key to the rootdir (``base``)."""
+    return Path(base, value)
+
+
+def _native_leaks(value: str, where: str, base: Path) -> Optional[int]:
+    """``--native-leaks`` (its const is "0") or ini ``native_leaks``: a limit, or a yes/no."""
+    text = value.strip()
+    if text.lower() in ("false", "no", "off"):
+        return None
+    if text.lower() in ("true", "yes", "on"):
+        return 0
+    label = "--native-leaks limit" if where.startswith("--") else where
+    try:
+        return parse_size(int(text) if text.isdigit() else text, label)
+    except LimitError as e:
+        raise pytest.UsageError(f"heapgate: {e}") from None
+
+
+@dataclass(frozen=True)
+class Option:
+    """One option: its flag (and pytest-memray's name for it, registered only when
+    pytest-memray is absent), its ini key(s), how a given value is parsed, and the setting
+    when it is not given. ``kind``: "bool" (a switch; ini type bool), "value" (one argument;
+    ini type string) or "optional-size" (``--native-leaks[=LIMIT]``)."""
+
+    setting: str  # the Settings field it fills
+    flag: str
+    help: str
+    kind: str = "bool"
+    parse: Optional[Parser] = None  # None: a switch, True when given
+    default: Any = None
+    metavar: Optional[str] = None
+    memray_flag: Optional[str] = None
+    ini: Optional[str] = None
+    ini_help: str = ""
+    memray_ini: Optional[str] = None
+
+    @property
+    def dest(self) -> str:
+        return self.flag.lstrip("-").replace("-", "_")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "native_leaks",
+        "--native-leaks",
+        "Check every test for memory lost by native code (definitely and indirectly lost, "
+        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native. A word "
+        "after it that is not a size is a test path: write --native-leaks=SIZE or --native-leaks-limit.",
+        kind="optional-size",
+        parse=_native_leaks,
+        metavar="LIMIT",
+        ini="native_leaks",
+        ini_help="Native leak check for every test: a limit such as 0 or '4KiB' (as --native-leaks).",
+    ),
+    Option(
+        "native_leaks_limit",
+        "--native-leaks-limit",
+        "Check every test for memory lost by native code (as --native-leaks) and fail above SIZE.",
+        kind="value",
+        parse=_size,
+        metavar="SIZE",
+    ),
+    Option(
+        "track_all",
+        "--heapgate",
+        "Track every test (not only marked ones) and show the memory summary.",
+        ini="heapgate",
+        ini_help="Track every test (as --heapgate).",
+    ),
+    Option(
+        "native",
         "--heapgate-native",
-        "--native",
-        "heapgate_native",
-        "bool",
-        None,
         "Also record native stacks (C/C++/Rust frames, symbolized lazily for reports).",
+        memray_flag="--native",
+        ini="heapgate_native",
+        ini_help="Record native stacks (as --heapgate-native).",
+        memray_ini="native",
     ),
-    (
+    Option(
+        "max_frames",
         "--heapgate-stacks",
-        "--stacks",
-        "heapgate_stacks",
-        "value",
-        "N",
         "Show at most N frames of each allocation stack in failures (default: all).",
+        kind="value",
+        parse=_whole(1),
+        metavar="N",
+        memray_flag="--stacks",
+        ini="heapgate_stacks",
+        ini_help="Frames shown per stack (as --heapgate-stacks).",
+        memray_ini="stacks",
     ),
-    (
+    Option(
+        "most_allocations",
         "--heapgate-most-allocations",
-        "--most-allocations",
-        "heapgate_most_allocations",
-        "value",
-        "N",
         "Show the N tests with the highest peak in the summary (0: all; default 5).",
+        kind="value",
+        parse=_whole(0),
+        default=DEFAULT_MOST_ALLOCATIONS,
+        metavar="N",
+        memray_flag="--most-allocations",
+        ini="heapgate_most_allocations",
+        ini_help="Tests shown in the summary (as --heapgate-most-allocations).",
+        memray_ini="most_allocations",
     ),
-    (
+    Option(
+        "hide_summary",
         "--hide-heapgate-summary",
-        None,
-        "hide_heapgate_summary",
-        "bool",
-        None,
         "Do not show heapgate's summary at the end of the session.",
+        ini="hide_heapgate_summary",
+        ini_help="Hide the summary (as --hide-heapgate-summary).",
     ),
-    (
+    Option(
+        "trace_python_allocators",
         "--heapgate-trace-python-allocators",
-        "--trace-python-allocators",
-        "heapgate_trace_python_allocators",
-        "bool",
-        None,
         "Accepted for pytest-memray compatibility; no effect: heapgate always counts Python's allocators exactly.",
+        memray_flag="--trace-python-allocators",
+        ini="heapgate_trace_python_allocators",
+        ini_help="No effect (as --heapgate-trace-python-allocators).",
+        memray_ini="trace_python_allocators",
     ),
-    (
+    Option(
+        "fail_on_increase",
         "--heapgate-fail-on-increase",
-        "--fail-on-increase",
-        "heapgate_fail_on_increase",
-        "bool",
-        None,
         "Fail a test with a limit_memory marker whose peak is higher than in its previous run "
         "(kept in pytest's cache, as pytest-memray does).",
+        memray_flag="--fail-on-increase",
+        ini="heapgate_fail_on_increase",
+        ini_help="Fail tests whose peak grew since the previous run.",
+        memray_ini="fail-on-increase",
     ),
-    (
+    Option(
+        "save",
         "--heapgate-save",
-        None,
-        "heapgate_save",
-        "value",
-        "FILE",
         "Write a baseline of every test's peak and leaked bytes to FILE (JSON, meant to be committed).",
+        kind="value",
+        parse=_path,
+        metavar="FILE",
+        ini="heapgate_save",
+        ini_help="Baseline file to write (as --heapgate-save), relative to the rootdir.",
     ),
-    (
+    Option(
+        "compare",
         "--heapgate-compare",
-        None,
-        "heapgate_compare",
-        "value",
-        "FILE",
         "Compare every test's peak with the baseline FILE; fail those that grew beyond the tolerance.",
+        kind="value",
+        parse=_path,
+        metavar="FILE",
+        ini="heapgate_compare",
+        ini_help="Baseline file to compare with (as --heapgate-compare), relative to the rootdir.",
     ),
-    (
+    Option(
+        "max_increase",
         "--heapgate-max-increase",
-        None,
-        "heapgate_max_increase",
-        "value",
-        "PCT",
         f"With --heapgate-compare: growth of a test's peak allowed, in percent (default {DEFAULT_MAX_INCREASE}).",
+        kind="value",
+        parse=_percent,
+        default=_percent(DEFAULT_MAX_INCREASE, "", Path()),
+        metavar="PCT",
+        ini="heapgate_max_increase",
+        ini_help="Peak growth allowed against the baseline, e.g. '10%'.",
     ),
-    (
+    Option(
+        "min_increase",
         "--heapgate-min-increase",
-        None,
-        "heapgate_min_increase",
-        "value",
-        "SIZE",
         f"With --heapgate-compare: growth smaller than SIZE never fails (default {DEFAULT_MIN_INCREASE}).",
+        kind="value",
+        parse=_size,
+        default=_size(DEFAULT_MIN_INCREASE, "", Path()),
+        metavar="SIZE",
+        ini="heapgate_min_increase",
+        ini_help="Peak growth that never fails, e.g. '64KiB'.",
     ),
-    (
+    Option(
+        "include_fixtures",
         "--heapgate-include-fixtures",
-        None,
-        "heapgate_include_fixtures",
-        "bool",
-        None,
         "Count the allocations of the fixtures set up for a test in its peak (default: the call only).",
+        ini="heapgate_include_fixtures",
+        ini_help="Count fixture setup in the peak (as --heapgate-include-fixtures).",
     ),
-    (
+    Option(
+        "limit_memory",
         "--heapgate-limit-memory",
-        None,
-        "heapgate_limit_memory",
-        "value",
-        "SIZE",
         "Limit the peak of every test that has no limit_memory marker (e.g. 200MB).",
+        kind="value",
+        parse=_size,
+        metavar="SIZE",
+        ini="heapgate_limit_memory",
+        ini_help="Peak limit for tests without a limit_memory marker, e.g. '200MB'.",
     ),
-    (
+    Option(
+        "limit_leaks",
         "--heapgate-limit-leaks",
-        None,
-        "heapgate_limit_leaks",
-        "value",
-        "SIZE",
         "Limit the leaked memory per location of every test that has no limit_leaks marker (e.g. 1MB).",
+        kind="value",
+        parse=_size,
+        metavar="SIZE",
+        ini="heapgate_limit_leaks",
+        ini_help="Leak limit per location for tests without a limit_leaks marker.",
     ),
-    (
+    Option(
+        "all_threads",
         "--heapgate-all-threads",
-        None,
-        "heapgate_all_threads",
-        "bool",
-        None,
         "Charge a test for every thread's allocations during its call, also threads that existed before it.",
+        ini="heapgate_all_threads",
+        ini_help="Charge every thread's allocations (as --heapgate-all-threads).",
     ),
-    (
+    Option(
+        "include_tracers",
         "--heapgate-include-tracers",
-        None,
-        "heapgate_include_tracers",
-        "bool",
-        None,
         "Also charge a test for what trace, profile and sys.monitoring callbacks (coverage, profilers, "
         "debuggers) allocate while it runs (default: not the test's memory).",
+        ini="heapgate_include_tracers",
+        ini_help="Charge what tracers' callbacks allocate (as --heapgate-include-tracers).",
     ),
-    (
+    Option(
+        "warmup",
         "--heapgate-warmup",
-        None,
-        "heapgate_warmup",
-        "value",
-        "N",
         "Run each tracked test's call N times untracked before the measured call.",
+        kind="value",
+        parse=_whole(0),
+        default=0,
+        metavar="N",
+        ini="heapgate_warmup",
+        ini_help="Untracked runs of each tracked test's call first (as --heapgate-warmup).",
     ),
-    (
+    Option(
+        "repeat",
         "--heapgate-repeat",
-        None,
-        "heapgate_repeat",
-        "value",
-        "N",
         "Run each tracked test's call N times and fail a test whose live memory grows on each run after the first.",
+        kind="value",
+        parse=_whole(1),
+        default=1,
+        metavar="N",
+        ini="heapgate_repeat",
+        ini_help="Runs of each tracked test's call (as --heapgate-repeat).",
     ),
-    (
+    Option(
+        "repeat_threshold",
         "--heapgate-repeat-threshold",
-        None,
-        "heapgate_repeat_threshold",
-        "value",
-        "SIZE",
         "With --heapgate-repeat: growth per run allowed (default 0, after rounding to 16 bytes).",
+        kind="value",
+        parse=_size,
+        default=0,
+        metavar="SIZE",
+        ini="heapgate_repeat_threshold",
+        ini_help="Live-memory growth per run allowed with repeat.",
     ),
-)
-
-# (namespaced ini, memray's bare ini or None, type, help); the flag with the same dest wins.
-_INIS: tuple[tuple[str, Optional[str], str, str], ...] = (
-    ("heapgate", None, "bool", "Track every test (as --heapgate)."),
-    ("heapgate_native", "native", "bool", "Record native stacks (as --heapgate-native)."),
-    ("heapgate_stacks", "stacks", "string", "Frames shown per stack (as --heapgate-stacks)."),
-    ("heapgate_most_allocations", "most_allocations", "string", "Tests shown in the summary (as --heapgate-most-allocations)."),
-    ("hide_heapgate_summary", None, "bool", "Hide the summary (as --hide-heapgate-summary)."),
-    (
-        "heapgate_trace_python_allocators",
-        "trace_python_allocators",
-        "bool",
-        "No effect (as --heapgate-trace-python-allocators).",
+    Option(
+        "suppressions",
+        "--native-leaks-suppressions",
+        "LeakSanitizer-style suppressions ('leak:PATTERN' lines) for --native-leaks.",
+        kind="value",
+        parse=_path,
+        metavar="FILE",
+        ini="native_leaks_suppressions",
+        ini_help="Suppressions file for the native leak check.",
     ),
-    ("heapgate_fail_on_increase", "fail-on-increase", "bool", "Fail tests whose peak grew since the previous run."),
-    ("heapgate_save", None, "string", "Baseline file to write (as --heapgate-save), relative to the rootdir."),
-    ("heapgate_compare", None, "string", "Baseline file to compare with (as --heapgate-compare), relative to the rootdir."),
-    ("heapgate_max_increase", None, "string", "Peak growth allowed against the baseline, e.g. '10%'."),
-    ("heapgate_min_increase", None, "string", "Peak growth that never fails, e.g. '64KiB'."),
-    ("heapgate_include_fixtures", None, "bool", "Count fixture setup in the peak (as --heapgate-include-fixtures)."),
-    ("heapgate_limit_memory", None, "string", "Peak limit for tests without a limit_memory marker, e.g. '200MB'."),
-    ("heapgate_limit_leaks", None, "string", "Leak limit per location for tests without a limit_leaks marker."),
-    ("heapgate_all_threads", None, "bool", "Charge every thread's allocations (as --heapgate-all-threads)."),
-    ("heapgate_include_tracers", None, "bool", "Charge what tracers' callbacks allocate (as --heapgate-include-tracers)."),
-    ("heapgate_warmup", None, "string", "Untracked runs of each tracked test's call first (as --heapgate-warmup)."),
-    ("heapgate_repeat", None, "string", "Runs of each tracked test's call (as --heapgate-repeat)."),
-    ("heapgate_repeat_threshold", None, "string", "Live-memory growth per run allowed with repeat."),
+    Option(
+        "artifacts_dir",
+        "--heapgate-dir",
+        "Write a capture file and a flamegraph SVG for each test that failed a memory check, "
+        "plus heapgate.json and heapgate-junit.xml for the session, to DIR.",
+        kind="value",
+        parse=_path,
+        metavar="DIR",
+        ini="heapgate_dir",
+        ini_help="Directory for reports and artifacts (as --heapgate-dir).",
+    ),
+    Option(
+        "artifacts_all",
+        "--heapgate-dir-all",
+        "With --heapgate-dir: write a capture file and flamegraph for every tracked test.",
+        ini="heapgate_dir_all",
+        ini_help="Artifacts for every tracked test (as --heapgate-dir-all).",
+    ),
 )
 
 
@@ -283,39 +421,35 @@ def _check_handed_back(config: pytest.Config) -> None:
             raise pytest.UsageError(f"heapgate: invalid {flag} limit {word!r}: expected {ACCEPTED_FORMS}")
 
 
-def add_options(parser: pytest.Parser, group: Any) -> None:
-    """Register heapgate's flags and ini keys (bare memray names only when they are free)."""
+def add_options(parser: pytest.Parser) -> None:
+    """Register every option of ``OPTIONS`` (pytest-memray's bare names only when they are free)."""
+    group = parser.getgroup("heapgate", "exact memory assertions (heapgate)")
     bare = not memray_installed()
-    group.addoption(
-        "--native-leaks",
-        action=_OptionalSize,
-        nargs="?",
-        const="0",
-        default=None,
-        metavar="LIMIT",
-        help="Check every test for memory lost by native code (definitely and indirectly lost, "
-        "by reachability, like valgrind); fail above LIMIT (default 0). Implies --native. A word "
-        "after it that is not a size is a test path: write --native-leaks=SIZE or --native-leaks-limit.",
-    )
-    group.addoption(
-        "--native-leaks-limit",
-        default=None,
-        metavar="SIZE",
-        help="Check every test for memory lost by native code (as --native-leaks) and fail above SIZE.",
-    )
-    for flag, memray_flag, dest, kind, metavar, help_text in _FLAGS:
-        names = [flag] + ([memray_flag] if bare and memray_flag else [])
-        help_text = help_text.replace("%", "%%") if "%%" not in help_text else help_text
-        if kind == "bool":
-            group.addoption(*names, dest=dest, action="store_true", default=None, help=help_text)
+    for option in OPTIONS:
+        names = [option.flag] + ([option.memray_flag] if bare and option.memray_flag else [])
+        help_text = option.help.replace("%", "%%")
+        if option.kind == "bool":
+            group.addoption(*names, dest=option.dest, action="store_true", default=None, help=help_text)
+        elif option.kind == "optional-size":
+            # The limit is optional: the const when the flag stands alone (see _OptionalSize).
+            group.addoption(
+                *names,
+                dest=option.dest,
+                action=_OptionalSize,
+                nargs="?",
+                const="0",
+                default=None,
+                metavar=option.metavar,
+                help=help_text,
+            )
         else:
-            group.addoption(*names, dest=dest, default=None, metavar=metavar, help=help_text)
-    for name, memray_name, kind, help_text in _INIS:
-        ini_type: Any = kind
-        default: Any = False if kind == "bool" else ""
-        parser.addini(name, help_text, type=ini_type, default=default)
-        if bare and memray_name:
-            parser.addini(memray_name, f"{help_text} (pytest-memray's name)", type=ini_type, default=default)
+            group.addoption(*names, dest=option.dest, default=None, metavar=option.metavar, help=help_text)
+        ini_type: Any = "bool" if option.kind == "bool" else "string"
+        ini_default: Any = False if option.kind == "bool" else ""
+        if option.ini is not None:
+            parser.addini(option.ini, option.ini_help, type=ini_type, default=ini_default)
+        if bare and option.memray_ini is not None:
+            parser.addini(option.memray_ini, f"{option.ini_help} (pytest-memray's name)", type=ini_type, default=ini_default)
 
 
 def _ini(config: pytest.Config, name: str) -> Any:
@@ -328,103 +462,40 @@ def _ini(config: pytest.Config, name: str) -> Any:
         raise pytest.UsageError(f"heapgate: ini option {name}: {e}") from None
 
 
-def _value(config: pytest.Config, dest: str) -> tuple[Any, str]:
-    """The value and where it came from: the flag, the namespaced ini key, memray's ini key."""
-    flag = config.getoption(dest)
-    flag_name = next(f for f, _, d, _, _, _ in _FLAGS if d == dest)
-    if flag is not None:
-        return flag, flag_name
-    for name, memray_name, kind, _ in _INIS:
-        if name != dest.replace("-", "_"):
-            continue
-        for key in (name, memray_name):
-            if key is None:
-                continue
-            value = _ini(config, key)
-            if kind == "bool" and value:
-                return True, f"ini option {key}"
-            if kind == "string" and value not in ("", None):
-                return str(value).strip(), f"ini option {key}"
-        return (False if kind == "bool" else None), flag_name
-    raise AssertionError(dest)  # pragma: no cover
+def _given(config: pytest.Config, option: Option) -> Optional[tuple[Any, str, Path]]:
+    """The value given, where (the flag; the namespaced ini key; memray's) and the directory a
+    path is relative to; None when neither the flag nor an ini key gives one."""
+    flag = config.getoption(option.dest)
+    if flag not in (None, ""):
+        return flag, option.flag, config.invocation_params.dir
+    for key in (option.ini, option.memray_ini):
+        value = None if key is None else _ini(config, key)
+        if option.kind == "bool" and value:
+            return True, f"ini option {key}", config.rootpath
+        if option.kind != "bool" and value not in ("", None):
+            return str(value).strip(), f"ini option {key}", config.rootpath
+    return None
 
 
-def _whole(config: pytest.Config, dest: str, minimum: int) -> Optional[int]:
-    value, where = _value(config, dest)
-    if value in ("", None):
-        return None
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise pytest.UsageError(f"heapgate: {where} must be a whole number, not {value!r}") from None
-    if number < minimum:
-        raise pytest.UsageError(f"heapgate: {where} must be at least {minimum}, not {number}")
-    return number
+def _read(config: pytest.Config, option: Option) -> Any:
+    given = _given(config, option)
+    if given is None:
+        return False if option.parse is None else option.default
+    value, where, base = given
+    return True if option.parse is None else option.parse(str(value), where, base)
 
 
-def _percent(config: pytest.Config, dest: str) -> Decimal:
-    value, where = _value(config, dest)
-    text = str(value if value is not None else DEFAULT_MAX_INCREASE).strip()
-    try:
-        number = Decimal(text[:-1].strip() if text.endswith("%") else text)
-    except InvalidOperation:
-        number = Decimal(-1)
-    if not number.is_finite() or number < 0:
-        raise pytest.UsageError(
-            f"heapgate: {where} must be a non-negative percentage such as '10%' or '2.5', not {text!r}"
-        )
-    return number
-
-
-def _size(config: pytest.Config, dest: str, default: Optional[str] = None) -> Optional[int]:
-    """A size option in bytes (a leading '+' allowed); unset gives ``default`` (None: no value)."""
-    value, where = _value(config, dest)
-    if value in ("", None):
-        if default is None:
-            return None
-        value = default
-    text = str(value).strip().lstrip("+")
-    try:
-        return parse_size(int(text) if text.isdigit() else text, where)
-    except LimitError as e:
-        raise pytest.UsageError(f"heapgate: {e}") from None
-
-
-def _path(config: pytest.Config, dest: str) -> Optional[Path]:
-    """A file flag is relative to the invocation directory, an ini key to the rootdir."""
-    value, where = _value(config, dest)
-    if value in ("", None):
-        return None
-    base = config.invocation_params.dir if where.startswith("--") else config.rootpath
-    return Path(base, str(value))
-
-
-def native_leaks_limit(config: pytest.Config) -> Optional[int]:
-    """--native-leaks[=LIMIT], --native-leaks-limit=SIZE or ini native_leaks: the limit every
-    test is checked against, or None (no native leak check by default)."""
+def _check_native_leaks(config: pytest.Config, limit: Optional[int], exact: Optional[int]) -> Optional[int]:
+    """--native-leaks[=LIMIT] and --native-leaks-limit=SIZE: one limit (the second wins over
+    ``native_leaks`` in the ini file; two different limits on the command line are an error)."""
     _check_handed_back(config)
-    flag, limit_flag = config.getoption("native_leaks"), config.getoption("native_leaks_limit")
-    try:
-        if limit_flag is not None:
-            limit = _parse_flag_size(limit_flag, "--native-leaks-limit")
-            if flag is not None and flag != "0" and _parse_flag_size(flag, "--native-leaks limit") != limit:
-                raise pytest.UsageError(
-                    f"heapgate: --native-leaks={flag} and --native-leaks-limit={limit_flag} disagree; give one"
-                )
-            return limit
-        value = flag if flag is not None else str(config.getini("native_leaks")).strip()
-        if value in ("", None) or str(value).lower() in ("false", "no", "off"):
-            return None
-        if str(value).lower() in ("true", "yes", "on"):
-            return 0
-        return _parse_flag_size(str(value), "--native-leaks limit")
-    except LimitError as e:
-        raise pytest.UsageError(f"heapgate: {e}") from None
-
-
-def _parse_flag_size(text: str, what: str) -> int:
-    text = text.strip()
-    return parse_size(int(text) if text.isdigit() else text, what)
+    if exact is None:
+        return limit
+    flag = config.getoption("native_leaks")
+    if flag is not None and flag != "0" and limit != exact:
+        limit_flag = config.getoption("native_leaks_limit")
+        raise pytest.UsageError(f"heapgate: --native-leaks={flag} and --native-leaks-limit={limit_flag} disagree; give one")
+    return exact
 
 
 @dataclass(frozen=True)
@@ -450,33 +521,19 @@ class Settings:
     warmup: int
     repeat: int
     repeat_threshold: int
+    # The native leak limit every test is checked against; None: no check by default.
+    native_leaks: Optional[int]
+    suppressions: Optional[Path]
+    artifacts_dir: Optional[Path]
+    artifacts_all: bool
 
 
 def read_settings(config: pytest.Config) -> Settings:
     """Every heapgate option, validated (a usage error names the bad one)."""
-    most = _whole(config, "heapgate_most_allocations", 0)
-    save = _path(config, "heapgate_save")
-    compare = _path(config, "heapgate_compare")
-    repeat = _whole(config, "heapgate_repeat", 1) or 1
-    return Settings(
-        # Baselines and repeat-run growth concern every test, not only marked ones.
-        track_all=bool(_value(config, "heapgate")[0]) or save is not None or compare is not None or repeat > 1,
-        native=bool(_value(config, "heapgate_native")[0]),
-        hide_summary=bool(_value(config, "hide_heapgate_summary")[0]),
-        most_allocations=DEFAULT_MOST_ALLOCATIONS if most is None else most,
-        max_frames=_whole(config, "heapgate_stacks", 1),
-        trace_python_allocators=bool(_value(config, "heapgate_trace_python_allocators")[0]),
-        fail_on_increase=bool(_value(config, "heapgate_fail_on_increase")[0]),
-        save=save,
-        compare=compare,
-        max_increase=_percent(config, "heapgate_max_increase"),
-        min_increase=_size(config, "heapgate_min_increase", DEFAULT_MIN_INCREASE) or 0,
-        include_fixtures=bool(_value(config, "heapgate_include_fixtures")[0]),
-        limit_memory=_size(config, "heapgate_limit_memory"),
-        limit_leaks=_size(config, "heapgate_limit_leaks"),
-        all_threads=bool(_value(config, "heapgate_all_threads")[0]),
-        include_tracers=bool(_value(config, "heapgate_include_tracers")[0]),
-        warmup=_whole(config, "heapgate_warmup", 0) or 0,
-        repeat=repeat,
-        repeat_threshold=_size(config, "heapgate_repeat_threshold") or 0,
+    values = {option.setting: _read(config, option) for option in OPTIONS}
+    values["native_leaks"] = _check_native_leaks(config, values["native_leaks"], values.pop("native_leaks_limit"))
+    # Baselines and repeat-run growth concern every test, not only marked ones.
+    values["track_all"] = (
+        values["track_all"] or values["save"] is not None or values["compare"] is not None or values["repeat"] > 1
     )
+    return Settings(**values)

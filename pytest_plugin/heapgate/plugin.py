@@ -27,15 +27,15 @@ import pytest
 
 from . import __version__
 from .artifacts import ArtifactDir, DirError, Written, process_facts, test_entry
-from .baseline import Baseline, BaselineError, Entry, increase_failure
+from .baseline import Baseline, BaselineError, Entry
 from .baseline import save as save_baseline
 from .baseline import summary_lines as baseline_summary_lines
-from .formatting import peak_failure, summary_lines
-from .leakcheck import Suppression, SuppressionError, limit_leaks_failure, load_suppressions, native_leaks_result
-from .limits import format_size
+from .failures import Judged, Policy, charge_mode, judge
+from .formatting import summary_lines
+from .leakcheck import Suppression, SuppressionError, load_suppressions
 from .markers import MARKERS, Checks, MarkerError, checks_for
-from .repeat import growth_failure, warm_up
-from .options import add_options, native_leaks_limit, read_settings
+from .repeat import warm_up
+from .options import add_options, read_settings
 
 if TYPE_CHECKING:
     from ._native import Record, Report
@@ -83,42 +83,7 @@ class TestResult:
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("heapgate", "exact memory assertions (heapgate)")
-    add_options(parser, group)
-    group.addoption(
-        "--native-leaks-suppressions",
-        default=None,
-        metavar="FILE",
-        help="LeakSanitizer-style suppressions ('leak:PATTERN' lines) for --native-leaks.",
-    )
-    group.addoption(
-        "--heapgate-dir",
-        default=None,
-        metavar="DIR",
-        help="Write a capture file and a flamegraph SVG for each test that failed a memory check, "
-        "plus heapgate.json and heapgate-junit.xml for the session, to DIR.",
-    )
-    group.addoption(
-        "--heapgate-dir-all",
-        action="store_true",
-        default=None,
-        help="With --heapgate-dir: write a capture file and flamegraph for every tracked test.",
-    )
-    parser.addini("heapgate_dir", "Directory for reports and artifacts (as --heapgate-dir).", default="")
-    parser.addini("heapgate_dir_all", "Artifacts for every tracked test (as --heapgate-dir-all).", type="bool", default=False)
-    parser.addini("native_leaks", "Native leak check for every test: a limit such as 0 or '4KiB' (as --native-leaks).", default="")
-    parser.addini("native_leaks_suppressions", "Suppressions file for the native leak check.", default="")
-
-
-def _option(config: pytest.Config, name: str) -> Any:
-    """The flag if given, else the ini value: flags default to None so ini keys are read."""
-    value = config.getoption(name)
-    if value is not None:
-        return value
-    try:
-        return config.getini(name)
-    except (pytest.UsageError, ValueError) as e:
-        raise pytest.UsageError(f"heapgate: ini option {name}: {e}") from None
+    add_options(parser)
 
 
 class HeapgatePlugin:
@@ -134,15 +99,15 @@ class HeapgatePlugin:
         # A child the test forked that returns into pytest instead of exiting runs the rest of
         # the session as a copy of this process: it must neither track nor report.
         self.pid = os.getpid()
-        self.artifacts = _artifact_dir(config)
-        self.artifacts_all = bool(_option(config, "heapgate_dir_all"))
+        self.artifacts = _artifact_dir(self.settings.artifacts_dir)
+        self.artifacts_all = self.settings.artifacts_all
         self.facts = process_facts(config.rootpath)
         family = config.getini("junit_family") if _has_ini(config, "junit_family") else "xunit2"
         # pytest writes testcase properties for xunit1/legacy; xunit2's schema has none there.
         self.junit_properties = family in ("xunit1", "legacy")
         self.problems: list[str] = []
-        self.native_leaks = native_leaks_limit(config)
-        self.suppressions = _suppressions(config)
+        self.native_leaks = self.settings.native_leaks
+        self.suppressions = _suppressions(self.settings.suppressions)
         self.baseline: Optional[Baseline] = None
         if self.settings.compare is not None:
             try:
@@ -156,6 +121,16 @@ class HeapgatePlugin:
                 "heapgate: --fail-on-increase compares with the previous run kept in pytest's cache; "
                 "it cannot work with the cacheprovider plugin disabled (-p no:cacheprovider)"
             )
+        self.policy = Policy(
+            rootpath=config.rootpath,
+            max_frames=self.max_frames,
+            include_tracers=self.settings.include_tracers,
+            repeat_threshold=self.settings.repeat_threshold,
+            max_increase=self.settings.max_increase,
+            min_increase=self.settings.min_increase,
+            verbose=config.option.verbose > 0,
+            suppressions=self.suppressions,
+        )
         # What the session's reports carried, by node id (the last attempt of a rerun test).
         self.collected: dict[str, dict[str, Any]] = {}
 
@@ -181,9 +156,7 @@ class HeapgatePlugin:
         _native.start(codes, boundary, self._charge_mode(checks), native)
 
     def _charge_mode(self, checks: Checks) -> str:
-        """Whose allocations the test is charged for: the thread mode, with ``+tracers`` when
-        what tracers' callbacks allocate is charged too (--heapgate-include-tracers)."""
-        return checks.thread_mode + ("+tracers" if self.settings.include_tracers else "")
+        return charge_mode(checks, self.settings.include_tracers)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -368,77 +341,39 @@ class HeapgatePlugin:
             )
 
     def _failure(self, result: TestResult, passed: bool) -> Optional[str]:
-        """Every failed memory check's text, or None."""
-        checks, report, root = result.checks, result.report, self.config.rootpath
-        failures = []
-        if report.interpreter_problem is not None:
-            failures.append(report.interpreter_problem)
-        lm = checks.limit_memory
-        if lm is not None and report.peak_bytes > lm.limit:
-            failures.append(peak_failure(lm.limit, report, self._charge_mode(checks), rootpath=root, max_frames=self.max_frames))
-        if lm is not None and passed:
-            text = self._fail_on_increase(result.nodeid, report.peak_bytes)
-            if text is not None:
-                failures.append(text)
-        ll = checks.limit_leaks
-        if ll is not None:
-            text = limit_leaks_failure(ll.limit, report, ll.filter_fn, rootpath=root, max_frames=self.max_frames)
-            if text is not None:
-                failures.append(text)
-        nl = checks.native_leaks
-        if nl is not None:
-            before = [(s.bytes, s.blocks) for s in self.suppressions]
-            native = native_leaks_result(nl.limit, report, self.suppressions, rootpath=root, max_frames=self.max_frames)
-            result.absorbed = [
-                [i, s.bytes - b, s.blocks - n] for i, (s, (b, n)) in enumerate(zip(self.suppressions, before)) if s.blocks != n
-            ]
-            if native.failure is not None:
-                failures.append(native.failure)
-            notes = native.reachable_locations if self.config.option.verbose > 0 else []
-            if result.explanations:
-                notes = notes + [
-                    "Where the leak scan found references to the test's blocks (HEAPGATE_EXPLAIN_LEAKS):",
-                    *(f"  {line}" for line in result.explanations),
-                ]
-            result.scan_notes = "\n".join(notes) or None
-        if len(result.totals) > 1:
-            text = growth_failure(
-                result.totals, result.checkpoints, self.settings.repeat_threshold, rootpath=root, max_frames=self.max_frames
-            )
-            if text is not None:
-                failures.append(text)
-        if self.baseline is not None and result.nodeid in self.baseline.tests:
-            text = increase_failure(
-                self.baseline.tests[result.nodeid].peak_bytes,
-                report.peak_bytes,
-                self.settings.max_increase,
-                self.settings.min_increase,
-                f"--heapgate-compare {self.baseline.path.name}",
-            )
-            if text is not None:
-                failures.append(text)
-        if failures and result.warmup:
-            failures.append(f"(measured after {result.warmup} warm-up run{'s' if result.warmup != 1 else ''} of the call)")
-        return "\n\n".join(failures) if failures else None
-
-    def _fail_on_increase(self, nodeid: str, peak: int) -> Optional[str]:
-        """pytest-memray's --fail-on-increase: a limit_memory test whose peak is above the one
-        its previous passing run left in pytest's cache fails (and the cache keeps the old
-        value); otherwise the cache takes this run's peak."""
-        cache = getattr(self.config, "cache", None)
-        if cache is None:
-            return None
-        key = f"{CACHE_PREFIX}/{nodeid}"
-        previous = cache.get(key, None)
-        old = previous.get("peak_bytes") if isinstance(previous, dict) else None
-        if self.settings.fail_on_increase and isinstance(old, int) and peak > old:
-            return (
-                "Test uses more memory than its previous run (--fail-on-increase)\n"
-                f"  previous peak {format_size(old)} ({old} bytes), now {format_size(peak)} ({peak} bytes): "
-                f"+{format_size(peak - old)}"
-            )
-        cache.set(key, {"peak_bytes": peak})
-        return None
+        """Every failed memory check's text, or None (see failures.judge); keeps the cache's
+        peak for --fail-on-increase."""
+        report, nodeid = result.report, result.nodeid
+        cache = getattr(self.config, "cache", None) if result.checks.limit_memory is not None and passed else None
+        previous = None
+        if cache is not None:
+            old = cache.get(f"{CACHE_PREFIX}/{nodeid}", None)
+            previous = old.get("peak_bytes") if isinstance(old, dict) else None
+            previous = previous if self.settings.fail_on_increase and isinstance(previous, int) else None
+        baseline_peak = None
+        if self.baseline is not None and nodeid in self.baseline.tests:
+            baseline_peak = (self.baseline.tests[nodeid].peak_bytes, f"--heapgate-compare {self.baseline.path.name}")
+        judged = judge(
+            Judged(
+                report,
+                result.checks,
+                passed,
+                previous_peak=previous,
+                baseline_peak=baseline_peak,
+                warmup=result.warmup,
+                totals=result.totals,
+                checkpoints=result.checkpoints,
+                explanations=result.explanations,
+            ),
+            self.policy,
+        )
+        if result.checks.native_leaks is not None:
+            result.absorbed = judged.absorbed
+            result.scan_notes = judged.scan_notes
+        # A peak above the previous run's fails and leaves the cache's value for the next run.
+        if cache is not None and (previous is None or report.peak_bytes <= previous):
+            cache.set(f"{CACHE_PREFIX}/{nodeid}", {"peak_bytes": report.peak_bytes})
+        return judged.text
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, REPORT_ATTR, None)
@@ -584,15 +519,9 @@ def _check_writable_file(path: Path) -> None:
         raise pytest.UsageError(f"heapgate: --heapgate-save {str(path)!r} cannot be written")
 
 
-def _suppressions(config: pytest.Config) -> list[Suppression]:
-    flag = config.getoption("native_leaks_suppressions")
-    if flag:
-        path = Path(config.invocation_params.dir, flag)
-    else:
-        ini = str(config.getini("native_leaks_suppressions")).strip()
-        if not ini:
-            return []
-        path = Path(config.rootpath, ini)
+def _suppressions(path: Optional[Path]) -> list[Suppression]:
+    if path is None:
+        return []
     try:
         return load_suppressions(path)
     except SuppressionError as e:
@@ -607,17 +536,10 @@ def _has_ini(config: pytest.Config, name: str) -> bool:
     return True
 
 
-def _artifact_dir(config: pytest.Config) -> Optional[ArtifactDir]:
-    """--heapgate-dir (relative to the invocation directory) or ini heapgate_dir (relative to
-    the rootdir); a directory that cannot be written is a usage error."""
-    flag = config.getoption("heapgate_dir")
-    if flag:
-        path = Path(config.invocation_params.dir, flag)
-    else:
-        ini = config.getini("heapgate_dir")
-        if not ini:
-            return None
-        path = Path(config.rootpath, str(ini))
+def _artifact_dir(path: Optional[Path]) -> Optional[ArtifactDir]:
+    """--heapgate-dir or ini heapgate_dir; a directory that cannot be written is a usage error."""
+    if path is None:
+        return None
     try:
         return ArtifactDir(path)
     except DirError as e:
