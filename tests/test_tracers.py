@@ -140,9 +140,11 @@ def test_coverage_does_not_change_peaks_counts_or_leaks(session: Session, monkey
     differing = {t: (with_cov[t], without[t]) for t in compared if not close(with_cov[t], without[t])}
     assert not differing, differing
     # Native memory and pure-Python calls (with frame objects made for the tracer on 3.11):
-    # exactly the same numbers.
-    for test in ("test_native_and_deep_calls", "test_over_its_limit"):
-        assert with_cov[test] == without[test], test
+    # exactly the same numbers. 3.9 and 3.10 share their frame free list and zombie frames
+    # with the tracer (5 frame objects more on 3.10, seen in CI), so there the slack applies.
+    if sys.version_info >= (3, 11):
+        for test in ("test_native_and_deep_calls", "test_over_its_limit"):
+            assert with_cov[test] == without[test], test
     assert without["test_python_objects"]["total_count"] > 2000
     assert without["test_leaks"]["leaked"] > 0
     # The charge rule says so.
