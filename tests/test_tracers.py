@@ -110,8 +110,10 @@ CORES = ["ctrace"] + (["sysmon"] if sys.version_info >= (3, 12) else [])
 # bytes) for each call of a C method (`lst.append(x)`), freed after the call. Both are a few
 # small objects; what coverage itself allocates is KiB (see the include-tracers test). 3.9 and
 # 3.10 also keep a free list of frame objects, shared the same way: a comprehension's frame
-# (about 1 KiB here) may be reused in one run and allocated in the other.
-SLACK_BYTES = 256 if sys.version_info >= (3, 11) else 1024
+# (about 1 KiB here) may be reused in one run and allocated in the other. On 3.12, under
+# coverage's sys.monitoring core, the objects left on the free lists at the end of a
+# Python-object test differed by 728 bytes (13 small objects), seen in CI.
+SLACK_BYTES = 256 if sys.version_info[:2] == (3, 11) else 1024
 
 
 def close(a: dict[str, Any], b: dict[str, Any]) -> bool:
