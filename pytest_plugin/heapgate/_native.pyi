@@ -14,6 +14,8 @@ __all__ = [
     "leak_explanations",
     "Report",
     "Site",
+    "LeakKinds",
+    "LeakTally",
     "StackFrame",
     "TrackingError",
     "Record",
@@ -46,6 +48,31 @@ class StackFrame:
 
 
 @final
+class LeakTally:
+    """Bytes and blocks of one kind of live memory."""
+
+    @property
+    def bytes(self) -> int: ...
+    @property
+    def count(self) -> int: ...
+
+@final
+class LeakKinds:
+    """Live memory at the end of a test by reachability (the leak scan's verdict)."""
+
+    @property
+    def definitely_lost(self) -> LeakTally: ...
+    @property
+    def indirectly_lost(self) -> LeakTally: ...
+    @property
+    def possibly_lost(self) -> LeakTally: ...
+    @property
+    def still_reachable(self) -> LeakTally: ...
+    @property
+    def lost(self) -> LeakTally:
+        """Definitely + indirectly + possibly lost: what fails a native-leak check."""
+
+@final
 class Site:
     allocator: str
     bytes_at_peak: int
@@ -55,8 +82,7 @@ class Site:
     total_bytes: int
     total_count: int
     stack: tuple[StackFrame, ...]
-    # {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}
-    leak_kinds: Optional[dict[str, int]]
+    leak_kinds: Optional[LeakKinds]
 
 @final
 class Report:
@@ -67,7 +93,7 @@ class Report:
     leaked_bytes: int
     leaked_count: int
     sites: list[Site]
-    leak_kinds: Optional[dict[str, int]]
+    leak_kinds: Optional[LeakKinds]
     # Why the numbers cannot be trusted (Python's allocator replaced during the test), or None.
     interpreter_problem: Optional[str]
     def peak_failure(
@@ -146,9 +172,9 @@ def install() -> None: ...
 def hooks_installed() -> bool:
     """Any hook installed in this process (GOT entries, Python allocator wrappers)?"""
 def check_supported() -> None: ...
-def scan_leaks() -> dict[str, int]:
+def scan_leaks() -> LeakKinds:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
-    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}."""
+    stop()); per-site figures appear in the report's sites."""
 def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""

@@ -12,7 +12,7 @@ from .formatting import format_frame
 from .limits import format_size
 
 if TYPE_CHECKING:
-    from ._native import Report, Site, StackFrame
+    from ._native import LeakKinds, LeakTally, Report, Site, StackFrame
 
 __all__ = [
     "LeakStack",
@@ -168,7 +168,7 @@ def is_native_site(stack: Sequence[StackFrame]) -> bool:
 
 
 # What fails a test: definitely and indirectly lost, and (as valgrind's default error kinds
-# include it) possibly lost — memory only interior pointers point into.
+# include it) possibly lost — memory only interior pointers point into (`LeakKinds.lost`).
 LOST_KINDS = ("definitely_lost", "indirectly_lost", "possibly_lost")
 
 
@@ -183,8 +183,14 @@ class NativeLeakResult:
     reachable_locations: list[str] = field(default_factory=list)
 
 
-def _kinds(site: Site) -> dict[str, int]:
-    return site.leak_kinds or {}
+def _by_kind(kinds: LeakKinds) -> dict[str, LeakTally]:
+    """The kinds by name (as the failure text names them, with spaces for underscores)."""
+    return {
+        "definitely_lost": kinds.definitely_lost,
+        "indirectly_lost": kinds.indirectly_lost,
+        "possibly_lost": kinds.possibly_lost,
+        "still_reachable": kinds.still_reachable,
+    }
 
 
 def native_leaks_result(
@@ -202,7 +208,7 @@ def native_leaks_result(
     totals = {kind: [0, 0] for kind in ("definitely_lost", "indirectly_lost", "possibly_lost", "still_reachable")}
     absorbed: dict[str, list[int]] = {}
     native = [site for site in report.sites if is_native_site(site.stack)]
-    if any(_kinds(site).get("indirectly_lost_count") for site in native):
+    if any(site.leak_kinds and site.leak_kinds.indirectly_lost.count for site in native):
         # Indirectly lost blocks hang off a definitely or possibly lost one, which may have been
         # allocated by the interpreter (a Python object whose reference C code leaked): those
         # lost blocks are shown too, or the report would show the rest of a leak without its head.
@@ -210,14 +216,14 @@ def native_leaks_result(
             site
             for site in report.sites
             if not is_native_site(site.stack)
-            and any(_kinds(site).get(f"{k}_count") for k in ("definitely_lost", "possibly_lost"))
+            and site.leak_kinds
+            and (site.leak_kinds.definitely_lost.count or site.leak_kinds.possibly_lost.count)
         ]
     for site in native:
-        kinds = _kinds(site)
-        if not kinds or not site.leaked_count:
+        kinds = site.leak_kinds
+        if kinds is None or not site.leaked_count:
             continue
-        site_lost = sum(kinds.get(f"{k}_bytes", 0) for k in LOST_KINDS)
-        site_lost_blocks = sum(kinds.get(f"{k}_count", 0) for k in LOST_KINDS)
+        site_lost, site_lost_blocks = kinds.lost.bytes, kinds.lost.count
         suppression = next((s for s in suppressions if any(s.matches(f) for f in site.stack)), None)
         if suppression is not None:
             suppression.bytes += site_lost
@@ -226,15 +232,15 @@ def native_leaks_result(
             tally[0] += site_lost
             tally[1] += site_lost_blocks
             continue
-        for kind in totals:
+        for kind, of_kind in _by_kind(kinds).items():
             if kind == "still_reachable" and not is_native_site(site.stack):
                 continue
-            totals[kind][0] += kinds.get(f"{kind}_bytes", 0)
-            totals[kind][1] += kinds.get(f"{kind}_count", 0)
+            totals[kind][0] += of_kind.bytes
+            totals[kind][1] += of_kind.count
         if site_lost:
             lost.append((site_lost, site))
-        if kinds.get("still_reachable_count"):
-            reachable_sites.append((kinds.get("still_reachable_bytes", 0), site))
+        if kinds.still_reachable.count:
+            reachable_sites.append((kinds.still_reachable.bytes, site))
     lost_bytes = sum(totals[k][0] for k in LOST_KINDS)
     reachable = totals["still_reachable"]
     locations = _reachable_lines(reachable_sites, rootpath, max_frames)
@@ -253,11 +259,11 @@ def native_leaks_result(
     lines.append("Lost memory by location (allocating frame first):")
     lost.sort(key=lambda t: t[0], reverse=True)
     for i, (site_lost, site) in enumerate(lost[:max_locations], 1):
-        kinds = _kinds(site)
+        by_kind = _by_kind(site.leak_kinds) if site.leak_kinds else {}
         parts = [
-            f"{kinds[f'{k}_bytes']} bytes {k.replace('_', ' ')} in {_plural(kinds[f'{k}_count'], 'block')}"
+            f"{by_kind[k].bytes} bytes {k.replace('_', ' ')} in {_plural(by_kind[k].count, 'block')}"
             for k in LOST_KINDS
-            if kinds.get(f"{k}_count")
+            if by_kind[k].count
         ]
         lines.append(f"  #{i} {format_size(site_lost)}: {'; '.join(parts)} through {site.allocator}")
         lines.extend(_stack_lines(site.stack, rootpath, max_frames))
@@ -274,13 +280,13 @@ def _reachable_lines(
         return []
     sites = sorted(sites, key=lambda t: t[0], reverse=True)
     total = sum(b for b, _ in sites)
-    blocks = sum(_kinds(s).get("still_reachable_count", 0) for _, s in sites)
+    blocks = sum(s.leak_kinds.still_reachable.count for _, s in sites if s.leak_kinds)
     lines = [
         f"Still reachable native memory (not counted): {total} bytes in {_plural(blocks, 'block')}, "
         "by location (allocating frame first):"
     ]
     for i, (nbytes, site) in enumerate(sites[:max_locations], 1):
-        count = _kinds(site).get("still_reachable_count", 0)
+        count = site.leak_kinds.still_reachable.count if site.leak_kinds else 0
         lines.append(f"  #{i} {format_size(nbytes)}: {nbytes} bytes in {_plural(count, 'block')} through {site.allocator}")
         lines.extend(_stack_lines(site.stack, rootpath, max_frames))
     if len(sites) > max_locations:

@@ -1,5 +1,7 @@
 //! heapgate's core: exact in-process allocation capture for pytest, with no Python objects.
 //!
+//! - [`model`]: the one result model (sites, counts, leak kinds, the frame trie) that every
+//!   layer below shares.
 //! - [`capture`]: GOT hooks in every loaded ELF object, per-thread charge, and the
 //!   [`capture::Tracker`] that turns events into a test's peak and leaks.
 //! - [`symbolize`]: module map, deferred and cached DWARF/symbol-table/debuginfod symbolizer,
@@ -13,6 +15,7 @@
 #![deny(missing_docs)]
 
 pub mod capture;
+pub mod model;
 pub mod record;
 pub mod report;
 pub mod symbolize;

@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use heapgate_core::capture::{Allocator, Frame, SiteReport, TestReport};
+use heapgate_core::model::{Allocator, Frame, SiteCounts, TestReport, Totals};
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
     capture_text, flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml,
@@ -22,24 +22,25 @@ fn py(function: &str, file: &str, line: u32) -> Frame {
     }
 }
 
-fn site(allocator: Allocator, at_peak: u64, leaked: u64, stack: Vec<Frame>) -> SiteReport {
-    SiteReport {
-        allocator,
+fn site(allocator: Allocator, at_peak: u64, leaked: u64, stack: Vec<Frame>) -> Site {
+    let counts = SiteCounts {
         bytes_at_peak: at_peak,
         count_at_peak: u64::from(at_peak > 0),
         leaked_bytes: leaked,
         leaked_count: u64::from(leaked > 0),
         total_bytes: at_peak.max(leaked),
         total_count: 1,
-        leak_kinds: None,
-        stack,
-    }
+    };
+    (allocator, counts, stack)
 }
+
+/// A site as the fixture lists it: allocator, numbers, stack (allocating frame first).
+type Site = (Allocator, SiteCounts, Vec<Frame>);
 
 /// A test that went over its 5 MiB limit: a native allocation in an object that is not on
 /// this disk (so its frame stays `??`, the same on every machine), and Python allocations.
 fn fixed_capture() -> Capture {
-    let report = TestReport {
+    let totals = Totals {
         peak_bytes: 10_485_760 + 4_096 + 57,
         peak_count: 3,
         total_bytes: 10_485_760 + 4_096 + 57 + 100,
@@ -47,32 +48,39 @@ fn fixed_capture() -> Capture {
         leaked_bytes: 57,
         leaked_count: 1,
         leak_kinds: None,
-        sites: vec![
-            site(
-                Allocator::Malloc,
-                10_485_760,
-                0,
-                vec![
-                    Frame::Native(0x7f00_0000_1234),
-                    py("helper", "/proj/tests/test_text.py", 4),
-                    py("test_big", "/proj/tests/test_text.py", 8),
-                ],
-            ),
-            site(
-                Allocator::PyObj,
-                4_096,
-                0,
-                vec![py("test_big", "/proj/tests/test_text.py", 9)],
-            ),
-            site(
-                Allocator::PyObj,
-                57,
-                57,
-                vec![py("make; \"it\" <now>", "/elsewhere/lib.py", 12)],
-            ),
-            site(Allocator::Mmap, 0, 0, vec![]),
-        ],
     };
+    let sites = vec![
+        site(
+            Allocator::Malloc,
+            10_485_760,
+            0,
+            vec![
+                Frame::Native(0x7f00_0000_1234),
+                py("helper", "/proj/tests/test_text.py", 4),
+                py("test_big", "/proj/tests/test_text.py", 8),
+            ],
+        ),
+        site(
+            Allocator::PyObj,
+            4_096,
+            0,
+            vec![py("test_big", "/proj/tests/test_text.py", 9)],
+        ),
+        site(
+            Allocator::PyObj,
+            57,
+            57,
+            vec![py("make; \"it\" <now>", "/elsewhere/lib.py", 12)],
+        ),
+        site(Allocator::Mmap, 0, 0, vec![]),
+    ];
+    let mut report = TestReport {
+        totals,
+        ..TestReport::default()
+    };
+    for (allocator, counts, stack) in sites {
+        report.push_site(allocator, counts, None, &stack);
+    }
     let modules = ModuleMap::new(vec![Module {
         path: "/nonexistent/heapgate-fixture/ext.so".into(),
         base: 0x7f00_0000_0000,
@@ -80,8 +88,8 @@ fn fixed_capture() -> Capture {
         build_id: Some(vec![0xde, 0xad, 0xbe, 0xef]),
         debuglink: None,
     }]);
-    Capture::from_report(
-        &report,
+    Capture::new(
+        report,
         &modules,
         ProcessFacts {
             python_version: "3.11.2".into(),
@@ -302,7 +310,7 @@ fn github_output_of_a_hostile_test_id() {
 fn a_test_that_kept_its_memory_limit_has_no_peak_failure_text() {
     // Failed on something else (a leak or baseline check) while its peak stayed under the limit.
     let mut capture = fixed_capture();
-    capture.test.limits.limit_memory = Some(capture.totals.peak_bytes);
+    capture.test.limits.limit_memory = Some(capture.result.totals.peak_bytes);
     let bytes = capture.to_bytes().unwrap();
     let resolved = ResolvedCapture::new(Capture::from_bytes(&bytes).unwrap());
     let entry = with_resolver(|_, r| TestEntry::new(&resolved, r, Artifacts::default()));

@@ -1,13 +1,13 @@
 //! The leak scan, for `--native-leaks`: classify the tracked test's live blocks by
 //! reachability before tracking stops.
 
-use heapgate_core::capture::{self, LeakKinds, PoolLayout};
+use heapgate_core::capture::{self, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
-use crate::TrackingError;
+use crate::capture_error;
+use crate::results::LeakKinds;
 
 type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObject;
 
@@ -42,23 +42,6 @@ fn pool_layout() -> PoolLayout {
     }
 }
 
-pub(crate) fn kinds_to_dict<'py>(
-    py: Python<'py>,
-    kinds: &LeakKinds,
-) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    for (name, tally) in [
-        ("definitely_lost", kinds.definitely_lost),
-        ("indirectly_lost", kinds.indirectly_lost),
-        ("still_reachable", kinds.still_reachable),
-        ("possibly_lost", kinds.possibly_lost),
-    ] {
-        d.set_item(format!("{name}_bytes"), tally.bytes)?;
-        d.set_item(format!("{name}_count"), tally.count)?;
-    }
-    Ok(d)
-}
-
 /// Interpreter memory that holds no references (the unused slots of its free-list arrays,
 /// the dead part of each thread's data stack), as (start, end) ranges.
 fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
@@ -71,11 +54,11 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
         .collect()
 }
 
-fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<PyDict>> {
+fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
     let stale = stale_slots(py);
     let kinds = capture::scan_leaks(&stale, stack_from, registers, Some(pool_layout()))
-        .map_err(|e| TrackingError::new_err(e.to_string()))?;
-    Ok(kinds_to_dict(py, &kinds)?.unbind())
+        .map_err(capture_error)?;
+    Py::new(py, LeakKinds::from(kinds))
 }
 
 /// Called by the C entry (`scan_leaks` in Python), which holds the GIL.
@@ -98,8 +81,8 @@ extern "C" fn scan_callback(
 }
 
 /// Adds `scan_leaks()`: classify the tracked test's live blocks (call after `gc.collect()`,
-/// before `stop`). Returns totals `{definitely_lost_bytes, definitely_lost_count, ...}`; per
-/// site figures appear in the report's sites.
+/// before `stop`). Returns the totals as `LeakKinds`; per site figures appear in the report's
+/// sites.
 /// Empty CPython's free lists (lists, dicts, tuples, floats) right before a test's call that
 /// is checked for native leaks: objects the call then creates are new blocks, so a leaked one
 /// is a candidate and cannot root what it points to. Returns True when the lists were emptied
@@ -115,7 +98,7 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
 /// full collection before the leak scan free any of the test's blocks.
 #[pyfunction]
 fn has_gc_candidates() -> PyResult<bool> {
-    capture::has_gc_candidates().map_err(|e| TrackingError::new_err(e.to_string()))
+    capture::has_gc_candidates().map_err(capture_error)
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

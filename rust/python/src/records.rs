@@ -194,13 +194,13 @@ impl Record {
     /// Peak bytes.
     #[getter]
     fn peak_bytes(&self) -> u64 {
-        self.data.capture().totals.peak_bytes
+        self.data.capture().result.totals.peak_bytes
     }
 
     /// Bytes still live at the end.
     #[getter]
     fn leaked_bytes(&self) -> u64 {
-        self.data.capture().totals.leaked_bytes
+        self.data.capture().result.totals.leaked_bytes
     }
 
     /// `limit_memory`'s limit.
@@ -219,7 +219,7 @@ impl Record {
         format!(
             "Record({:?}, peak_bytes={})",
             self.data.capture().test.nodeid,
-            self.data.capture().totals.peak_bytes
+            self.data.capture().result.totals.peak_bytes
         )
     }
 }

@@ -9,85 +9,9 @@ use std::collections::BTreeMap;
 use rustc_hash::FxHashMap;
 
 use super::scan::{Candidate, LeakKind};
-
-/// The API an allocation came through. A site is a (stack, allocator) pair, as in memray.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Allocator {
-    /// `malloc`
-    Malloc,
-    /// `calloc`
-    Calloc,
-    /// `realloc`
-    Realloc,
-    /// `reallocarray`
-    Reallocarray,
-    /// `posix_memalign`
-    PosixMemalign,
-    /// `aligned_alloc`
-    AlignedAlloc,
-    /// `memalign`
-    Memalign,
-    /// `valloc`
-    Valloc,
-    /// `pvalloc`
-    Pvalloc,
-    /// `mmap` / `mmap64`
-    Mmap,
-    /// CPython's RAW domain (`PyMem_RawMalloc` and friends)
-    PyRaw,
-    /// CPython's MEM domain (`PyMem_Malloc` and friends)
-    PyMem,
-    /// CPython's OBJ domain (`PyObject_Malloc`: every Python object)
-    PyObj,
-}
-
-impl Allocator {
-    /// Every allocator, in declaration order.
-    pub const ALL: [Allocator; 13] = [
-        Allocator::Malloc,
-        Allocator::Calloc,
-        Allocator::Realloc,
-        Allocator::Reallocarray,
-        Allocator::PosixMemalign,
-        Allocator::AlignedAlloc,
-        Allocator::Memalign,
-        Allocator::Valloc,
-        Allocator::Pvalloc,
-        Allocator::Mmap,
-        Allocator::PyRaw,
-        Allocator::PyMem,
-        Allocator::PyObj,
-    ];
-
-    /// The name users know the allocator by.
-    pub fn name(self) -> &'static str {
-        match self {
-            Allocator::Malloc => "malloc",
-            Allocator::Calloc => "calloc",
-            Allocator::Realloc => "realloc",
-            Allocator::Reallocarray => "reallocarray",
-            Allocator::PosixMemalign => "posix_memalign",
-            Allocator::AlignedAlloc => "aligned_alloc",
-            Allocator::Memalign => "memalign",
-            Allocator::Valloc => "valloc",
-            Allocator::Pvalloc => "pvalloc",
-            Allocator::Mmap => "mmap",
-            Allocator::PyRaw => "PyMem_RawMalloc",
-            Allocator::PyMem => "PyMem_Malloc",
-            Allocator::PyObj => "PyObject_Malloc",
-        }
-    }
-
-    /// The allocator named `name` (as returned by [`Allocator::name`]).
-    pub fn from_name(name: &str) -> Option<Allocator> {
-        Allocator::ALL.into_iter().find(|a| a.name() == name)
-    }
-
-    /// True for CPython's allocator domains (Python objects and interpreter buffers).
-    pub fn is_python(self) -> bool {
-        matches!(self, Allocator::PyRaw | Allocator::PyMem | Allocator::PyObj)
-    }
-}
+// The report types live in the one result model; re-exported here for `capture`'s paths.
+pub use crate::model::{Allocator, Frame, LeakKinds, LeakTally, SiteReport, TestReport};
+use crate::model::{SiteCounts, Totals};
 
 /// A frame as the capture layer sees it: cheap to compare, resolved to names once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -100,22 +24,6 @@ pub enum FrameKey {
         line: u32,
     },
     /// A native return address (symbolized lazily, at report time).
-    Native(usize),
-}
-
-/// A resolved frame, as stored in the trie and shown in reports.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Frame {
-    /// A Python frame with its names copied out of the code object.
-    Python {
-        /// Qualified function name.
-        function: String,
-        /// Source file.
-        filename: String,
-        /// Line number.
-        line: u32,
-    },
-    /// A native return address.
     Native(usize),
 }
 
@@ -166,28 +74,6 @@ struct Site {
     total_count: u64,
 }
 
-/// Bytes and blocks of one kind.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LeakTally {
-    /// Bytes.
-    pub bytes: u64,
-    /// Blocks.
-    pub count: u64,
-}
-
-/// Live memory at the end of a test by reachability (see `capture::scan_leaks`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct LeakKinds {
-    /// No pointer to it anywhere.
-    pub definitely_lost: LeakTally,
-    /// Pointed to only from lost blocks.
-    pub indirectly_lost: LeakTally,
-    /// Still pointed to from a root or a reachable block.
-    pub still_reachable: LeakTally,
-    /// Pointed into only far from its start.
-    pub possibly_lost: LeakTally,
-}
-
 impl LeakKinds {
     fn add(&mut self, kind: LeakKind, bytes: u64) {
         let tally = match kind {
@@ -199,62 +85,6 @@ impl LeakKinds {
         tally.bytes += bytes;
         tally.count += 1;
     }
-
-    fn merge(&mut self, other: &LeakKinds) {
-        for (a, b) in [
-            (&mut self.definitely_lost, other.definitely_lost),
-            (&mut self.indirectly_lost, other.indirectly_lost),
-            (&mut self.still_reachable, other.still_reachable),
-            (&mut self.possibly_lost, other.possibly_lost),
-        ] {
-            a.bytes += b.bytes;
-            a.count += b.count;
-        }
-    }
-}
-
-/// One site in a finished test's report.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SiteReport {
-    /// The API the memory came from.
-    pub allocator: Allocator,
-    /// Bytes this site held when the test's total was at its peak.
-    pub bytes_at_peak: u64,
-    /// Blocks this site held at the peak.
-    pub count_at_peak: u64,
-    /// Bytes still allocated when tracking stopped.
-    pub leaked_bytes: u64,
-    /// Blocks still allocated when tracking stopped.
-    pub leaked_count: u64,
-    /// Bytes allocated over the whole test.
-    pub total_bytes: u64,
-    /// Blocks allocated over the whole test.
-    pub total_count: u64,
-    /// The stack, allocating frame first.
-    pub stack: Vec<Frame>,
-    /// The site's live blocks by reachability, when a leak scan ran.
-    pub leak_kinds: Option<LeakKinds>,
-}
-
-/// What one tracked test allocated.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct TestReport {
-    /// Highest total of live tracked bytes.
-    pub peak_bytes: u64,
-    /// Live tracked blocks at that peak.
-    pub peak_count: u64,
-    /// Bytes allocated over the test.
-    pub total_bytes: u64,
-    /// Blocks allocated over the test.
-    pub total_count: u64,
-    /// Bytes still live at the end.
-    pub leaked_bytes: u64,
-    /// Blocks still live at the end.
-    pub leaked_count: u64,
-    /// Every site that allocated, largest at peak first.
-    pub sites: Vec<SiteReport>,
-    /// All live blocks by reachability, when a leak scan ran.
-    pub leak_kinds: Option<LeakKinds>,
 }
 
 /// The accounting state of one tracked test.
@@ -345,7 +175,7 @@ impl Tracker {
     pub fn leak_totals(&self) -> Option<LeakKinds> {
         self.leak_kinds.as_ref().map(|kinds| {
             let mut total = LeakKinds::default();
-            kinds.iter().for_each(|k| total.merge(k));
+            kinds.iter().for_each(|k| total += *k);
             total
         })
     }
@@ -584,22 +414,38 @@ impl Tracker {
         self.current
     }
 
-    fn stack_of(&self, mut node: u32) -> Vec<Frame> {
-        let mut stack = Vec::new();
-        while node != ROOT {
-            let n = self.nodes[node as usize];
-            stack.push(self.frames[n.frame as usize].clone());
-            node = n.parent;
-        }
-        stack
+    /// The finished test's numbers so far, the trie copied (the tracker goes on).
+    pub fn report(&self) -> TestReport {
+        self.export(self.frames.clone())
     }
 
-    /// The finished test's numbers, sites sorted by bytes at peak, then leaked bytes.
-    pub fn report(&self) -> TestReport {
+    /// The finished test's numbers, its frames moved out: the tracker is empty afterwards
+    /// (as after [`Tracker::reset`]), its tables keep their capacity.
+    pub fn take_report(&mut self) -> TestReport {
+        let frames = std::mem::take(&mut self.frames);
+        let report = self.export(frames);
+        self.reset();
+        report
+    }
+
+    /// The report over `frames` (this tracker's): sites sorted by bytes at peak, then leaked
+    /// bytes. The trie is the tracker's own, one node shorter (no root sentinel).
+    fn export(&self, frames: Vec<Frame>) -> TestReport {
+        // Tracker node n is report node n - 1; the root (0) is no node.
+        let node = |n: u32| (n != ROOT).then(|| n - 1);
+        let nodes = self.nodes[1..]
+            .iter()
+            .map(|n| crate::model::TrieNode {
+                parent: node(n.parent),
+                frame: n.frame,
+            })
+            .collect();
+        let kinds = self.leak_kinds.as_deref();
         let mut sites: Vec<SiteReport> = self
             .sites
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(i, s)| {
                 let (bytes_at_peak, count_at_peak) = if s.epoch == self.peak_epoch {
                     (s.at_peak, s.at_peak_count)
                 } else {
@@ -607,39 +453,36 @@ impl Tracker {
                 };
                 SiteReport {
                     allocator: s.allocator,
-                    bytes_at_peak,
-                    count_at_peak,
-                    leaked_bytes: s.current,
-                    leaked_count: s.current_count,
-                    total_bytes: s.total,
-                    total_count: s.total_count,
-                    stack: self.stack_of(s.node),
-                    leak_kinds: None,
+                    node: node(s.node),
+                    counts: SiteCounts {
+                        bytes_at_peak,
+                        count_at_peak,
+                        leaked_bytes: s.current,
+                        leaked_count: s.current_count,
+                        total_bytes: s.total,
+                        total_count: s.total_count,
+                    },
+                    leak_kinds: kinds.and_then(|k| k.get(i)).copied(),
                 }
             })
             .collect();
-        if let Some(kinds) = &self.leak_kinds {
-            for (report, k) in sites.iter_mut().zip(kinds) {
-                report.leak_kinds = Some(*k);
-            }
-        }
-        let leak_kinds = self.leak_totals();
         sites.sort_by(|a, b| {
-            (b.bytes_at_peak, b.leaked_bytes, b.total_bytes).cmp(&(
-                a.bytes_at_peak,
-                a.leaked_bytes,
-                a.total_bytes,
-            ))
+            let key = |c: &SiteCounts| (c.bytes_at_peak, c.leaked_bytes, c.total_bytes);
+            key(&b.counts).cmp(&key(&a.counts))
         });
         TestReport {
-            peak_bytes: self.peak,
-            peak_count: self.peak_count,
-            total_bytes: self.total,
-            total_count: self.total_count,
-            leaked_bytes: self.current,
-            leaked_count: self.current_count,
+            totals: Totals {
+                peak_bytes: self.peak,
+                peak_count: self.peak_count,
+                total_bytes: self.total,
+                total_count: self.total_count,
+                leaked_bytes: self.current,
+                leaked_count: self.current_count,
+                leak_kinds: self.leak_totals(),
+            },
+            frames,
+            nodes,
             sites,
-            leak_kinds,
         }
     }
 }
@@ -668,10 +511,11 @@ mod tests {
     }
 
     fn at_peak(r: &TestReport, function: &str) -> u64 {
-        r.sites
-            .iter()
-            .filter(|s| matches!(&s.stack[0], Frame::Python { function: f, .. } if f == function))
-            .map(|s| s.bytes_at_peak)
+        (0..r.sites.len())
+            .filter(|&i| {
+                matches!(&r.site_stack(i)[0], Frame::Python { function: f, .. } if f == function)
+            })
+            .map(|i| r.sites[i].counts.bytes_at_peak)
             .sum()
     }
 
@@ -685,11 +529,11 @@ mod tests {
         t.on_free(0x10);
         t.on_alloc(0x30, 30, Allocator::Malloc, b);
         let r = t.report();
-        assert_eq!(r.peak_bytes, 150);
+        assert_eq!(r.totals.peak_bytes, 150);
         assert_eq!(at_peak(&r, "f1"), 100);
         assert_eq!(at_peak(&r, "f2"), 50);
-        assert_eq!(r.leaked_bytes, 80);
-        assert_eq!(r.total_bytes, 180);
+        assert_eq!(r.totals.leaked_bytes, 80);
+        assert_eq!(r.totals.total_bytes, 180);
     }
 
     #[test]
@@ -701,11 +545,11 @@ mod tests {
         t.on_free(0x10);
         t.on_alloc(0x20, 150, Allocator::Calloc, b);
         let r = t.report();
-        assert_eq!(r.peak_bytes, 150);
+        assert_eq!(r.totals.peak_bytes, 150);
         assert_eq!(at_peak(&r, "f1"), 0);
         assert_eq!(at_peak(&r, "f2"), 150);
         assert_eq!(r.sites[0].allocator, Allocator::Calloc);
-        assert_eq!(r.peak_count, 1);
+        assert_eq!(r.totals.peak_count, 1);
     }
 
     #[test]
@@ -718,8 +562,8 @@ mod tests {
         assert_ne!(n1, n3);
         t.on_alloc(1, 8, Allocator::PyObj, n1);
         let r = t.report();
-        let functions: Vec<&str> = r.sites[0]
-            .stack
+        let stack = r.site_stack(0);
+        let functions: Vec<&str> = stack
             .iter()
             .map(|f| match f {
                 Frame::Python { function, .. } => function.as_str(),
@@ -727,6 +571,27 @@ mod tests {
             })
             .collect();
         assert_eq!(functions, ["f3", "f2", "f1"]);
+    }
+
+    #[test]
+    fn the_report_takes_the_trie_as_interned() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[3, 2, 1]);
+        let b = node(&mut t, &[4, 2, 1]);
+        t.on_alloc(0x10, 8, Allocator::PyObj, a);
+        t.on_alloc(0x20, 16, Allocator::Malloc, b);
+        let copied = t.report();
+        let r = t.take_report();
+        assert_eq!(copied, r);
+        // Two stacks that share their two outer frames: four frames, four nodes.
+        assert_eq!((r.frames.len(), r.nodes.len()), (4, 4));
+        assert_eq!(r.validate(), Ok(()));
+        assert_eq!(r.sites[0].allocator, Allocator::Malloc);
+        assert_eq!(r.site_stack(0).len(), 3);
+        assert_eq!(r.totals.leaked_bytes, 24);
+        // Taken: the tracker starts over.
+        assert_eq!(t.current_bytes(), 0);
+        assert_eq!(t.report(), TestReport::default());
     }
 
     #[test]
@@ -754,8 +619,8 @@ mod tests {
         t.on_munmap(0x0, 0x100000);
         assert_eq!(t.current_bytes(), 0);
         let r = t.report();
-        assert_eq!(r.peak_bytes, 0x4000);
-        assert_eq!(r.sites[0].bytes_at_peak, 0x4000);
+        assert_eq!(r.totals.peak_bytes, 0x4000);
+        assert_eq!(r.sites[0].counts.bytes_at_peak, 0x4000);
     }
 
     #[test]
@@ -785,7 +650,7 @@ mod tests {
         t.on_alloc(0x10, 10, Allocator::Malloc, a);
         t.on_alloc(0x10, 20, Allocator::Malloc, a);
         assert_eq!(t.current_bytes(), 20);
-        assert_eq!(t.report().peak_bytes, 20);
+        assert_eq!(t.report().totals.peak_bytes, 20);
     }
 }
 
@@ -819,7 +684,7 @@ mod timing {
                 "round {round}: {:.1} ns per alloc, {:.1} ns per free, {} live at the peak",
                 (mid - start).as_nanos() as f64 / N as f64,
                 (end - mid).as_nanos() as f64 / N as f64,
-                t.report().peak_count
+                t.report().totals.peak_count
             );
         }
     }

@@ -13,12 +13,16 @@
 //!
 //! The reader ([`Capture::from_bytes`]) checks each of these in turn, then that every index
 //! in the frame trie points where it may, so code that walks a capture never panics.
+//!
+//! The test's numbers are the tracker's [`TestReport`], moved in whole (its trie as the
+//! tracker interned it) and shared, not copied, by every [`Capture`] made from it.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::capture::{Allocator, Frame, LeakKinds, LeakTally, SiteReport, TestReport};
+use crate::model::{Frame, SiteReport, TestReport, Totals, TrieNode};
 use crate::symbolize::{Module, ModuleMap};
 
 /// The 8 bytes every capture file starts with.
@@ -137,62 +141,6 @@ pub struct TestInfo {
     pub failure: Option<String>,
 }
 
-/// The test's totals (as in [`TestReport`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Totals {
-    /// Highest total of live tracked bytes.
-    pub peak_bytes: u64,
-    /// Live blocks at the peak.
-    pub peak_count: u64,
-    /// Bytes allocated over the test.
-    pub total_bytes: u64,
-    /// Blocks allocated over the test.
-    pub total_count: u64,
-    /// Bytes still live at the end.
-    pub leaked_bytes: u64,
-    /// Blocks still live at the end.
-    pub leaked_count: u64,
-    /// Live blocks at the end by reachability, when a leak scan ran.
-    pub leak_kinds: Option<RecordedLeakKinds>,
-}
-
-/// Bytes and blocks of live memory at the end by reachability (see [`LeakKinds`]).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordedLeakKinds {
-    /// (bytes, blocks) no pointer reaches.
-    pub definitely_lost: (u64, u64),
-    /// (bytes, blocks) reached only from lost blocks.
-    pub indirectly_lost: (u64, u64),
-    /// (bytes, blocks) still reachable.
-    pub still_reachable: (u64, u64),
-    /// (bytes, blocks) pointed into only far from their start.
-    pub possibly_lost: (u64, u64),
-}
-
-impl From<&LeakKinds> for RecordedLeakKinds {
-    fn from(k: &LeakKinds) -> Self {
-        let t = |t: LeakTally| (t.bytes, t.count);
-        RecordedLeakKinds {
-            definitely_lost: t(k.definitely_lost),
-            indirectly_lost: t(k.indirectly_lost),
-            still_reachable: t(k.still_reachable),
-            possibly_lost: t(k.possibly_lost),
-        }
-    }
-}
-
-impl From<&RecordedLeakKinds> for LeakKinds {
-    fn from(k: &RecordedLeakKinds) -> Self {
-        let t = |(bytes, count): (u64, u64)| LeakTally { bytes, count };
-        LeakKinds {
-            definitely_lost: t(k.definitely_lost),
-            indirectly_lost: t(k.indirectly_lost),
-            still_reachable: t(k.still_reachable),
-            possibly_lost: t(k.possibly_lost),
-        }
-    }
-}
-
 /// A loaded object, as needed to symbolize its addresses later (see [`Module`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecordedModule {
@@ -208,143 +156,124 @@ pub struct RecordedModule {
     pub debuglink: Option<(String, u32)>,
 }
 
-/// One frame of the trie.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum RecordedFrame {
-    /// Python code.
-    Python {
-        /// Qualified function name.
-        function: String,
-        /// Source file.
-        filename: String,
-        /// Line.
-        line: u32,
-    },
-    /// A native return address.
-    Native(u64),
-}
-
-/// A trie node: a frame and the node of its caller (`None` at the outermost frame).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct TrieNode {
-    /// The caller's node; always a smaller index.
-    pub parent: Option<u32>,
-    /// Index into [`Capture::frames`].
-    pub frame: u32,
-}
-
-/// One allocation site's numbers.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecordedSite {
-    /// Allocator name (`malloc`, `PyObject_Malloc`, ...).
-    pub allocator: String,
-    /// The allocating frame's node (`None`: no frames were recorded).
-    pub node: Option<u32>,
-    /// Bytes held at the test's peak.
-    pub bytes_at_peak: u64,
-    /// Blocks held at the peak.
-    pub count_at_peak: u64,
-    /// Bytes still live at the end.
-    pub leaked_bytes: u64,
-    /// Blocks still live at the end.
-    pub leaked_count: u64,
-    /// Bytes allocated over the test.
-    pub total_bytes: u64,
-    /// Blocks allocated over the test.
-    pub total_count: u64,
-    /// The site's live blocks by reachability, when a leak scan ran.
-    pub leak_kinds: Option<RecordedLeakKinds>,
-}
-
 /// One tracked test's capture: what the capture file holds.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Capture {
     /// The process that made it.
     pub facts: ProcessFacts,
     /// The test.
     pub test: TestInfo,
-    /// The test's totals.
-    pub totals: Totals,
     /// Loaded objects that native frames point into.
     pub modules: Vec<RecordedModule>,
-    /// Distinct frames.
-    pub frames: Vec<RecordedFrame>,
-    /// The frame trie; a node's parent always comes before it.
-    pub nodes: Vec<TrieNode>,
-    /// Sites, largest at peak first.
-    pub sites: Vec<RecordedSite>,
+    /// The test's numbers, sites and frame trie (shared by captures of one test).
+    pub result: Arc<TestReport>,
+}
+
+/// The payload's field order (format 2): the result's parts sit around the module list.
+#[derive(Serialize)]
+struct Layout<'a> {
+    facts: &'a ProcessFacts,
+    test: &'a TestInfo,
+    totals: &'a Totals,
+    modules: &'a [RecordedModule],
+    frames: &'a [Frame],
+    nodes: &'a [TrieNode],
+    sites: &'a [SiteReport],
+}
+
+/// [`Layout`], read.
+#[derive(Deserialize)]
+struct OwnedLayout {
+    facts: ProcessFacts,
+    test: TestInfo,
+    totals: Totals,
+    modules: Vec<RecordedModule>,
+    frames: Vec<Frame>,
+    nodes: Vec<TrieNode>,
+    sites: Vec<SiteReport>,
+}
+
+impl Serialize for Capture {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let r = &*self.result;
+        Layout {
+            facts: &self.facts,
+            test: &self.test,
+            totals: &r.totals,
+            modules: &self.modules,
+            frames: &r.frames,
+            nodes: &r.nodes,
+            sites: &r.sites,
+        }
+        .serialize(serializer)
+    }
+}
+
+impl<'de> Deserialize<'de> for Capture {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let l = OwnedLayout::deserialize(deserializer)?;
+        Ok(Capture {
+            facts: l.facts,
+            test: l.test,
+            modules: l.modules,
+            result: Arc::new(TestReport {
+                totals: l.totals,
+                frames: l.frames,
+                nodes: l.nodes,
+                sites: l.sites,
+            }),
+        })
+    }
 }
 
 impl Capture {
-    /// A capture of `report`; `modules` is the process's map (only the objects that native
+    /// A capture of `result`; `modules` is the process's map (only the objects that native
     /// frames point into are kept).
-    pub fn from_report(
-        report: &TestReport,
+    pub fn new(
+        result: impl Into<Arc<TestReport>>,
         modules: &ModuleMap,
         facts: ProcessFacts,
         test: TestInfo,
     ) -> Capture {
-        let mut interner = Interner::default();
-        let sites = report
-            .sites
-            .iter()
-            .map(|site| RecordedSite {
-                allocator: site.allocator.name().to_string(),
-                node: interner.intern(&site.stack),
-                bytes_at_peak: site.bytes_at_peak,
-                count_at_peak: site.count_at_peak,
-                leaked_bytes: site.leaked_bytes,
-                leaked_count: site.leaked_count,
-                total_bytes: site.total_bytes,
-                total_count: site.total_count,
-                leak_kinds: site.leak_kinds.as_ref().map(RecordedLeakKinds::from),
-            })
-            .collect();
-        let mut used: Vec<usize> = Vec::new();
-        for frame in &interner.frames {
-            if let RecordedFrame::Native(addr) = frame {
-                if let Some((module, _)) = modules.lookup(addr.saturating_sub(1)) {
-                    let i = modules
-                        .modules()
-                        .iter()
-                        .position(|m| std::ptr::eq(m, module))
-                        .unwrap_or(0);
-                    if !used.contains(&i) {
-                        used.push(i);
+        let result = result.into();
+        let all = modules.modules();
+        let mut used = vec![false; all.len()];
+        for frame in &result.frames {
+            if let Frame::Native(addr) = frame {
+                if let Some((module, _)) = modules.lookup(addr.saturating_sub(1) as u64) {
+                    if let Some(i) = all.iter().position(|m| std::ptr::eq(m, module)) {
+                        used[i] = true;
                     }
                 }
             }
         }
-        used.sort_unstable();
-        let recorded = used
-            .into_iter()
-            .map(|i| {
-                let m = &modules.modules()[i];
-                RecordedModule {
-                    path: m.path.display().to_string(),
-                    base: m.base,
-                    ranges: m.ranges.iter().map(|r| (r.start, r.end)).collect(),
-                    build_id: m.build_id.clone(),
-                    debuglink: m.debuglink.clone(),
-                }
+        let recorded = all
+            .iter()
+            .zip(used)
+            .filter(|(_, used)| *used)
+            .map(|(m, _)| RecordedModule {
+                path: m.path.display().to_string(),
+                base: m.base,
+                ranges: m.ranges.iter().map(|r| (r.start, r.end)).collect(),
+                build_id: m.build_id.clone(),
+                debuglink: m.debuglink.clone(),
             })
             .collect();
         Capture {
             facts,
             test,
-            totals: Totals {
-                peak_bytes: report.peak_bytes,
-                peak_count: report.peak_count,
-                total_bytes: report.total_bytes,
-                total_count: report.total_count,
-                leaked_bytes: report.leaked_bytes,
-                leaked_count: report.leaked_count,
-                leak_kinds: report.leak_kinds.as_ref().map(RecordedLeakKinds::from),
-            },
             modules: recorded,
-            frames: interner.frames,
-            nodes: interner.nodes,
-            sites,
+            result,
+        }
+    }
+
+    /// The same result for another test and process description (the result is shared).
+    pub fn with_test(&self, test: TestInfo, facts: ProcessFacts) -> Capture {
+        Capture {
+            facts,
+            test,
+            modules: self.modules.clone(),
+            result: Arc::clone(&self.result),
         }
     }
 
@@ -366,57 +295,7 @@ impl Capture {
 
     /// Site `index`'s stack, allocating frame first.
     pub fn site_stack(&self, index: usize) -> Vec<Frame> {
-        let mut stack = Vec::new();
-        let mut node = self.sites.get(index).and_then(|s| s.node);
-        // Parents come strictly before children (checked on read), so this ends.
-        while let Some(n) = node.and_then(|n| self.nodes.get(n as usize)) {
-            let Some(frame) = self.frames.get(n.frame as usize) else {
-                break;
-            };
-            stack.push(match frame {
-                RecordedFrame::Python {
-                    function,
-                    filename,
-                    line,
-                } => Frame::Python {
-                    function: function.clone(),
-                    filename: filename.clone(),
-                    line: *line,
-                },
-                RecordedFrame::Native(addr) => Frame::Native(*addr as usize),
-            });
-            node = n.parent;
-        }
-        stack
-    }
-
-    /// The report this capture was made from (sites in capture order).
-    pub fn to_test_report(&self) -> TestReport {
-        TestReport {
-            peak_bytes: self.totals.peak_bytes,
-            peak_count: self.totals.peak_count,
-            total_bytes: self.totals.total_bytes,
-            total_count: self.totals.total_count,
-            leaked_bytes: self.totals.leaked_bytes,
-            leaked_count: self.totals.leaked_count,
-            leak_kinds: self.totals.leak_kinds.as_ref().map(LeakKinds::from),
-            sites: self
-                .sites
-                .iter()
-                .enumerate()
-                .map(|(i, s)| SiteReport {
-                    allocator: Allocator::from_name(&s.allocator).unwrap_or(Allocator::Malloc),
-                    bytes_at_peak: s.bytes_at_peak,
-                    count_at_peak: s.count_at_peak,
-                    leaked_bytes: s.leaked_bytes,
-                    leaked_count: s.leaked_count,
-                    total_bytes: s.total_bytes,
-                    total_count: s.total_count,
-                    leak_kinds: s.leak_kinds.as_ref().map(LeakKinds::from),
-                    stack: self.site_stack(i),
-                })
-                .collect(),
-        }
+        self.result.site_stack(index)
     }
 
     /// The file's bytes: header and payload.
@@ -493,30 +372,7 @@ impl Capture {
 
     /// Checks that every index points where it may.
     pub fn validate(&self) -> Result<(), RecordError> {
-        for (i, node) in self.nodes.iter().enumerate() {
-            if node.frame as usize >= self.frames.len() {
-                return Err(RecordError::Invalid(format!(
-                    "trie node {i} names frame {} of {}",
-                    node.frame,
-                    self.frames.len()
-                )));
-            }
-            if node.parent.is_some_and(|p| p as usize >= i) {
-                return Err(RecordError::Invalid(format!(
-                    "trie node {i} has parent {:?} that does not come before it",
-                    node.parent
-                )));
-            }
-        }
-        for (i, site) in self.sites.iter().enumerate() {
-            if site.node.is_some_and(|n| n as usize >= self.nodes.len()) {
-                return Err(RecordError::Invalid(format!(
-                    "site {i} names trie node {:?} of {}",
-                    site.node,
-                    self.nodes.len()
-                )));
-            }
-        }
+        self.result.validate().map_err(RecordError::Invalid)?;
         for m in &self.modules {
             if m.ranges.iter().any(|&(s, e)| s > e) {
                 return Err(RecordError::Invalid(format!(
@@ -544,54 +400,6 @@ impl Capture {
             source,
         })?;
         Capture::from_bytes(&bytes)
-    }
-}
-
-/// Re-interns stacks into (parent, frame) nodes, outermost frame first.
-#[derive(Default)]
-struct Interner {
-    frames: Vec<RecordedFrame>,
-    frame_ids: std::collections::HashMap<RecordedFrame, u32>,
-    nodes: Vec<TrieNode>,
-    node_ids: std::collections::HashMap<(Option<u32>, u32), u32>,
-}
-
-impl Interner {
-    fn frame(&mut self, frame: &Frame) -> u32 {
-        let key = match frame {
-            Frame::Python {
-                function,
-                filename,
-                line,
-            } => RecordedFrame::Python {
-                function: function.clone(),
-                filename: filename.clone(),
-                line: *line,
-            },
-            Frame::Native(addr) => RecordedFrame::Native(*addr as u64),
-        };
-        if let Some(&id) = self.frame_ids.get(&key) {
-            return id;
-        }
-        let id = self.frames.len() as u32;
-        self.frames.push(key.clone());
-        self.frame_ids.insert(key, id);
-        id
-    }
-
-    /// The node of `stack`'s allocating frame (stack is allocating frame first).
-    fn intern(&mut self, stack: &[Frame]) -> Option<u32> {
-        let mut parent = None;
-        for frame in stack.iter().rev() {
-            let frame = self.frame(frame);
-            let next = self.nodes.len() as u32;
-            let id = *self.node_ids.entry((parent, frame)).or_insert(next);
-            if id == next {
-                self.nodes.push(TrieNode { parent, frame });
-            }
-            parent = Some(id);
-        }
-        parent
     }
 }
 

@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::capture::{Allocator, Frame, SiteReport, TestReport};
+use crate::model::{Allocator, Frame, SiteCounts, TestReport, Totals};
 
 fn py(function: &str, line: u32) -> Frame {
     Frame::Python {
@@ -13,51 +13,45 @@ fn py(function: &str, line: u32) -> Frame {
     }
 }
 
-fn report() -> TestReport {
-    TestReport {
-        peak_bytes: 3_000_100,
-        peak_count: 2,
-        total_bytes: 3_000_200,
-        total_count: 3,
-        leaked_bytes: 100,
-        leaked_count: 1,
-        leak_kinds: None,
-        sites: vec![
-            SiteReport {
-                allocator: Allocator::Malloc,
-                bytes_at_peak: 3_000_000,
-                count_at_peak: 1,
-                leaked_bytes: 0,
-                leaked_count: 0,
-                total_bytes: 3_000_000,
-                total_count: 1,
-                leak_kinds: None,
-                stack: vec![Frame::Native(0x1234), py("helper", 4), py("test_big", 8)],
-            },
-            SiteReport {
-                allocator: Allocator::PyObj,
-                bytes_at_peak: 100,
-                count_at_peak: 1,
-                leaked_bytes: 100,
-                leaked_count: 1,
-                total_bytes: 200,
-                total_count: 2,
-                leak_kinds: None,
-                stack: vec![py("test_big", 9)],
-            },
-            SiteReport {
-                allocator: Allocator::Malloc,
-                bytes_at_peak: 0,
-                count_at_peak: 0,
-                leaked_bytes: 0,
-                leaked_count: 0,
-                total_bytes: 0,
-                total_count: 0,
-                leak_kinds: None,
-                stack: vec![],
-            },
-        ],
+fn counts(at_peak: u64, leaked: u64, total: u64, total_count: u64) -> SiteCounts {
+    SiteCounts {
+        bytes_at_peak: at_peak,
+        count_at_peak: u64::from(at_peak > 0),
+        leaked_bytes: leaked,
+        leaked_count: u64::from(leaked > 0),
+        total_bytes: total,
+        total_count,
     }
+}
+
+fn report() -> TestReport {
+    let mut r = TestReport {
+        totals: Totals {
+            peak_bytes: 3_000_100,
+            peak_count: 2,
+            total_bytes: 3_000_200,
+            total_count: 3,
+            leaked_bytes: 100,
+            leaked_count: 1,
+            leak_kinds: None,
+        },
+        ..TestReport::default()
+    };
+    let big = [Frame::Native(0x1234), py("helper", 4), py("test_big", 8)];
+    r.push_site(
+        Allocator::Malloc,
+        counts(3_000_000, 0, 3_000_000, 1),
+        None,
+        &big,
+    );
+    r.push_site(
+        Allocator::PyObj,
+        counts(100, 100, 200, 2),
+        None,
+        &[py("test_big", 9)],
+    );
+    r.push_site(Allocator::Malloc, counts(0, 0, 0, 0), None, &[]);
+    r
 }
 
 fn modules() -> ModuleMap {
@@ -80,8 +74,8 @@ fn modules() -> ModuleMap {
 }
 
 fn capture() -> Capture {
-    Capture::from_report(
-        &report(),
+    Capture::new(
+        report(),
         &modules(),
         ProcessFacts {
             python_version: "3.11.2".into(),
@@ -110,18 +104,44 @@ fn round_trip_keeps_every_stack_and_number() {
     let c = capture();
     let back = Capture::from_bytes(&c.to_bytes().unwrap()).unwrap();
     assert_eq!(back, c);
-    assert_eq!(back.to_test_report(), report());
+    assert_eq!(*back.result, report());
+    assert_eq!(back.site_stack(0)[1], py("helper", 4));
 }
 
 #[test]
-fn stacks_share_trie_nodes_and_only_used_modules_are_kept() {
-    let c = capture();
+fn the_trackers_trie_is_kept_and_only_used_modules_are_kept() {
+    use crate::capture::{FrameKey, Tracker};
+    let mut t = Tracker::new();
+    let mut names = |code: usize| {
+        let function = if code == 1 { "test_big" } else { "helper" };
+        (function.to_string(), "test_x.py".to_string())
+    };
+    let python = |code, line| FrameKey::Python { code, line };
+    let big = [FrameKey::Native(0x1234), python(2, 4), python(1, 8)];
+    let native = t.intern_stack(big, &mut names);
+    let object = t.intern_stack([python(1, 9)], &mut names);
+    let bare = t.intern_stack([], &mut names);
+    t.on_alloc(0x10, 300, Allocator::Malloc, native);
+    t.on_alloc(0x20, 200, Allocator::PyObj, object);
+    t.on_alloc(0x30, 100, Allocator::Malloc, bare);
+    let c = Capture::new(
+        t.take_report(),
+        &modules(),
+        ProcessFacts::default(),
+        TestInfo::default(),
+    );
     // test_big:8 and test_big:9 are different frames; helper's parent is test_big:8.
-    assert_eq!(c.frames.len(), 4);
-    assert_eq!(c.nodes.len(), 4);
+    assert_eq!(c.result.frames.len(), 4);
+    assert_eq!(c.result.nodes.len(), 4);
+    assert_eq!(
+        c.site_stack(0),
+        [Frame::Native(0x1234), py("helper", 4), py("test_big", 8)]
+    );
     assert_eq!(c.modules.len(), 1);
     assert_eq!(c.modules[0].build_id.as_deref(), Some(&[0xab, 0xcd][..]));
-    assert_eq!(c.sites[2].node, None);
+    assert_eq!(c.result.sites[2].node, None);
+    let back = Capture::from_bytes(&c.to_bytes().unwrap()).unwrap();
+    assert_eq!(back, c);
 }
 
 #[test]
@@ -166,11 +186,11 @@ fn other_versions_and_other_files_are_refused() {
 #[test]
 fn inconsistent_indices_are_refused_even_with_a_good_checksum() {
     let mut c = capture();
-    c.nodes[0].parent = Some(3);
+    Arc::make_mut(&mut c.result).nodes[0].parent = Some(3);
     let err = Capture::from_bytes(&c.to_bytes().unwrap()).unwrap_err();
     assert!(matches!(err, RecordError::Invalid(_)), "{err}");
     let mut c = capture();
-    c.sites[0].node = Some(99);
+    Arc::make_mut(&mut c.result).sites[0].node = Some(99);
     assert!(Capture::from_bytes(&c.to_bytes().unwrap()).is_err());
 }
 
@@ -202,10 +222,9 @@ proptest! {
     #[test]
     fn reader_never_panics_on_random_payloads(payload in proptest::collection::vec(any::<u8>(), 0..512)) {
         if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
-            for i in 0..c.sites.len() {
+            for i in 0..c.result.sites.len() {
                 let _ = c.site_stack(i);
             }
-            let _ = c.to_test_report();
         }
     }
 
@@ -253,10 +272,9 @@ proptest! {
             payload.truncate(cut.index(payload.len().max(1)));
         }
         if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
-            for i in 0..c.sites.len() {
+            for i in 0..c.result.sites.len() {
                 let _ = c.site_stack(i);
             }
-            let _ = c.to_test_report();
             let again = c.to_bytes().unwrap();
             prop_assert!(Capture::from_bytes(&again).is_ok());
         }
@@ -270,7 +288,7 @@ proptest! {
         let i = index.index(payload.len());
         payload[i] ^= xor;
         if let Ok(c) = Capture::from_bytes(&framed(&payload)) {
-            for i in 0..c.sites.len() {
+            for i in 0..c.result.sites.len() {
                 let _ = c.site_stack(i);
             }
         }

@@ -39,10 +39,10 @@ fn subtitle(capture: &ResolvedCapture, weight: Weight) -> String {
         .unwrap_or_default();
     format!(
         "peak {} ({} bytes){limit}, leaked {} ({} bytes); width: {}",
-        format_size(c.totals.peak_bytes),
-        c.totals.peak_bytes,
-        format_size(c.totals.leaked_bytes),
-        c.totals.leaked_bytes,
+        format_size(c.result.totals.peak_bytes),
+        c.result.totals.peak_bytes,
+        format_size(c.result.totals.leaked_bytes),
+        c.result.totals.leaked_bytes,
         weight.describe()
     )
 }

@@ -20,7 +20,7 @@ impl Weight {
     /// The weight a capture's flamegraph uses: leaks when nothing was live at the peak but
     /// something leaked, else bytes at the peak.
     pub fn for_capture(capture: &ResolvedCapture) -> Weight {
-        let totals = &capture.capture().totals;
+        let totals = &capture.capture().result.totals;
         if totals.peak_bytes == 0 && totals.leaked_bytes > 0 {
             Weight::BytesLeaked
         } else {
@@ -53,10 +53,10 @@ fn clean(label: &str) -> String {
 pub fn folded_stacks(capture: &ResolvedCapture, resolver: &Resolver<'_>, weight: Weight) -> String {
     let root = capture.capture().facts.rootdir.as_deref().map(Path::new);
     let mut lines: BTreeMap<String, u64> = BTreeMap::new();
-    for (i, site) in capture.capture().sites.iter().enumerate() {
+    for (i, site) in capture.capture().result.sites.iter().enumerate() {
         let bytes = match weight {
-            Weight::BytesAtPeak => site.bytes_at_peak,
-            Weight::BytesLeaked => site.leaked_bytes,
+            Weight::BytesAtPeak => site.counts.bytes_at_peak,
+            Weight::BytesLeaked => site.counts.leaked_bytes,
         };
         if bytes == 0 {
             continue;
@@ -70,7 +70,7 @@ pub fn folded_stacks(capture: &ResolvedCapture, resolver: &Resolver<'_>, weight:
         if frames.is_empty() {
             frames.push("(thread started by the test)".to_string());
         }
-        frames.push(format!("[{}]", clean(&site.allocator)));
+        frames.push(format!("[{}]", clean(site.allocator.name())));
         *lines.entry(frames.join(";")).or_default() += bytes;
     }
     lines

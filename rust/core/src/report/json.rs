@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::text::{frame_label, peak_failure, TextOptions};
 use super::{ResolvedCapture, Resolver};
-use crate::capture::Allocator;
 use crate::record::Limits;
 
 /// The value of the report's `schema` field.
@@ -170,25 +169,25 @@ impl TestEntry {
         let c = capture.capture();
         let root = c.facts.rootdir.as_deref().map(Path::new);
         let mut leaked = Leaked {
-            bytes: c.totals.leaked_bytes,
-            count: c.totals.leaked_count,
-            definitely_lost_bytes: c.totals.leak_kinds.map(|k| k.definitely_lost.0),
-            indirectly_lost_bytes: c.totals.leak_kinds.map(|k| k.indirectly_lost.0),
-            still_reachable_bytes: c.totals.leak_kinds.map(|k| k.still_reachable.0),
-            possibly_lost_bytes: c.totals.leak_kinds.map(|k| k.possibly_lost.0),
+            bytes: c.result.totals.leaked_bytes,
+            count: c.result.totals.leaked_count,
+            definitely_lost_bytes: c.result.totals.leak_kinds.map(|k| k.definitely_lost.bytes),
+            indirectly_lost_bytes: c.result.totals.leak_kinds.map(|k| k.indirectly_lost.bytes),
+            still_reachable_bytes: c.result.totals.leak_kinds.map(|k| k.still_reachable.bytes),
+            possibly_lost_bytes: c.result.totals.leak_kinds.map(|k| k.possibly_lost.bytes),
             ..Leaked::default()
         };
-        for site in &c.sites {
-            if Allocator::from_name(&site.allocator).is_some_and(Allocator::is_python) {
-                leaked.python_bytes += site.leaked_bytes;
+        for site in &c.result.sites {
+            if site.allocator.is_python() {
+                leaked.python_bytes += site.counts.leaked_bytes;
             } else {
-                leaked.native_bytes += site.leaked_bytes;
+                leaked.native_bytes += site.counts.leaked_bytes;
             }
         }
         // The peak's failure text only when the peak is what failed (a test with a limit it kept
         // can still fail a leak or baseline check).
         let failure = match (c.test.memory_failed, c.test.limits.limit_memory) {
-            (true, Some(limit)) if c.totals.peak_bytes > limit => Some(peak_failure(
+            (true, Some(limit)) if c.result.totals.peak_bytes > limit => Some(peak_failure(
                 limit,
                 capture,
                 resolver,
@@ -202,35 +201,35 @@ impl TestEntry {
             (true, _) => c.test.failure.clone(),
             _ => None,
         };
-        let by_leaks = c.totals.peak_bytes == 0;
-        let mut order: Vec<usize> = (0..c.sites.len())
+        let by_leaks = c.result.totals.peak_bytes == 0;
+        let mut order: Vec<usize> = (0..c.result.sites.len())
             .filter(|&i| {
-                let s = &c.sites[i];
+                let s = &c.result.sites[i];
                 if by_leaks {
-                    s.leaked_bytes > 0
+                    s.counts.leaked_bytes > 0
                 } else {
-                    s.bytes_at_peak > 0
+                    s.counts.bytes_at_peak > 0
                 }
             })
             .collect();
         if by_leaks {
-            order.sort_by_key(|&i| std::cmp::Reverse(c.sites[i].leaked_bytes));
+            order.sort_by_key(|&i| std::cmp::Reverse(c.result.sites[i].counts.leaked_bytes));
         }
         let top_locations = order
             .into_iter()
             .take(TOP_LOCATIONS)
             .map(|i| {
-                let site = &c.sites[i];
+                let site = &c.result.sites[i];
                 let stack = capture.stack(i, resolver);
                 let located = stack
                     .iter()
                     .find(|f| f.filename.is_some() && f.line.is_some());
                 Location {
-                    allocator: site.allocator.clone(),
-                    bytes_at_peak: site.bytes_at_peak,
-                    count_at_peak: site.count_at_peak,
-                    leaked_bytes: site.leaked_bytes,
-                    leaked_count: site.leaked_count,
+                    allocator: site.allocator.to_string(),
+                    bytes_at_peak: site.counts.bytes_at_peak,
+                    count_at_peak: site.counts.count_at_peak,
+                    leaked_bytes: site.counts.leaked_bytes,
+                    leaked_count: site.counts.leaked_count,
                     function: stack.first().map(|f| f.function.clone()),
                     file: located
                         .and_then(|f| f.filename.as_deref())
@@ -252,10 +251,10 @@ impl TestEntry {
             nodeid: c.test.nodeid.clone(),
             outcome: c.test.outcome.clone(),
             memory_failed: c.test.memory_failed,
-            peak_bytes: c.totals.peak_bytes,
-            peak_count: c.totals.peak_count,
-            total_bytes: c.totals.total_bytes,
-            total_count: c.totals.total_count,
+            peak_bytes: c.result.totals.peak_bytes,
+            peak_count: c.result.totals.peak_count,
+            total_bytes: c.result.totals.total_bytes,
+            total_count: c.result.totals.total_count,
             leaked,
             limits: c.test.limits.clone(),
             failure,

@@ -27,7 +27,11 @@ impl ResolvedCapture {
     /// Wraps `capture`; nothing is symbolized yet.
     pub fn new(capture: Capture) -> ResolvedCapture {
         let modules = Arc::new(capture.module_map());
-        let stacks = Arc::new((0..capture.sites.len()).map(|_| OnceLock::new()).collect());
+        let stacks = Arc::new(
+            (0..capture.result.sites.len())
+                .map(|_| OnceLock::new())
+                .collect(),
+        );
         ResolvedCapture {
             capture,
             modules,

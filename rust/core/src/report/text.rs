@@ -119,7 +119,7 @@ pub fn peak_failure(
     mode: &str,
     options: &TextOptions<'_>,
 ) -> String {
-    let totals = &capture.capture().totals;
+    let totals = &capture.capture().result.totals;
     let mut lines = vec![
         format!(
             "Test was limited to {} but allocated {} at its peak",
@@ -147,18 +147,19 @@ fn location_lines(
     let mut lines = Vec::new();
     let shown = capture
         .capture()
+        .result
         .sites
         .iter()
         .enumerate()
-        .filter(|(_, s)| s.bytes_at_peak > 0)
+        .filter(|(_, s)| s.counts.bytes_at_peak > 0)
         .take(options.max_sites);
     for (n, (i, site)) in shown.enumerate() {
         lines.push(format!(
             "  #{} {} ({} bytes) in {} through {}",
             n + 1,
-            format_size(site.bytes_at_peak),
-            site.bytes_at_peak,
-            plural(site.count_at_peak, "allocation"),
+            format_size(site.counts.bytes_at_peak),
+            site.counts.bytes_at_peak,
+            plural(site.counts.count_at_peak, "allocation"),
             site.allocator
         ));
         let stack = capture.stack(i, resolver);
@@ -192,7 +193,7 @@ pub fn capture_text(
     let c = capture.capture();
     match (c.test.memory_failed, c.test.limits.limit_memory) {
         // The peak failed: rendered again, symbolized on this machine.
-        (true, Some(limit)) if c.totals.peak_bytes > limit => {
+        (true, Some(limit)) if c.result.totals.peak_bytes > limit => {
             return peak_failure(
                 limit,
                 capture,
@@ -218,13 +219,13 @@ pub fn capture_text(
             "Test {} ({}) allocated {} at its peak{limit}",
             c.test.nodeid,
             c.test.outcome,
-            format_size(c.totals.peak_bytes)
+            format_size(c.result.totals.peak_bytes)
         ),
         format!(
             "  peak {} bytes in {}, {} bytes still allocated at the end",
-            c.totals.peak_bytes,
-            plural(c.totals.peak_count, "live allocation"),
-            c.totals.leaked_bytes
+            c.result.totals.peak_bytes,
+            plural(c.result.totals.peak_count, "live allocation"),
+            c.result.totals.leaked_bytes
         ),
         format!(
             "  charged: {}",
