@@ -193,6 +193,19 @@ impl std::ops::AddAssign for LeakTally {
     }
 }
 
+/// How the leak scan classified a live block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakKind {
+    /// No pointer to it anywhere.
+    DefinitelyLost,
+    /// Pointed to only from lost blocks.
+    IndirectlyLost,
+    /// A root or a reachable block still points to it.
+    StillReachable,
+    /// Only pointers far into its interior (not to its start) were found.
+    PossiblyLost,
+}
+
 /// Live memory at the end of a test by reachability (see `capture::scan_leaks`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeakKinds {
@@ -207,6 +220,17 @@ pub struct LeakKinds {
 }
 
 impl LeakKinds {
+    /// Counts a block of `bytes` of `kind`.
+    pub fn add(&mut self, kind: LeakKind, bytes: u64) {
+        let tally = match kind {
+            LeakKind::DefinitelyLost => &mut self.definitely_lost,
+            LeakKind::IndirectlyLost => &mut self.indirectly_lost,
+            LeakKind::StillReachable => &mut self.still_reachable,
+            LeakKind::PossiblyLost => &mut self.possibly_lost,
+        };
+        *tally += LeakTally { bytes, count: 1 };
+    }
+
     /// What fails a native-leak check: definitely, indirectly and possibly lost (valgrind's
     /// default error kinds).
     pub fn lost(&self) -> LeakTally {

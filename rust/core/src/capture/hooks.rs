@@ -10,7 +10,7 @@ use libc::{c_int, c_void, off_t, size_t};
 
 use super::elf_got::Hook;
 use super::loader;
-use super::tracker::Allocator;
+use super::Allocator;
 use super::{is_active, recorder, threads};
 
 extern "C" {

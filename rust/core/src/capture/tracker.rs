@@ -8,10 +8,10 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::scan::{Candidate, LeakKind};
-// The report types live in the one result model; re-exported here for `capture`'s paths.
-pub use crate::model::{Allocator, Frame, LeakKinds, LeakTally, SiteReport, TestReport};
-use crate::model::{SiteCounts, Totals};
+use super::tagged::{tagged, untagged};
+use crate::model::{
+    Allocator, Frame, LeakKind, LeakKinds, SiteCounts, SiteReport, TestReport, Totals,
+};
 
 /// A frame as the capture layer sees it: cheap to compare, resolved to names once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -31,18 +31,6 @@ pub enum FrameKey {
 pub type CodeNames = (String, String);
 
 const ROOT: u32 = 0;
-
-/// Addresses are stored with the top bit set: a non-canonical value that never equals a
-/// pointer, so the leak scan does not find the tracker's own tables pointing at every block.
-const TAG: usize = 1 << (usize::BITS - 1);
-
-fn tagged(addr: usize) -> usize {
-    addr | TAG
-}
-
-fn untagged(key: usize) -> usize {
-    key & !TAG
-}
 
 #[derive(Clone, Copy, Debug)]
 struct TrieNode {
@@ -72,19 +60,6 @@ struct Site {
     epoch: u64,
     total: u64,
     total_count: u64,
-}
-
-impl LeakKinds {
-    fn add(&mut self, kind: LeakKind, bytes: u64) {
-        let tally = match kind {
-            LeakKind::DefinitelyLost => &mut self.definitely_lost,
-            LeakKind::IndirectlyLost => &mut self.indirectly_lost,
-            LeakKind::StillReachable => &mut self.still_reachable,
-            LeakKind::PossiblyLost => &mut self.possibly_lost,
-        };
-        tally.bytes += bytes;
-        tally.count += 1;
-    }
 }
 
 /// The accounting state of one tracked test.
@@ -148,27 +123,23 @@ impl Tracker {
         self.last_site = None;
     }
 
-    /// Every live block (heap and mapped), sorted by address, for a leak scan.
-    /// `usable_size(address, size, allocator)` says how much memory the allocator really
-    /// gave a heap block (its slack is masked out of the roots too).
-    pub fn leak_candidates(
-        &self,
-        usable_size: &dyn Fn(usize, u64, Allocator) -> usize,
-    ) -> Vec<Candidate> {
+    /// Every live block (heap blocks, then mappings) for a leak scan: its address, size, site
+    /// and allocator (`None` for a mapping).
+    pub fn live_blocks(&self) -> impl Iterator<Item = (usize, u64, u32, Option<Allocator>)> + '_ {
         let heap = self.live.iter().map(|(key, b)| {
-            let address = untagged(*key);
             let allocator = self.sites[b.site as usize].allocator;
-            Candidate::new(address, b.size, b.site)
-                .with_usable_size(usable_size(address, b.size, allocator))
+            (untagged(*key), b.size, b.site, Some(allocator))
         });
         let mapped = self
             .mappings
             .iter()
-            .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site));
-        let mut blocks = Vec::with_capacity(self.live.len() + self.mappings.len());
-        blocks.extend(heap.chain(mapped));
-        blocks.sort_unstable_by_key(|c| c.start_address());
-        blocks
+            .map(|(key, b)| (untagged(*key), b.size, b.site, None));
+        heap.chain(mapped)
+    }
+
+    /// How many blocks [`Tracker::live_blocks`] yields.
+    pub fn live_block_count(&self) -> usize {
+        self.live.len() + self.mappings.len()
     }
 
     /// All live blocks by reachability, when a leak scan ran.
@@ -180,11 +151,11 @@ impl Tracker {
         })
     }
 
-    /// Record the scan's verdict for `candidates` (as returned by `leak_candidates`).
-    pub fn set_leak_kinds(&mut self, candidates: &[Candidate], kinds: &[LeakKind]) {
+    /// Record the scan's verdict: each classified block's site, kind and size.
+    pub fn set_leak_kinds(&mut self, verdicts: impl IntoIterator<Item = (u32, LeakKind, u64)>) {
         let mut per_site = vec![LeakKinds::default(); self.sites.len()];
-        for (c, kind) in candidates.iter().zip(kinds) {
-            per_site[c.site as usize].add(*kind, c.size);
+        for (site, kind, size) in verdicts {
+            per_site[site as usize].add(kind, size);
         }
         self.leak_kinds = Some(per_site);
     }
