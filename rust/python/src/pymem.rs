@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Once;
 
-use heapgate_core::capture::{is_active, recorder, Allocator, Guard};
+use heapgate_core::capture::{calls, Allocator, Guard};
 use libc::{c_void, size_t};
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx, PyObjectArenaAllocator};
 
@@ -55,79 +55,35 @@ extern "C" fn malloc(ctx: *mut c_void, size: size_t) -> *mut c_void {
         probe_hit(d.allocator);
     }
     let call = d.original.malloc.expect("CPython allocators are complete");
-    if !is_active() {
+    calls::alloc(size, d.allocator, || {
         let ptr = call(d.original.ctx, size);
         clear_slack(d.slack, ptr, size);
-        return ptr;
-    }
-    let Some(r) = recorder() else {
-        let ptr = call(d.original.ctx, size);
-        clear_slack(d.slack, ptr, size);
-        return ptr;
-    };
-    let ptr = call(d.original.ctx, size);
-    if !ptr.is_null() {
-        r.record_alloc(ptr as usize, size, d.allocator);
-    }
-    ptr
+        ptr
+    })
 }
 
 extern "C" fn calloc(ctx: *mut c_void, count: size_t, size: size_t) -> *mut c_void {
     let d = domain(ctx);
     let call = d.original.calloc.expect("CPython allocators are complete");
-    if !is_active() {
-        return call(d.original.ctx, count, size);
-    }
-    let Some(r) = recorder() else {
-        return call(d.original.ctx, count, size);
-    };
-    let ptr = call(d.original.ctx, count, size);
-    if !ptr.is_null() {
-        r.record_alloc(ptr as usize, count.saturating_mul(size), d.allocator);
-    }
-    ptr
+    calls::alloc(count.saturating_mul(size), d.allocator, || {
+        call(d.original.ctx, count, size)
+    })
 }
 
 extern "C" fn realloc(ctx: *mut c_void, old: *mut c_void, size: size_t) -> *mut c_void {
     let d = domain(ctx);
     let call = d.original.realloc.expect("CPython allocators are complete");
-    if !is_active() {
+    calls::realloc(old, size, d.allocator, || {
         let new = call(d.original.ctx, old, size);
         clear_slack(d.slack, new, size);
-        return new;
-    }
-    let Some(r) = recorder() else {
-        let new = call(d.original.ctx, old, size);
-        clear_slack(d.slack, new, size);
-        return new;
-    };
-    let taken = if old.is_null() {
-        None
-    } else {
-        r.take(old as usize)
-    };
-    let new = call(d.original.ctx, old, size);
-    if new.is_null() {
-        if let Some(block) = taken {
-            r.restore(block);
-        }
-    } else {
-        clear_slack(d.slack, new, size);
-        r.record_alloc(new as usize, size, d.allocator);
-    }
-    new
+        new
+    })
 }
 
 extern "C" fn free(ctx: *mut c_void, ptr: *mut c_void) {
     let d = domain(ctx);
     let call = d.original.free.expect("CPython allocators are complete");
-    if is_active() && !ptr.is_null() {
-        if let Some(r) = recorder() {
-            r.take(ptr as usize);
-            return call(d.original.ctx, ptr);
-        }
-    }
-    call(d.original.ctx, ptr)
+    calls::free(ptr, || call(d.original.ctx, ptr))
 }
 
 extern "C" fn arena_alloc(ctx: *mut c_void, size: size_t) -> *mut c_void {

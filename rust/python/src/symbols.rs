@@ -48,7 +48,6 @@ type FrameTuple = (Option<String>, Option<String>, u32, bool);
 #[pyclass(frozen, module = "heapgate._native", name = "Symbolizer")]
 struct PySymbolizer {
     inner: CoreSymbolizer,
-    say: MessageSink,
     options: SymbolizerOptions,
 }
 
@@ -74,37 +73,16 @@ fn io_error(path: &Path, error: &std::io::Error) -> PyErr {
     }
 }
 
-/// What binutils prints for addresses it cannot resolve: `??` frames.
-fn unknown_output(args: &Addr2lineArgs) -> String {
-    let mut out = String::new();
-    for address in &args.addresses {
-        if args.show_addresses {
-            out.push_str(&format!("0x{address:016x}"));
-            out.push_str(if args.pretty { ": " } else { "\n" });
-        }
-        if args.functions {
-            out.push_str(if args.pretty { "?? " } else { "??\n" });
-        }
-        out.push_str("??:0\n");
-    }
-    out
+fn run_addr2line(symbolizer: &CoreSymbolizer, argv: &[String]) -> PyResult<String> {
+    let args = Addr2lineArgs::parse(argv).map_err(|e| PyValueError::new_err(e.to_string()))?;
+    addr2line_output(symbolizer, &args).map_err(symbolize_error)
 }
 
-fn run_addr2line(
-    symbolizer: &CoreSymbolizer,
-    say: &MessageSink,
-    argv: &[String],
-) -> PyResult<String> {
-    let args = Addr2lineArgs::parse(argv).map_err(|e| PyValueError::new_err(e.to_string()))?;
-    match addr2line_output(symbolizer, &args) {
-        Ok(text) => Ok(text),
-        Err(SymbolizeError::Io { path, source }) => Err(io_error(&path, &source)),
-        Err(SymbolizeError::Usage(message)) => Err(PyValueError::new_err(message)),
-        // A file that is there but malformed: `??` frames and a warning, as in reports.
-        Err(e) => {
-            say(&format!("heapgate: warning: {e}; its addresses show as ??"));
-            Ok(unknown_output(&args))
-        }
+/// A missing or unreadable file as the matching `OSError`; anything else as `ValueError`.
+fn symbolize_error(e: SymbolizeError) -> PyErr {
+    match e {
+        SymbolizeError::Io { path, source } => io_error(&path, &source),
+        other => PyValueError::new_err(other.to_string()),
     }
 }
 
@@ -178,12 +156,10 @@ impl PySymbolizer {
     #[new]
     #[pyo3(signature = (on_message=None))]
     fn new(on_message: Option<Py<PyAny>>) -> Self {
-        let say = message_sink(on_message);
         let mut options = SymbolizerOptions::from_env();
-        options.messages = Some(say.clone());
+        options.messages = Some(message_sink(on_message));
         PySymbolizer {
             inner: CoreSymbolizer::new(options.clone()),
-            say,
             options,
         }
     }
@@ -192,7 +168,7 @@ impl PySymbolizer {
     /// Raises ValueError for bad arguments, OSError for a missing or unreadable object; a
     /// malformed object gives `??` frames and a warning.
     fn addr2line(&self, py: Python<'_>, argv: Vec<String>) -> PyResult<String> {
-        py.detach(|| run_addr2line(&self.inner, &self.say, &argv))
+        py.detach(|| run_addr2line(&self.inner, &argv))
     }
 
     /// Frames for addresses relative to the object file at `path`, each innermost first.
@@ -202,10 +178,7 @@ impl PySymbolizer {
         path: PathBuf,
         addresses: Vec<u64>,
     ) -> PyResult<Vec<Vec<FrameTuple>>> {
-        let module = Module::from_file(&path).map_err(|e| match e {
-            SymbolizeError::Io { path, source } => io_error(&path, &source),
-            other => PyValueError::new_err(other.to_string()),
-        })?;
+        let module = Module::from_file(&path).map_err(symbolize_error)?;
         Ok(py.detach(|| {
             addresses
                 .iter()

@@ -11,7 +11,7 @@ use libc::{c_int, c_void, off_t, size_t};
 use super::elf_got::Hook;
 use super::loader;
 use super::Allocator;
-use super::{is_active, recorder, threads};
+use super::{calls, is_active, recorder, threads};
 
 extern "C" {
     fn valloc(size: size_t) -> *mut c_void;
@@ -52,7 +52,7 @@ pub(crate) fn table() -> Vec<Hook> {
 /// Run our recording and leave `errno` as the C library set it (our locks, the stack walk
 /// and the tables may change it; the caller may read it even after a success).
 #[inline]
-fn keeping_errno<R>(record: impl FnOnce() -> R) -> R {
+pub(super) fn keeping_errno<R>(record: impl FnOnce() -> R) -> R {
     // SAFETY: __errno_location returns the calling thread's errno slot, valid while it runs.
     let slot = unsafe { libc::__errno_location() };
     // SAFETY: as above.
@@ -88,42 +88,9 @@ unsafe extern "C" fn calloc_hook(count: size_t, size: size_t) -> *mut c_void {
     ptr
 }
 
-/// realloc-like calls: the old block leaves the table before the C library can hand its
-/// address to another thread, and comes back if the call fails.
-#[inline]
-fn resize(
-    old: *mut c_void,
-    size: usize,
-    allocator: Allocator,
-    call: impl FnOnce() -> *mut c_void,
-) -> *mut c_void {
-    if !is_active() {
-        return call();
-    }
-    let Some(r) = recorder() else { return call() };
-    let removed = if old.is_null() {
-        None
-    } else {
-        keeping_errno(|| r.take(old as usize))
-    };
-    let new = call();
-    keeping_errno(|| {
-        // glibc's realloc(p, 0) frees p and returns NULL; a NULL for a size > 0 is a failure
-        // that leaves the old block alive.
-        if new.is_null() && size != 0 {
-            if let Some(block) = removed {
-                r.restore(block);
-            }
-        } else if !new.is_null() {
-            r.record_alloc(new as usize, size, allocator);
-        }
-    });
-    new
-}
-
 unsafe extern "C" fn realloc_hook(old: *mut c_void, size: size_t) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
-    resize(old, size, Allocator::Realloc, || unsafe {
+    calls::realloc(old, size, Allocator::Realloc, || unsafe {
         libc::realloc(old, size)
     })
 }
@@ -135,7 +102,7 @@ unsafe extern "C" fn reallocarray_hook(
 ) -> *mut c_void {
     let bytes = count.saturating_mul(size);
     // SAFETY: forwards the caller's arguments to the C library.
-    resize(old, bytes, Allocator::Reallocarray, || unsafe {
+    calls::realloc(old, bytes, Allocator::Reallocarray, || unsafe {
         libc::reallocarray(old, count, size)
     })
 }

@@ -5,6 +5,7 @@
 //! tests the hooks stay in place and cost one branch each.
 
 mod arch;
+pub mod calls;
 mod elf_got;
 mod fork;
 mod guard;

@@ -94,18 +94,30 @@ impl Addr2lineArgs {
 
 /// What binutils `addr2line` prints for `args` (addresses relative to the object file).
 /// Unknown addresses print `??` / `??:0`; a known function without line prints `file:?`.
+/// An object that is missing or unreadable is an error; one that is there but malformed gives
+/// `??` frames and a warning to the symbolizer's messages, as in reports.
 pub fn addr2line_output(
     symbolizer: &Symbolizer,
     args: &Addr2lineArgs,
 ) -> Result<String, SymbolizeError> {
-    let module = Module::from_file(&args.object)?;
+    let module = match Module::from_file(&args.object) {
+        Ok(module) => Some(module),
+        Err(e @ (SymbolizeError::Io { .. } | SymbolizeError::Usage(_))) => return Err(e),
+        Err(e) => {
+            (symbolizer.say)(&format!("heapgate: warning: {e}; its addresses show as ??"));
+            None
+        }
+    };
     let mut out = String::new();
     for &address in &args.addresses {
         if args.show_addresses {
             out.push_str(&format!("0x{address:016x}"));
             out.push_str(if args.pretty { ": " } else { "\n" });
         }
-        let frames = symbolizer.symbolize_raw(&module, address, SymbolLookup::Nearest);
+        let frames = module
+            .as_ref()
+            .map(|m| symbolizer.symbolize_raw(m, address, SymbolLookup::Nearest))
+            .unwrap_or_default();
         if frames.is_empty() {
             if args.functions {
                 out.push_str(if args.pretty { "?? " } else { "??\n" });
@@ -177,6 +189,31 @@ mod tests {
         ));
         assert!(Addr2lineArgs::parse(["-e"]).is_err());
         assert!(Addr2lineArgs::parse(["0xzz"]).is_err());
+    }
+
+    #[test]
+    fn a_malformed_object_gives_unknown_frames_and_a_warning() {
+        let dir = tempfile::tempdir().unwrap();
+        let object = dir.path().join("broken.so");
+        std::fs::write(&object, b"\x7fELF but not really an object").unwrap();
+        let said = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let sink = said.clone();
+        let symbolizer = Symbolizer::new(super::super::SymbolizerOptions {
+            messages: Some(std::sync::Arc::new(move |m: &str| {
+                sink.lock().unwrap().push(m.to_string())
+            })),
+            ..Default::default()
+        });
+        let path = object.display().to_string();
+        let args = Addr2lineArgs::parse(["-a", "-f", "-e", &path, "0x10", "0x20"]).unwrap();
+        let out = addr2line_output(&symbolizer, &args).unwrap();
+        assert_eq!(
+            out,
+            "0x0000000000000010\n??\n??:0\n0x0000000000000020\n??\n??:0\n"
+        );
+        let said = said.lock().unwrap();
+        assert_eq!(said.len(), 1);
+        assert!(said[0].starts_with("heapgate: warning: ") && said[0].ends_with("show as ??"));
     }
 
     #[test]
