@@ -135,6 +135,38 @@ impl Allocator {
 
 named_enum!(Allocator, "allocator");
 
+/// Whose allocations a tracked test is charged for. Named as the plugin and the capture file
+/// name it (`current_thread`, `spawned`, `all`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ThreadMode {
+    /// Only the thread running the test's call (pytest-memray's `current_thread_only=True`).
+    CurrentThread,
+    /// The test's thread plus every thread started during the call, and their descendants.
+    Spawned,
+    /// Every thread in the process.
+    All,
+}
+
+impl ThreadMode {
+    /// Every mode, in declaration order.
+    pub const ALL: [ThreadMode; 3] = [
+        ThreadMode::CurrentThread,
+        ThreadMode::Spawned,
+        ThreadMode::All,
+    ];
+
+    /// The mode's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadMode::CurrentThread => "current_thread",
+            ThreadMode::Spawned => "spawned",
+            ThreadMode::All => "all",
+        }
+    }
+}
+
+named_enum!(ThreadMode, "thread mode");
+
 /// A frame of a recorded stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Frame {
@@ -384,6 +416,9 @@ mod tests {
     fn names_parse_back_and_unknown_names_are_listed() {
         for a in Allocator::ALL {
             assert_eq!(a.to_string().parse::<Allocator>(), Ok(a));
+        }
+        for m in ThreadMode::ALL {
+            assert_eq!(m.name().parse::<ThreadMode>(), Ok(m));
         }
         let err = "malloc2".parse::<Allocator>().unwrap_err().to_string();
         assert!(err.starts_with("unknown allocator \"malloc2\" (expected one of: malloc, calloc"));

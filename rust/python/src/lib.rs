@@ -71,14 +71,10 @@ fn charge_mode(mode: &str) -> PyResult<(ThreadMode, bool)> {
 }
 
 fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
-    match mode {
-        "current_thread" => Ok(ThreadMode::CurrentThread),
-        "spawned" => Ok(ThreadMode::Spawned),
-        "all" => Ok(ThreadMode::All),
-        other => Err(pyo3::exceptions::PyValueError::new_err(format!(
-            "thread mode must be 'current_thread', 'spawned' or 'all', not {other:?}"
-        ))),
-    }
+    mode.parse()
+        .map_err(|e: heapgate_core::model::UnknownName| {
+            pyo3::exceptions::PyValueError::new_err(e.to_string())
+        })
 }
 
 /// Start tracking the calling thread's test.

@@ -22,7 +22,9 @@ mod threads;
 mod tracker;
 mod unwind;
 
-pub use crate::model::{Allocator, Frame, LeakKind, LeakKinds, LeakTally, SiteReport, TestReport};
+pub use crate::model::{
+    Allocator, Frame, LeakKind, LeakKinds, LeakTally, SiteReport, TestReport, ThreadMode,
+};
 pub use guard::Guard;
 pub use leaks::{has_gc_candidates, scan_leaks, take_leak_explanations, PoolLayout};
 pub use python::{
@@ -39,17 +41,6 @@ pub use unwind::{CodeRange, MAX_NATIVE_FRAMES};
 
 // What the hooks, the loader trampolines and thread starts call.
 use session::{charge_for_new_thread, sync_objects};
-
-/// Whose allocations a tracked test is charged for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ThreadMode {
-    /// Only the thread running the test's call (pytest-memray's `current_thread_only=True`).
-    CurrentThread,
-    /// The test's thread plus every thread started during the call, and their descendants.
-    Spawned,
-    /// Every thread in the process.
-    All,
-}
 
 /// Errors of the capture layer.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
