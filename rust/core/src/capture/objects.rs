@@ -202,13 +202,13 @@ impl<'a> LoadedObject<'a> {
                 let bytes = unsafe {
                     std::slice::from_raw_parts(std::ptr::with_exposed_provenance::<u8>(start), len)
                 };
-                gnu_build_id(bytes, note.p_align as u64)
+                gnu_build_id(bytes, note.p_align as usize)
             })
     }
 }
 
 /// Finds `NT_GNU_BUILD_ID` in the bytes of a note segment.
-fn gnu_build_id(notes: &[u8], align: u64) -> Option<&[u8]> {
+fn gnu_build_id(notes: &[u8], align: usize) -> Option<&[u8]> {
     let endian = object::NativeEndian;
     let align = align.try_into().ok()?;
     let mut iter = NoteIterator::<NoteHeader>::new(endian, align, notes).ok()?;
