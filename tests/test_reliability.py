@@ -32,13 +32,13 @@ def pytest_runtest_teardown(item):
     r = result.report
     sites = [
         {
-            "allocator": s.allocator,
+            "allocator": str(s.allocator),
             "bytes_at_peak": s.bytes_at_peak,
             "count_at_peak": s.count_at_peak,
             "total_bytes": s.total_bytes,
             "total_count": s.total_count,
             "line": s.stack[0].lineno if s.stack else 0,
-            "python": any(f.kind == "python" for f in s.stack),
+            "python": any(str(f.kind) == "python" for f in s.stack),
         }
         for s in r.sites
     ]

@@ -1,7 +1,7 @@
 """Type stubs for heapgate's Rust core (rust/python)."""
 
 from types import CodeType, FrameType
-from typing import Callable, Mapping, Optional, Sequence, final
+from typing import Callable, ClassVar, Mapping, Optional, Sequence, final
 
 __all__ = [
     "start",
@@ -17,6 +17,8 @@ __all__ = [
     "LeakKinds",
     "LeakTally",
     "StackFrame",
+    "FrameKind",
+    "Allocator",
     "TrackingError",
     "Record",
     "session_report",
@@ -36,6 +38,28 @@ __all__ = [
 class TrackingError(RuntimeError): ...
 
 @final
+class FrameKind:
+    """What kind of code a frame is; str() gives 'python', 'native' or 'interpreter'."""
+
+    PYTHON: ClassVar[FrameKind]
+    NATIVE: ClassVar[FrameKind]
+    INTERPRETER: ClassVar[FrameKind]
+    def __int__(self) -> int: ...
+
+@final
+class Allocator:
+    """The API an allocation came through; str() gives its name ('malloc', ...)."""
+
+    @staticmethod
+    def all() -> list[Allocator]: ...
+    @staticmethod
+    def from_name(name: str) -> Allocator: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def is_python(self) -> bool: ...
+
+@final
 class StackFrame:
     function: str
     filename: Optional[str]
@@ -43,7 +67,7 @@ class StackFrame:
     address: Optional[int]
     module: Optional[str]
     inlined: bool
-    kind: str  # 'python', 'native' or 'interpreter'
+    kind: FrameKind
     def format(self, rootpath: Optional[str] = None) -> str: ...
 
 
@@ -74,7 +98,7 @@ class LeakKinds:
 
 @final
 class Site:
-    allocator: str
+    allocator: Allocator
     bytes_at_peak: int
     count_at_peak: int
     leaked_bytes: int

@@ -69,7 +69,7 @@ def leaked_locations(report: Report) -> list[_Location]:
         loc = by_stack.setdefault(tuple(_frame_key(f) for f in stack), _Location(stack))
         loc.bytes += site.leaked_bytes
         loc.count += site.leaked_count
-        loc.allocators.add(site.allocator)
+        loc.allocators.add(str(site.allocator))
     return sorted(by_stack.values(), key=lambda l: l.bytes, reverse=True)
 
 
@@ -160,10 +160,12 @@ def is_native_site(stack: Sequence[StackFrame]) -> bool:
     """Was this memory allocated by native code? True when the nearest frame that is not the
     interpreter's own (nor the allocator's, already dropped) is an extension or library frame:
     this includes Python objects that extension code creates through the C API."""
+    from ._native import FrameKind
+
     for frame in stack:
-        if frame.kind == "interpreter":
+        if frame.kind == FrameKind.INTERPRETER:
             continue
-        return frame.kind == "native"
+        return frame.kind == FrameKind.NATIVE
     return False
 
 

@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use heapgate_core::capture::TestReport;
-use heapgate_core::model::{LeakKinds as CoreLeakKinds, LeakTally as CoreLeakTally, SiteReport};
+use heapgate_core::model::{
+    Allocator as CoreAllocator, LeakKinds as CoreLeakKinds, LeakTally as CoreLeakTally, SiteReport,
+};
 use heapgate_core::record::{Capture, ProcessFacts, TestInfo};
 use heapgate_core::report::{peak_failure, FrameKind, ReportFrame, ResolvedCapture, TextOptions};
 use heapgate_core::symbolize::ModuleMap;
@@ -14,6 +16,106 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use crate::records;
+
+/// What kind of code a frame is; `str()` gives its name: 'python', 'native' or 'interpreter'.
+#[pyclass(
+    eq,
+    eq_int,
+    hash,
+    frozen,
+    module = "heapgate._native",
+    name = "FrameKind"
+)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PyFrameKind {
+    /// Python code.
+    #[pyo3(name = "PYTHON")]
+    Python,
+    /// Native code outside the interpreter: extensions, libraries.
+    #[pyo3(name = "NATIVE")]
+    Native,
+    /// The interpreter's own native code (libpython or the python executable).
+    #[pyo3(name = "INTERPRETER")]
+    Interpreter,
+}
+
+impl From<FrameKind> for PyFrameKind {
+    fn from(kind: FrameKind) -> Self {
+        match kind {
+            FrameKind::Python => PyFrameKind::Python,
+            FrameKind::Native => PyFrameKind::Native,
+            FrameKind::Interpreter => PyFrameKind::Interpreter,
+        }
+    }
+}
+
+impl From<PyFrameKind> for FrameKind {
+    fn from(kind: PyFrameKind) -> Self {
+        match kind {
+            PyFrameKind::Python => FrameKind::Python,
+            PyFrameKind::Native => FrameKind::Native,
+            PyFrameKind::Interpreter => FrameKind::Interpreter,
+        }
+    }
+}
+
+#[pymethods]
+impl PyFrameKind {
+    fn __str__(&self) -> &'static str {
+        match self {
+            PyFrameKind::Python => "python",
+            PyFrameKind::Native => "native",
+            PyFrameKind::Interpreter => "interpreter",
+        }
+    }
+}
+
+/// The API an allocation came through (`heapgate_core::model::Allocator`); `str()` gives the
+/// name users know it by (`malloc`, `PyObject_Malloc`, ...).
+#[pyclass(eq, hash, frozen, str, module = "heapgate._native", name = "Allocator")]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct PyAllocator(CoreAllocator);
+
+#[pymethods]
+impl PyAllocator {
+    /// Every allocator, as the core lists them.
+    #[staticmethod]
+    fn all() -> Vec<PyAllocator> {
+        CoreAllocator::ALL.into_iter().map(PyAllocator).collect()
+    }
+
+    /// The allocator named `name`; ValueError naming the accepted names otherwise.
+    #[staticmethod]
+    fn from_name(name: &str) -> PyResult<PyAllocator> {
+        name.parse()
+            .map(PyAllocator)
+            .map_err(|e: heapgate_core::model::UnknownName| {
+                pyo3::exceptions::PyValueError::new_err(e.to_string())
+            })
+    }
+
+    /// The name users know it by.
+    #[getter]
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    /// True for CPython's allocator domains (Python objects and interpreter buffers).
+    #[getter]
+    fn is_python(&self) -> bool {
+        self.0.is_python()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Allocator({:?})", self.0.name())
+    }
+}
+
+impl std::fmt::Display for PyAllocator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
 
 /// One frame of an allocation's stack (the shape pytest-memray's `filter_fn` receives).
 #[pyclass(frozen, get_all, module = "heapgate._native")]
@@ -29,8 +131,8 @@ pub(crate) struct StackFrame {
     module: Option<String>,
     /// True for a native frame inlined into the next one.
     inlined: bool,
-    /// 'python', 'native' or 'interpreter'.
-    kind: &'static str,
+    /// Python, native, or the interpreter's own.
+    kind: PyFrameKind,
 }
 
 #[pymethods]
@@ -38,7 +140,10 @@ impl StackFrame {
     fn __repr__(&self) -> String {
         format!(
             "StackFrame({:?}, {:?}, {}, kind={:?})",
-            self.function, self.filename, self.lineno, self.kind
+            self.function,
+            self.filename,
+            self.lineno,
+            self.kind.__str__()
         )
     }
 
@@ -53,11 +158,7 @@ impl StackFrame {
             address: self.address,
             module: self.module.clone(),
             inlined: self.inlined,
-            kind: match self.kind {
-                "python" => FrameKind::Python,
-                "interpreter" => FrameKind::Interpreter,
-                _ => FrameKind::Native,
-            },
+            kind: self.kind.into(),
         };
         heapgate_core::report::format_frame(&frame, rootpath.as_deref())
     }
@@ -71,11 +172,7 @@ fn frame_to_py(frame: ReportFrame) -> StackFrame {
         address: frame.address,
         module: frame.module,
         inlined: frame.inlined,
-        kind: match frame.kind {
-            FrameKind::Python => "python",
-            FrameKind::Native => "native",
-            FrameKind::Interpreter => "interpreter",
-        },
+        kind: frame.kind.into(),
     }
 }
 
@@ -172,10 +269,10 @@ impl Site {
 
 #[pymethods]
 impl Site {
-    /// The API the memory came from (`malloc`, `PyObject_Malloc`, ...).
+    /// The API the memory came from (`str()`: `malloc`, `PyObject_Malloc`, ...).
     #[getter]
-    fn allocator(&self) -> &'static str {
-        self.site().allocator.name()
+    fn allocator(&self) -> PyAllocator {
+        PyAllocator(self.site().allocator)
     }
 
     /// Bytes held when the test's total was at its peak.
@@ -401,5 +498,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<StackFrame>()?;
     m.add_class::<LeakKinds>()?;
     m.add_class::<LeakTally>()?;
+    m.add_class::<PyAllocator>()?;
+    m.add_class::<PyFrameKind>()?;
     Ok(())
 }
