@@ -326,8 +326,9 @@ pub struct Tracker {
     total: u64,
     total_count: u64,
     leak_kinds: Option<Vec<LeakKinds>>,
+    /// The last interned stack, outermost frame first, and the trie node after each frame.
     last_stack: Vec<FrameKey>,
-    last_node: Option<u32>,
+    last_path: Vec<u32>,
     /// The last site looked up: (node, allocator, site).
     last_site: Option<(u32, Allocator, u32)>,
 }
@@ -364,7 +365,7 @@ impl Tracker {
         self.total_count = 0;
         self.leak_kinds = None;
         self.last_stack.clear();
-        self.last_node = None;
+        self.last_path.clear();
         self.last_site = None;
     }
 
@@ -411,7 +412,9 @@ impl Tracker {
 
     /// Intern a stack given allocating frame first; `describe` names a code object the first
     /// time one of its frames is seen. Returns the trie node of the whole stack. The last
-    /// stack is remembered: a loop that allocates from one line costs one comparison.
+    /// stack and its trie path are remembered: the outer frames it shares with the next stack
+    /// cost one comparison each, and only the frames that differ are looked up (a loop that
+    /// allocates from one line costs one comparison per frame, no lookup).
     pub fn intern_stack<I>(
         &mut self,
         innermost_first: I,
@@ -421,14 +424,16 @@ impl Tracker {
         I: IntoIterator<Item = FrameKey>,
         I::IntoIter: DoubleEndedIterator + Clone,
     {
-        let frames = innermost_first.into_iter();
-        if let Some(last) = self.last_node {
-            if frames.clone().eq(self.last_stack.iter().copied()) {
-                return last;
-            }
-        }
-        let mut node = ROOT;
-        for key in frames.clone().rev() {
+        let outer_first = innermost_first.into_iter().rev();
+        let shared = outer_first
+            .clone()
+            .zip(&self.last_stack)
+            .take_while(|(key, last)| key == *last)
+            .count();
+        self.last_stack.truncate(shared);
+        self.last_path.truncate(shared);
+        let mut node = self.last_path.last().copied().unwrap_or(ROOT);
+        for key in outer_first.skip(shared) {
             let frame = self.intern_frame(key, describe);
             let next = self.nodes.len() as u32;
             node = *self.node_index.entry((node, frame)).or_insert_with(|| {
@@ -438,10 +443,9 @@ impl Tracker {
                 });
                 next
             });
+            self.last_stack.push(key);
+            self.last_path.push(node);
         }
-        self.last_stack.clear();
-        self.last_stack.extend(frames);
-        self.last_node = Some(node);
         node
     }
 
@@ -777,6 +781,34 @@ mod tests {
             })
             .collect();
         assert_eq!(functions, ["f3", "f2", "f1"]);
+    }
+
+    #[test]
+    fn stacks_sharing_outer_frames_reuse_the_last_path() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[3, 2, 1]);
+        let b = node(&mut t, &[4, 2, 1]);
+        let c = node(&mut t, &[2, 1]);
+        let d = node(&mut t, &[5, 3, 2, 1]);
+        assert_eq!(node(&mut t, &[3, 2, 1]), a);
+        assert_eq!(node(&mut t, &[2, 1]), c);
+        assert_eq!(node(&mut t, &[]), ROOT);
+        assert_eq!(node(&mut t, &[4, 2, 1]), b);
+        assert_eq!(node(&mut t, &[5, 3, 2, 1]), d);
+        assert_eq!(t.nodes[d as usize].parent, a);
+        assert_eq!(t.nodes[a as usize].parent, c);
+        assert_eq!(t.nodes[b as usize].parent, c);
+        let functions = |n: u32| -> Vec<String> {
+            t.stack_of(n)
+                .into_iter()
+                .map(|f| match f {
+                    Frame::Python { function, .. } => function,
+                    Frame::Native(_) => String::from("?"),
+                })
+                .collect()
+        };
+        assert_eq!(functions(b), ["f4", "f2", "f1"]);
+        assert_eq!(functions(d), ["f5", "f3", "f2", "f1"]);
     }
 
     #[test]
