@@ -11,7 +11,7 @@
 use crate::report::InterpreterModules;
 use crate::symbolize::ModuleMap;
 
-use super::tracker::Frame;
+use crate::capture::Frame;
 
 /// Answers "is this site's origin native code?" for the stacks of one leak scan.
 pub(crate) struct NativeOrigins<'a> {
