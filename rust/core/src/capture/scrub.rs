@@ -22,7 +22,10 @@ static BIG: [AtomicUsize; BIG_SLOTS] = [const { AtomicUsize::new(0) }; BIG_SLOTS
 
 fn slot_range(slot: usize) -> (usize, usize) {
     let start = (slot >> PAGES_BITS) << PAGE_SHIFT;
-    (start, start + ((slot & ((1 << PAGES_BITS) - 1)) << PAGE_SHIFT))
+    (
+        start,
+        start + ((slot & ((1 << PAGES_BITS) - 1)) << PAGE_SHIFT),
+    )
 }
 
 /// Map a zeroed big block and register it; None when it cannot be (then `System` serves it).
@@ -208,17 +211,24 @@ mod tests {
             assert!(!ptr.is_null());
             let (start, end) = (ptr as usize, ptr as usize + layout.size());
             assert!(big_blocks().iter().any(|r| *r == (start, end)));
-            assert!(std::slice::from_raw_parts(ptr, layout.size()).iter().all(|b| *b == 0));
+            assert!(std::slice::from_raw_parts(ptr, layout.size())
+                .iter()
+                .all(|b| *b == 0));
             ptr.write_bytes(0x5a, layout.size());
             let grown = ScrubbingAllocator.realloc(ptr, layout, 4 << 20);
             assert_eq!(*grown.add(layout.size() - 1), 0x5a);
             assert!(!big_blocks().iter().any(|r| r.0 == start));
-            ScrubbingAllocator.dealloc(grown, Layout::from_size_align(4 << 20, 8).expect("a layout"));
+            ScrubbingAllocator.dealloc(
+                grown,
+                Layout::from_size_align(4 << 20, 8).expect("a layout"),
+            );
             assert!(!big_blocks().iter().any(|r| r.0 == grown as usize));
             // Small blocks stay with the C library.
             let small = Layout::from_size_align(64, 8).expect("a layout");
             let p = ScrubbingAllocator.alloc(small);
-            assert!(!big_blocks().iter().any(|r| r.0 <= p as usize && (p as usize) < r.1));
+            assert!(!big_blocks()
+                .iter()
+                .any(|r| r.0 <= p as usize && (p as usize) < r.1));
             ScrubbingAllocator.dealloc(p, small);
         }
     }
