@@ -210,7 +210,7 @@ mod tests {
             let ptr = ScrubbingAllocator.alloc(layout);
             assert!(!ptr.is_null());
             let (start, end) = (ptr as usize, ptr as usize + layout.size());
-            assert!(big_blocks().iter().any(|r| *r == (start, end)));
+            assert!(big_blocks().contains(&(start, end)));
             assert!(std::slice::from_raw_parts(ptr, layout.size())
                 .iter()
                 .all(|b| *b == 0));

@@ -73,7 +73,7 @@ mod tests {
         Module {
             path: path.into(),
             base: start,
-            ranges: vec![start..start + 0x1000],
+            ranges: std::iter::once(start..start + 0x1000).collect(),
             build_id: None,
             debuglink: None,
         }
