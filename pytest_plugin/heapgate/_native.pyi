@@ -148,14 +148,16 @@ def hooks_installed() -> bool:
 def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
-    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}."""
+    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}.
+    Skipped (all zero, no kinds in the report) when no live block has a native origin."""
 def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
 
 def has_gc_candidates() -> bool:
     """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a
-    collection before the leak scan free one of its blocks)?"""
+    collection before the leak scan free one of its blocks), while the scan will run (a live
+    block has a native origin)?"""
 
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for

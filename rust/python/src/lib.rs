@@ -87,7 +87,7 @@ fn symbolizer() -> &'static Symbolizer {
     SYMBOLIZER.get_or_init(|| Symbolizer::new(SymbolizerOptions::from_env()))
 }
 
-fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
+pub(crate) fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
     static INTERPRETER: OnceLock<InterpreterModules> = OnceLock::new();
     INTERPRETER.get_or_init(|| {
         let executable = py
