@@ -70,7 +70,7 @@ def summary(args: argparse.Namespace) -> int:
     except ReportFileError as e:
         return _error(str(e))
     print(report.headline())
-    for line in report.summary_lines(args.most):
+    for line in report.summary_lines(max(args.most, 0)):
         print(line)
     return 1 if report.memory_failures else 0
 
