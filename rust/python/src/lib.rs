@@ -6,6 +6,7 @@ mod pyframes;
 mod pymem;
 mod records;
 mod symbols;
+mod texts;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -442,5 +443,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     records::register(m)?;
     symbols::register(m)?;
     leaks::register(m)?;
+    texts::register(m)?;
     Ok(())
 }
