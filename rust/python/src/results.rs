@@ -164,7 +164,7 @@ impl StackFrame {
     }
 }
 
-fn frame_to_py(frame: ReportFrame) -> StackFrame {
+pub(crate) fn frame_to_py(frame: ReportFrame) -> StackFrame {
     StackFrame {
         function: frame.function,
         filename: frame.filename,
@@ -341,7 +341,7 @@ pub(crate) struct Report {
     /// test), or None.
     #[pyo3(get)]
     interpreter_problem: Option<String>,
-    data: Arc<ResolvedCapture>,
+    pub(crate) data: Arc<ResolvedCapture>,
     /// The `Site` objects, made on first access.
     sites: OnceLock<Py<PyList>>,
 }

@@ -143,6 +143,8 @@ impl<'a> LoadedObject<'a> {
     }
 
     /// The unwind-table index (`PT_GNU_EH_FRAME`).
+    // Read by the CFI unwinder, which is x86-64 only (elsewhere libgcc unwinds).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     pub fn eh_frame_hdr(&self) -> Option<Range<usize>> {
         self.first(libc::PT_GNU_EH_FRAME)
     }
@@ -251,6 +253,7 @@ where
 }
 
 /// The loader's counters now (read from the first object only).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn loader_counters() -> Option<LoaderCounters> {
     let mut counters = None;
     walk(|object| {
