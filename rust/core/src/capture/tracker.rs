@@ -389,6 +389,18 @@ impl Tracker {
         self.live.len() + self.mappings.len()
     }
 
+    /// The stack of a site (as in a candidate's `site`), allocating frame first.
+    pub fn site_stack(&self, site: u32) -> impl Iterator<Item = &Frame> {
+        let mut node = self.sites[site as usize].node;
+        std::iter::from_fn(move || {
+            (node != ROOT).then(|| {
+                let n = self.nodes[node as usize];
+                node = n.parent;
+                &self.frames[n.frame as usize]
+            })
+        })
+    }
+
     /// All live blocks by reachability, when a leak scan ran.
     pub fn leak_totals(&self) -> Option<LeakKinds> {
         self.leak_kinds.as_ref().map(|kinds| {
@@ -778,6 +790,10 @@ mod tests {
             })
             .collect();
         assert_eq!(functions, ["f3", "f2", "f1"]);
+        // The leak scan reads a candidate's stack the same way, without a report.
+        let site = t.live_blocks().next().expect("a live block").2;
+        let stack: Vec<&Frame> = t.site_stack(site).collect();
+        assert_eq!(stack, r.sites[0].stack.iter().collect::<Vec<_>>());
     }
 
     #[test]

@@ -99,6 +99,16 @@ impl ModuleMap {
     /// Build-ids come from the `PT_NOTE` segments in memory; debuglinks from the files on disk
     /// (absent if unreadable).
     pub fn current_process() -> Self {
+        let mut map = ModuleMap::current_process_objects();
+        for module in &mut map.modules {
+            module.debuglink = read_debuglink(&module.path);
+        }
+        map
+    }
+
+    /// [`ModuleMap::current_process`] without debuglinks (one file read per object): enough
+    /// to say which object an address belongs to.
+    pub fn current_process_objects() -> Self {
         let mut raw: Vec<Module> = Vec::new();
         objects::walk(|object| {
             raw.push(Module::from_loaded(object));
@@ -109,7 +119,6 @@ impl ModuleMap {
                 // The main program is reported with an empty name.
                 module.path = std::fs::read_link("/proc/self/exe").unwrap_or_default();
             }
-            module.debuglink = read_debuglink(&module.path);
         }
         ModuleMap::new(raw)
     }
