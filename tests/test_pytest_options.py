@@ -4,8 +4,10 @@ native module, and coexistence with pytest-memray."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
+import site
 import subprocess
 import sys
 from pathlib import Path
@@ -272,7 +274,11 @@ def test_without_the_native_module_tests_run_untracked(run, pytester: pytest.Pyt
     assert "INTERNALERROR" not in out + result.stderr.str()
 
 
-MEMRAY_VENV = Path(os.environ.get("HEAPGATE_MEMRAY_VENV", f"/tmp/hg-memray-{sys.version_info[0]}.{sys.version_info[1]}"))
+# One throwaway venv per interpreter environment (a venv's packages differ from its base's).
+MEMRAY_VENV = Path(os.environ.get(
+    "HEAPGATE_MEMRAY_VENV",
+    f"/tmp/hg-memray-{sys.version_info[0]}.{sys.version_info[1]}-{hashlib.sha1(sys.prefix.encode()).hexdigest()[:8]}",
+))
 
 
 def _memray_python() -> Path:
@@ -281,7 +287,15 @@ def _memray_python() -> Path:
     if python.exists() and subprocess.run([str(python), "-c", "import pytest_memray, heapgate"], capture_output=True).returncode == 0:
         return python
     try:
-        subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(MEMRAY_VENV)], check=True, capture_output=True, timeout=120)
+        subprocess.run([sys.executable, "-m", "venv", str(MEMRAY_VENV)], check=True, capture_output=True, timeout=120)
+        # `--system-site-packages` would reach the base interpreter's packages, not this venv's: add this
+        # environment's site directories (their .pth files too, so an editable heapgate is found).
+        purelib = subprocess.run(
+            [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+            check=True, capture_output=True, text=True, timeout=60,
+        ).stdout.strip()
+        dirs = [d for d in dict.fromkeys(site.getsitepackages()) if Path(d).is_dir()]
+        (Path(purelib) / "heapgate-test-parent.pth").write_text(f"import site; list(map(site.addsitedir, {dirs!r}))\n")
         subprocess.run([str(python), "-m", "pip", "install", "-q", "pytest-memray"], check=True, capture_output=True, timeout=300)
     except (subprocess.SubprocessError, OSError) as e:
         pytest.skip(f"cannot install pytest-memray in a throwaway venv ({MEMRAY_VENV}): {e}")

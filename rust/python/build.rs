@@ -1,9 +1,11 @@
-//! Compiles the frame-walking shim against the headers of the interpreter pyo3 builds for.
+//! Compiles the C shims (frame walking, leak scan) against the headers of the interpreter pyo3
+//! builds for.
 
 use std::process::Command;
 
 fn main() {
     println!("cargo:rerun-if-changed=csrc/pyframes.c");
+    println!("cargo:rerun-if-changed=csrc/pyleaks.c");
     let config = pyo3_build_config::get();
     let python = config
         .executable()
@@ -24,6 +26,7 @@ fn main() {
     let include = String::from_utf8(output.stdout).expect("include path is UTF-8");
     cc::Build::new()
         .file("csrc/pyframes.c")
+        .file("csrc/pyleaks.c")
         .include(include.trim())
         .flag_if_supported("-fno-strict-aliasing")
         .warnings(true)

@@ -9,6 +9,8 @@ use libc::{c_int, c_void, dl_phdr_info, size_t};
 
 use crate::symbolize::Module;
 
+use super::arch::GOT_RELOCATIONS;
+
 /// A symbol to redirect and the address of its hook.
 pub(crate) struct Hook {
     pub name: &'static [u8],
@@ -49,17 +51,6 @@ const DT_RELA: i64 = 7;
 const DT_RELASZ: i64 = 8;
 const DT_PLTREL: i64 = 20;
 const DT_JMPREL: i64 = 23;
-
-#[cfg(target_arch = "x86_64")]
-const GOT_RELOCATIONS: [u32; 2] = [
-    6, /* R_X86_64_GLOB_DAT */
-    7, /* R_X86_64_JUMP_SLOT */
-];
-#[cfg(target_arch = "aarch64")]
-const GOT_RELOCATIONS: [u32; 2] = [
-    1025, /* R_AARCH64_GLOB_DAT */
-    1026, /* R_AARCH64_JUMP_SLOT */
-];
 
 /// What the walks over the loader's list have seen.
 #[derive(Default)]

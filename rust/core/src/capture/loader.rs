@@ -6,7 +6,7 @@
 //! caller. So their GOT entries point at the trampolines below, which *jump* to the C
 //! library with the caller's return address untouched:
 //! - `dlopen`/`dlmopen`: note that objects may have changed, then jump. The tracked
-//!   allocation hooks see the note and patch what is new ([`super::sync_objects_if_changed`]).
+//!   allocation hooks see the note and patch what is new ([`super::session::sync_objects_if_changed`]).
 //! - `dlsym`/`dlvsym`: patch what was loaded since the last look, then jump. A function of a
 //!   new library is reached through `dlsym` (ctypes, Python's imports, `dlopen` + `dlsym`
 //!   in C), so the library is patched before its first call.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use rustc_hash::FxHashMap;
 
-use super::scan::{Candidate, LeakKind};
+use super::tagged::{tagged, untagged};
 
 /// The API an allocation came through. A site is a (stack, allocator) pair, as in memray.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -124,18 +124,6 @@ pub type CodeNames = (String, String);
 
 const ROOT: u32 = 0;
 
-/// Addresses are stored with the top bit set: a non-canonical value that never equals a
-/// pointer, so the leak scan does not find the tracker's own tables pointing at every block.
-const TAG: usize = 1 << (usize::BITS - 1);
-
-fn tagged(addr: usize) -> usize {
-    addr | TAG
-}
-
-fn untagged(key: usize) -> usize {
-    key & !TAG
-}
-
 #[derive(Clone, Copy, Debug)]
 struct TrieNode {
     parent: u32,
@@ -173,6 +161,19 @@ pub struct LeakTally {
     pub bytes: u64,
     /// Blocks.
     pub count: u64,
+}
+
+/// How a leaked block is classified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeakKind {
+    /// No pointer to it anywhere.
+    DefinitelyLost,
+    /// Pointed to only from lost blocks.
+    IndirectlyLost,
+    /// A root or a reachable block still points to it.
+    StillReachable,
+    /// Only pointers far into its interior (not to its start) were found.
+    PossiblyLost,
 }
 
 /// Live memory at the end of a test by reachability (see `capture::scan_leaks`).
@@ -318,27 +319,23 @@ impl Tracker {
         self.last_site = None;
     }
 
-    /// Every live block (heap and mapped), sorted by address, for a leak scan.
-    /// `usable_size(address, size, allocator)` says how much memory the allocator really
-    /// gave a heap block (its slack is masked out of the roots too).
-    pub fn leak_candidates(
-        &self,
-        usable_size: &dyn Fn(usize, u64, Allocator) -> usize,
-    ) -> Vec<Candidate> {
+    /// Every live block (heap blocks, then mappings) for a leak scan: its address, size, site
+    /// and allocator (`None` for a mapping).
+    pub fn live_blocks(&self) -> impl Iterator<Item = (usize, u64, u32, Option<Allocator>)> + '_ {
         let heap = self.live.iter().map(|(key, b)| {
-            let address = untagged(*key);
             let allocator = self.sites[b.site as usize].allocator;
-            Candidate::new(address, b.size, b.site)
-                .with_usable_size(usable_size(address, b.size, allocator))
+            (untagged(*key), b.size, b.site, Some(allocator))
         });
         let mapped = self
             .mappings
             .iter()
-            .map(|(key, b)| Candidate::new(untagged(*key), b.size, b.site));
-        let mut blocks = Vec::with_capacity(self.live.len() + self.mappings.len());
-        blocks.extend(heap.chain(mapped));
-        blocks.sort_unstable_by_key(|c| c.start_address());
-        blocks
+            .map(|(key, b)| (untagged(*key), b.size, b.site, None));
+        heap.chain(mapped)
+    }
+
+    /// How many blocks [`Tracker::live_blocks`] yields.
+    pub fn live_block_count(&self) -> usize {
+        self.live.len() + self.mappings.len()
     }
 
     /// All live blocks by reachability, when a leak scan ran.
@@ -350,11 +347,11 @@ impl Tracker {
         })
     }
 
-    /// Record the scan's verdict for `candidates` (as returned by `leak_candidates`).
-    pub fn set_leak_kinds(&mut self, candidates: &[Candidate], kinds: &[LeakKind]) {
+    /// Record the scan's verdict: each classified block's site, kind and size.
+    pub fn set_leak_kinds(&mut self, verdicts: impl IntoIterator<Item = (u32, LeakKind, u64)>) {
         let mut per_site = vec![LeakKinds::default(); self.sites.len()];
-        for (c, kind) in candidates.iter().zip(kinds) {
-            per_site[c.site as usize].add(*kind, c.size);
+        for (site, kind, size) in verdicts {
+            per_site[site as usize].add(kind, size);
         }
         self.leak_kinds = Some(per_site);
     }

@@ -1,0 +1,484 @@
+//! Conservative reachability of a test's live blocks, as valgrind memcheck and LeakSanitizer
+//! classify leaks: **definitely lost** (no pointer to it from any root), **indirectly lost**
+//! (reachable only from lost blocks), **still reachable**.
+//!
+//! Roots are every readable and writable mapping of the process — writable segments of loaded
+//! objects, the live part of thread stacks, and all other heap memory, tracked or not — except
+//! the candidate blocks themselves, which are scanned only once reached. Dead stack memory
+//! (below a thread's stack pointer, and stacks glibc keeps cached for threads that ended) is
+//! not a root: stale copies of a pointer there would hide a leak.
+//!
+//! A block that roots point into only far from its start (past
+//! [`START_WINDOW`](reach::START_WINDOW), or at an unaligned address) is **possibly lost**, as
+//! valgrind says: such a pointer may be a cursor into a live buffer, or stale bytes in the
+//! unused tail of another block.
+//!
+//! CPython's cyclic GC links every tracked container into a list through the `PyGC_Head`
+//! before the object; a word that points exactly at a candidate's GC head is that link, not
+//! a reference, and is ignored.
+
+mod glibc;
+mod maps;
+mod pymalloc;
+mod reach;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+pub use pymalloc::PoolLayout;
+
+use super::arch::has_thread_control_block;
+use super::session::{is_active, session};
+use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
+use glibc::glibc_free_chunks;
+use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
+use pymalloc::pool_mask;
+use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
+
+/// Classify the tracked test's live blocks by reachability (definitely lost, indirectly
+/// lost, still reachable); the result appears in the next [`stop`](super::stop)'s report.
+///
+/// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
+/// block can be freed or unmapped while it is read (a thread that frees one waits).
+/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`:
+/// ranges that hold no references (the interpreter's unused free-list slots). `stack_from`: an
+/// address in the caller's frame; the calling thread's stack is scanned from there up, plus
+/// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
+pub fn scan_leaks(
+    stale: &[(usize, usize)],
+    stack_from: usize,
+    registers: &[usize],
+    pools: Option<PoolLayout>,
+) -> Result<LeakKinds, CaptureError> {
+    let _guard = Guard::enter();
+    let mut s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    let Some(session) = s.as_mut() else {
+        return Err(CaptureError::NotActive);
+    };
+    let candidates = leak_candidates(&session.tracker);
+    if candidates.is_empty() {
+        // Nothing outlived the call: nothing to classify, no memory to read.
+        session.tracker.set_leak_kinds([]);
+        return Ok(LeakKinds::default());
+    }
+    let maps = std::fs::read_to_string("/proc/self/maps")
+        .map(|text| parse_maps(&text))
+        .unwrap_or_default();
+    let stack_pointers = blocked_thread_stack_pointers();
+    // Copies of memory made while reading must not be read back as roots: they live in a
+    // private mapping left out of the regions.
+    let mut scratch = scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())
+        .ok_or(CaptureError::ScanMemory)?;
+    let (scratch_start, scratch_end) = scratch.range();
+    let regions: Vec<Region> = {
+        let buffer = scratch.words();
+        let mut is_thread_stack = |start: usize, end: usize| {
+            let from = end.saturating_sub(std::mem::size_of_val(buffer)).max(start);
+            let words = &mut buffer[..(end - from) / std::mem::size_of::<usize>()];
+            let n = read_words(from, words);
+            n == words.len() && has_thread_control_block(words, end)
+        };
+        root_regions(&maps, stack_from, &stack_pointers, &mut is_thread_stack)
+    }
+    .into_iter()
+    .filter(|r| r.end.get() <= scratch_start || r.start.get() >= scratch_end)
+    .collect();
+    drop(maps);
+    // Free chunks of the main heap are no roots: walk its chunk headers to find them (a
+    // large free chunk is jumped over, never read).
+    let mut dead: Vec<(usize, usize)> = regions
+        .iter()
+        .find(|r| r.heap)
+        .and_then(|heap| {
+            let (start, end) = (heap.start.get(), heap.end.get());
+            let mut window = WindowReader::new(start, end)?;
+            glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
+        })
+        .unwrap_or_default();
+    dead.extend(stale.iter().filter(|(s, e)| s < e));
+    dead.sort_unstable();
+    // Merged, so that ends are sorted too (the lookups search by end).
+    dead.dedup_by(|next, prev| {
+        let overlaps = next.0 <= prev.1;
+        if overlaps {
+            prev.1 = prev.1.max(next.1);
+        }
+        overlaps
+    });
+    let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
+    let mut mask = Vec::with_capacity(scratch.words().len());
+    let mut roots = |visit: &mut dyn FnMut(&[usize])| {
+        if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
+            let mask = vec![true; registers.len()];
+            explain_references(registers, &mask, 0, Region::new(0, 0, false), &candidates);
+        }
+        visit(registers);
+        for region in &regions {
+            // Pools are read whole (their headers say which blocks are in use).
+            let grid = pools
+                .filter(|_| region.anonymous)
+                .map_or(4096, |p| p.pool_size);
+            for (from, to) in resident_ranges(pagemap.as_mut(), *region, grid) {
+                visit_region(
+                    *region,
+                    (from, to),
+                    &candidates,
+                    pools.as_ref(),
+                    &dead,
+                    (scratch.words(), &mut mask),
+                    visit,
+                );
+            }
+        }
+    };
+    let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
+    let read_block = |start: usize, len: usize| -> Vec<usize> {
+        // SAFETY: a live tracked block; it cannot be freed while we hold the tracker's lock
+        // (the free and munmap hooks take the lock before releasing memory).
+        let words: Vec<usize> = unsafe { std::slice::from_raw_parts(start as *const u8, len) }
+            .chunks_exact(std::mem::size_of::<usize>())
+            .map(|c| usize::from_ne_bytes(c.try_into().expect("word-sized chunk")))
+            .collect();
+        if explain {
+            let mask = vec![true; words.len()];
+            explain_references(
+                &words,
+                &mask,
+                start,
+                Region::new(start, start + len, false),
+                &candidates,
+            );
+        }
+        words
+    };
+    let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
+    let kinds = classify(
+        &candidates,
+        &gc_heads,
+        pools.map_or(0, |p| p.values_tag),
+        &mut roots,
+        &read_block,
+    );
+    session.tracker.set_leak_kinds(
+        candidates
+            .iter()
+            .zip(&kinds)
+            .map(|(c, k)| (c.site, *k, c.size)),
+    );
+    Ok(session.tracker.leak_totals().unwrap_or_default())
+}
+
+/// Every live block of the tracked test, sorted by address, as a candidate. Heap blocks carry
+/// how much memory the allocator really gave them (their slack is masked out of the roots too).
+fn leak_candidates(tracker: &Tracker) -> Vec<Candidate> {
+    let mut blocks = Vec::with_capacity(tracker.live_block_count());
+    blocks.extend(
+        tracker
+            .live_blocks()
+            .map(|(address, size, site, allocator)| match allocator {
+                Some(allocator) => Candidate::new(address, size, site)
+                    .with_usable_size(usable_size(address, size, allocator)),
+                None => Candidate::new(address, size, site),
+            }),
+    );
+    blocks.sort_unstable_by_key(|c| c.start_address());
+    blocks
+}
+
+/// The GC head of a candidate that CPython's cyclic GC tracks (see [`gc_head`]). The
+/// caller holds the tracker's lock, so the block stays allocated.
+fn candidate_gc_head(c: &Candidate) -> Option<usize> {
+    if c.size < 4 * std::mem::size_of::<usize>() as u64 {
+        return None;
+    }
+    let start = c.start_address();
+    // SAFETY: a live tracked block of at least four words (as in `scan_leaks`'s `read_block`).
+    let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
+    gc_head(start, first, &mut |addr| {
+        let mut w = [0usize];
+        (read_words(addr, &mut w) == 1).then_some(w[0])
+    })
+}
+
+/// Does the tracked test hold a live block that CPython's cyclic GC tracks? Only then can a
+/// collection free any of its blocks (garbage made only of older objects holds the test's
+/// blocks as reachable, which the scan counts as such), so a leak scan needs a full
+/// collection first only then.
+pub fn has_gc_candidates() -> Result<bool, CaptureError> {
+    let _guard = Guard::enter();
+    let s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    let Some(session) = s.as_ref() else {
+        return Err(CaptureError::NotActive);
+    };
+    let candidates = leak_candidates(&session.tracker);
+    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some()))
+}
+
+/// How much memory the allocator gave a live block. Blocks from the C library's allocators
+/// are asked; CPython's domains round to pymalloc's 16-byte classes (their pointers may come
+/// from debug hooks or another allocator, which the C library cannot be asked about).
+fn usable_size(address: usize, size: u64, allocator: Allocator) -> usize {
+    if allocator == Allocator::Mmap {
+        size as usize
+    } else if allocator.is_python() {
+        (size as usize + 15) & !15
+    } else {
+        // SAFETY: a live block that the C library's allocator returned through our hook (the
+        // tracker's lock keeps it from being freed meanwhile).
+        unsafe { libc::malloc_usable_size(address as *mut libc::c_void) }
+    }
+}
+
+/// Hand the root words of `range` (within `region`) to `visit`, chunk by chunk: candidates'
+/// words left out, `free` ranges (sorted) skipped unread, and in pymalloc pools only the
+/// words of blocks in use. `scratch`: the copy buffer and a mask buffer, reused.
+fn visit_region(
+    region: Region,
+    range: (usize, usize),
+    candidates: &[Candidate],
+    pools: Option<&PoolLayout>,
+    free: &[(usize, usize)],
+    scratch: (&mut [usize], &mut Vec<bool>),
+    visit: &mut dyn FnMut(&[usize]),
+) {
+    let (buffer, mask) = scratch;
+    let word = std::mem::size_of::<usize>();
+    // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
+    let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
+    let chunk = match pools {
+        Some(layout) if region.anonymous => layout.pool_size,
+        _ => std::mem::size_of_val(buffer),
+    }
+    .min(std::mem::size_of_val(buffer));
+    let (start, end) = (range.0 & !(word - 1), range.1);
+    let mut at = start;
+    let mut next_free = free.partition_point(|(_, e)| *e <= at);
+    while at < end {
+        // Free memory holds only stale bytes: jump over it without reading it.
+        while next_free < free.len() && free[next_free].1 <= at {
+            next_free += 1;
+        }
+        if let Some(&(free_start, free_end)) = free.get(next_free) {
+            if free_start <= at {
+                at = free_end.next_multiple_of(word);
+                continue;
+            }
+        }
+        // Chunks follow the pool grid, so a pool is always read whole.
+        let chunk_end = ((at / chunk) + 1) * chunk;
+        let len = (chunk_end.min(end) - at) / word;
+        if len == 0 {
+            break;
+        }
+        let words = &mut buffer[..len];
+        if read_words(at, words) == len {
+            mask.clear();
+            match pools
+                .filter(|_| region.anonymous)
+                .and_then(|layout| pool_mask(words, at, layout))
+            {
+                Some(pool) => mask.extend_from_slice(&pool),
+                None => mask.resize(len, true),
+            }
+            mask_out_candidates(mask, at, candidates);
+            mask_out_ranges(mask, at, free);
+            if explain {
+                explain_references(words, mask, at, region, candidates);
+            }
+            // Words that are not roots become 0 (never a reference) in our scratch copy.
+            for (w, keep) in words.iter_mut().zip(mask.iter()) {
+                if !keep {
+                    *w = 0;
+                }
+            }
+            visit(words);
+        }
+        at = chunk_end;
+    }
+}
+
+/// Regions at least this big are read only where pages are resident (or swapped out):
+/// a page never touched holds no pointer, and reading it would map it in.
+const RESIDENT_CHECK_BYTES: usize = 1 << 20;
+
+/// The sub-ranges of `region` whose pages are present or swapped out, from
+/// `/proc/self/pagemap` (the whole region when it is small or pagemap cannot be read),
+/// widened to the `grid` (a power of two).
+fn resident_ranges(
+    pagemap: Option<&mut std::fs::File>,
+    region: Region,
+    grid: usize,
+) -> Vec<(usize, usize)> {
+    use std::os::unix::fs::FileExt;
+    const PRESENT: u64 = 1 << 63;
+    const SWAPPED: u64 = 1 << 62;
+    const PAGE: usize = 4096;
+    let (start, end) = (region.start.get(), region.end.get());
+    let whole = vec![(start, end)];
+    let Some(pagemap) = pagemap else {
+        return whole;
+    };
+    if end - start < RESIDENT_CHECK_BYTES || start % PAGE != 0 {
+        return whole;
+    }
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    let mut entries = [0u64; 4096];
+    let mut page = start / PAGE;
+    let last = end.div_ceil(PAGE);
+    while page < last {
+        let n = (last - page).min(entries.len());
+        // SAFETY: viewing `n` u64 entries as bytes to read into them.
+        let bytes =
+            unsafe { std::slice::from_raw_parts_mut(entries.as_mut_ptr() as *mut u8, n * 8) };
+        if pagemap.read_exact_at(bytes, (page * 8) as u64).is_err() {
+            return whole;
+        }
+        for (i, e) in entries[..n].iter().enumerate() {
+            if e & (PRESENT | SWAPPED) == 0 {
+                continue;
+            }
+            let at = (((page + i) * PAGE) & !(grid - 1)).max(start);
+            let to = ((page + i + 1) * PAGE).next_multiple_of(grid).min(end);
+            match ranges.last_mut() {
+                Some(last) if last.1 >= at => last.1 = last.1.max(to),
+                _ => ranges.push((at, to)),
+            }
+        }
+        page += n;
+    }
+    ranges
+}
+
+/// Words of `[start, end)` read through a window of scratch memory (outside the roots): a
+/// walk that moves forward reads 64 KiB at a time, a jump reads one page.
+struct WindowReader {
+    buffer: scrub::Scratch,
+    start: usize,
+    end: usize,
+    window: (usize, usize),
+}
+
+impl WindowReader {
+    fn new(start: usize, end: usize) -> Option<WindowReader> {
+        Some(WindowReader {
+            buffer: scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())?,
+            start,
+            end,
+            window: (0, 0),
+        })
+    }
+
+    fn word_at(&mut self, addr: usize) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        if addr < self.start || addr + word > self.end {
+            return None;
+        }
+        if !(self.window.0 <= addr && addr + word <= self.window.1) {
+            const PAGE: usize = 4096;
+            let sequential = addr >= self.window.1 && addr < self.window.1 + PAGE;
+            let from = (addr & !(PAGE - 1)).max(self.start);
+            let size = if sequential {
+                std::mem::size_of_val(self.buffer.words())
+            } else {
+                PAGE
+            };
+            let to = (from + size).min(self.end);
+            let words = &mut self.buffer.words()[..(to - from) / word];
+            let n = read_words(from, words);
+            self.window = (from, from + n * word);
+            if addr + word > self.window.1 {
+                return None;
+            }
+        }
+        Some(self.buffer.words()[(addr - self.window.0) / word])
+    }
+}
+
+fn explain_references(
+    words: &[usize],
+    mask: &[bool],
+    at: usize,
+    region: Region,
+    candidates: &[Candidate],
+) {
+    let word = std::mem::size_of::<usize>();
+    for (i, w) in words.iter().enumerate().filter(|(i, _)| mask[*i]) {
+        if let Some(c) = candidates
+            .iter()
+            .find(|c| c.start_address() <= *w && *w < c.start_address() + c.size as usize)
+        {
+            let around: Vec<String> = words[i.saturating_sub(3)..(i + 4).min(words.len())]
+                .iter()
+                .map(|w| format!("{w:#x}"))
+                .collect();
+            explain(format!(
+                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+                c.start_address(),
+                c.size,
+                w,
+                at + i * word,
+                around.join(" "),
+                region.start.get(),
+                region.end.get(),
+                if region.anonymous { " (anonymous)" } else { "" }
+            ));
+        }
+    }
+}
+
+/// What `HEAPGATE_EXPLAIN_LEAKS=1` found in the last leak scan, for the test's report (the
+/// scan runs inside the test process, where writing to its terminal would cut into pytest's
+/// progress line).
+static EXPLANATIONS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+/// Lines kept per scan; the rest are counted.
+const MAX_EXPLANATIONS: usize = 1000;
+static EXPLANATIONS_DROPPED: AtomicU64 = AtomicU64::new(0);
+
+fn explain(line: String) {
+    let mut lines = EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner());
+    if lines.len() < MAX_EXPLANATIONS {
+        lines.push(line);
+    } else {
+        EXPLANATIONS_DROPPED.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The lines `HEAPGATE_EXPLAIN_LEAKS=1` made [`scan_leaks`] collect since the last call: for
+/// each reference to a candidate block found in a root or a live block, where it was found.
+/// Empty when the variable is not set.
+pub fn take_leak_explanations() -> Vec<String> {
+    let _guard = Guard::enter();
+    let mut lines = std::mem::take(&mut *EXPLANATIONS.lock().unwrap_or_else(|e| e.into_inner()));
+    let dropped = EXPLANATIONS_DROPPED.swap(0, Ordering::Relaxed);
+    if dropped > 0 {
+        lines.push(format!("... {dropped} more references not shown"));
+    }
+    lines
+}
+
+/// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
+/// meanwhile reads as a failure, never as a crash. Returns the number of words read.
+fn read_words(at: usize, buffer: &mut [usize]) -> usize {
+    let bytes = std::mem::size_of_val(buffer);
+    let local = libc::iovec {
+        iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
+        iov_len: bytes,
+    };
+    let remote = libc::iovec {
+        iov_base: at as *mut libc::c_void,
+        iov_len: bytes,
+    };
+    // SAFETY: copies at most `bytes` bytes into our own buffer of that size.
+    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    if n < 0 {
+        0
+    } else {
+        n as usize / std::mem::size_of::<usize>()
+    }
+}

@@ -1,0 +1,479 @@
+//! Reachability: which candidate blocks the roots reach, directly or through other blocks,
+//! and how each is classified. A one-hash page filter rejects most words before a lookup.
+
+use super::super::tagged::TAG;
+use super::LeakKind;
+
+/// An aligned pointer into a block's first bytes counts as a pointer to its start: an object
+/// header or a base class may come first (CPython objects sit 16 or 32 bytes into their block).
+pub const START_WINDOW: usize = 64;
+
+/// A block to classify: `[start, end)` with the caller's site id.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate {
+    /// Tagged start address (see `tagged::TAG`): the scan's own tables never look like
+    /// pointers to the blocks they describe.
+    start_tagged: usize,
+    end_tagged: usize,
+    /// End of the memory the allocator gave (the requested size plus slack): the slack
+    /// holds stale bytes and is no root either.
+    usable_end_tagged: usize,
+    /// The site the block belongs to.
+    pub site: u32,
+    /// Bytes.
+    pub size: u64,
+}
+
+impl Candidate {
+    /// A candidate block at `start` of `size` bytes.
+    pub fn new(start: usize, size: u64, site: u32) -> Candidate {
+        Candidate {
+            start_tagged: start | TAG,
+            end_tagged: (start + size as usize) | TAG,
+            usable_end_tagged: (start + size as usize) | TAG,
+            site,
+            size,
+        }
+    }
+
+    /// The allocator gave `usable` bytes for this block (at least its size).
+    pub fn with_usable_size(mut self, usable: usize) -> Candidate {
+        let end = self.start() + usable.max(self.size as usize);
+        self.usable_end_tagged = end | TAG;
+        self
+    }
+
+    /// The block's address.
+    pub fn start_address(&self) -> usize {
+        self.start_tagged & !TAG
+    }
+
+    fn start(&self) -> usize {
+        self.start_address()
+    }
+
+    fn len(&self) -> usize {
+        (self.end_tagged & !TAG) - self.start()
+    }
+}
+
+/// The GC head of the block at `start` whose first words are `first`, if the block is an
+/// object CPython's cyclic GC tracks: its head (at the block's start, or 16 bytes in after
+/// the managed-dict pre-header of 3.11+) links to a previous and a next head that both link
+/// back to it. `word_at` reads any address safely (None: unreadable). Words equal to a
+/// candidate's head are GC-list links, not references; finding the heads of the candidates
+/// alone costs what the test allocated, not what the process holds.
+pub fn gc_head(
+    start: usize,
+    first: &[usize],
+    word_at: &mut dyn FnMut(usize) -> Option<usize>,
+) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    [0usize, 2].into_iter().find_map(|at| {
+        let (next, prev) = (*first.get(at)?, *first.get(at + 1)? & !3);
+        let head = start + at * word;
+        let plausible = next != 0 && prev != 0 && next % word == 0 && prev % word == 0;
+        (plausible
+            && word_at(next + word).map(|p| p & !3) == Some(head)
+            && word_at(prev) == Some(head))
+        .then_some(head)
+    })
+}
+
+/// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges`.
+pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]) {
+    let word = std::mem::size_of::<usize>();
+    let end = base + mask.len() * word;
+    let first = ranges.partition_point(|(_, e)| *e <= base);
+    for &(start, stop) in &ranges[first..] {
+        if start >= end {
+            break;
+        }
+        let from = start.max(base) - base;
+        let to = stop.min(end) - base;
+        mask[from.div_ceil(word)..to / word].fill(false);
+    }
+}
+
+/// Clear, in `mask`, the words of `[base, base + 8 * mask.len())` that lie in candidates:
+/// they are scanned only if the candidate is reached.
+pub fn mask_out_candidates(mask: &mut [bool], base: usize, candidates: &[Candidate]) {
+    let word = std::mem::size_of::<usize>();
+    let end = base + mask.len() * word;
+    // Usable ends may overlap the next block's header: look back a little.
+    let first = candidates
+        .partition_point(|c| (c.end_tagged & !TAG) <= base)
+        .saturating_sub(1);
+    for c in &candidates[first..] {
+        if c.start() >= end {
+            break;
+        }
+        let usable_end = c.usable_end_tagged & !TAG;
+        if usable_end <= base {
+            continue;
+        }
+        let from = c.start().max(base) - base;
+        let to = usable_end.min(end) - base;
+        mask[from / word..to.div_ceil(word)].fill(false);
+    }
+}
+
+/// Find the candidate containing `word` (tag-compared), if any.
+fn find(candidates: &[Candidate], word: usize) -> Option<usize> {
+    let key = word | TAG;
+    let i = candidates.partition_point(|c| c.end_tagged <= key);
+    (i < candidates.len() && candidates[i].start_tagged <= key).then_some(i)
+}
+
+/// A one-hash Bloom filter over the 4 KiB pages candidates cover: most words of a process
+/// are no pointer into a candidate, and this rejects them with one bit test instead of a
+/// binary search over the candidates.
+struct PageFilter {
+    bits: Vec<u64>,
+    /// Candidates bigger than this many pages are looked up directly (their pages would fill
+    /// the filter).
+    big: Vec<(usize, usize)>,
+}
+
+const PAGE_SHIFT: u32 = 12;
+const FILTER_BITS_LOG2: u32 = 20;
+const BIG_PAGES: usize = 256;
+
+impl PageFilter {
+    fn new(candidates: &[Candidate]) -> PageFilter {
+        let mut filter = PageFilter {
+            bits: vec![0; 1 << (FILTER_BITS_LOG2 - 6)],
+            big: Vec::new(),
+        };
+        for c in candidates {
+            let (first, last) = (
+                c.start() >> PAGE_SHIFT,
+                (c.start() + c.len().max(1) - 1) >> PAGE_SHIFT,
+            );
+            if last - first >= BIG_PAGES {
+                filter.big.push((c.start(), c.start() + c.len()));
+                continue;
+            }
+            for page in first..=last {
+                let bit = Self::bit(page);
+                filter.bits[bit >> 6] |= 1 << (bit & 63);
+            }
+        }
+        filter
+    }
+
+    #[inline(always)]
+    fn bit(page: usize) -> usize {
+        page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - FILTER_BITS_LOG2)
+    }
+
+    /// False when `word` surely points into no candidate.
+    #[inline(always)]
+    fn may_hold(&self, word: usize) -> bool {
+        let bit = Self::bit(word >> PAGE_SHIFT);
+        self.bits[bit >> 6] & (1 << (bit & 63)) != 0
+            || self.big.iter().any(|(s, e)| *s <= word && word < *e)
+    }
+}
+
+struct Scanner<'a> {
+    candidates: &'a [Candidate],
+    gc_heads: &'a [usize],
+    values_tag: usize,
+    lo: usize,
+    hi: usize,
+    filter: PageFilter,
+}
+
+impl Scanner<'_> {
+    /// Candidates that `words` point into (GC-list links excluded), and whether the pointer
+    /// is near the block's start.
+    fn targets(&self, words: &[usize], mut hit: impl FnMut(usize, bool)) {
+        for &w in words {
+            if w < self.lo || w >= self.hi || !self.filter.may_hold(w) {
+                continue;
+            }
+            if let Some(i) = find(self.candidates, w) {
+                if self.gc_heads.binary_search(&(w | TAG)).is_err() {
+                    // A reference to an object or a header is aligned; an odd address near
+                    // the start is a cursor or stale bytes (a str's padding was seen).
+                    // 3.12's inline-values pointer is such an address minus its tag.
+                    let offset = w - self.candidates[i].start();
+                    let word = std::mem::size_of::<usize>();
+                    let aligned = offset % word == 0
+                        || (self.values_tag != 0 && (offset + self.values_tag) % word == 0);
+                    hit(i, offset < START_WINDOW && aligned);
+                }
+            }
+        }
+    }
+}
+
+/// Hands every root word to the visitor it is given.
+pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize])) + 'a;
+
+/// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
+/// to its argument (candidates' own words excluded: see [`mask_out_candidates`]);
+/// `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
+/// `values_tag`: see [`PoolLayout::values_tag`](super::PoolLayout::values_tag).
+pub fn classify(
+    candidates: &[Candidate],
+    gc_heads: &[usize],
+    values_tag: usize,
+    roots: &mut RootWords<'_>,
+    read_block: &dyn Fn(usize, usize) -> Vec<usize>,
+) -> Vec<LeakKind> {
+    let n = candidates.len();
+    let mut kinds = vec![LeakKind::DefinitelyLost; n];
+    if n == 0 {
+        return kinds;
+    }
+    let mut heads: Vec<usize> = gc_heads.iter().map(|h| h | TAG).collect();
+    heads.sort_unstable();
+    let scanner = Scanner {
+        candidates,
+        gc_heads: &heads,
+        values_tag,
+        lo: candidates[0].start(),
+        hi: candidates[n - 1].end_tagged & !TAG,
+        filter: PageFilter::new(candidates),
+    };
+    let mut reachable = vec![false; n];
+    let mut interior = vec![false; n];
+    let mut work = Vec::new();
+    let mut reach = |i: usize, start: bool, work: &mut Vec<usize>| {
+        if !start {
+            interior[i] = true;
+        } else if !reachable[i] {
+            reachable[i] = true;
+            work.push(i);
+        }
+    };
+    roots(&mut |words| scanner.targets(words, |i, start| reach(i, start, &mut work)));
+    while let Some(i) = work.pop() {
+        let words = read_block(candidates[i].start(), candidates[i].len());
+        scanner.targets(&words, |j, start| reach(j, start, &mut work));
+    }
+    // Among the unreachable: pointed to by another lost block → indirectly lost.
+    let mut pointed = vec![false; n];
+    let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for i in (0..n).filter(|i| !reachable[*i]) {
+        let words = read_block(candidates[i].start(), candidates[i].len());
+        scanner.targets(&words, |j, _| {
+            if j != i && !reachable[j] {
+                pointed[j] = true;
+                edges[i].push(j);
+            }
+        });
+    }
+    for (i, kind) in kinds.iter_mut().enumerate() {
+        *kind = if reachable[i] {
+            LeakKind::StillReachable
+        } else if interior[i] {
+            LeakKind::PossiblyLost
+        } else if pointed[i] {
+            LeakKind::IndirectlyLost
+        } else {
+            LeakKind::DefinitelyLost
+        };
+    }
+    // A cycle of lost blocks with no lost block outside pointing in: its lowest block is
+    // definitely lost, the rest indirectly (as they are reachable from it).
+    let mut seen = vec![false; n];
+    let definitely: Vec<usize> = (0..n)
+        .filter(|i| kinds[*i] == LeakKind::DefinitelyLost)
+        .collect();
+    for i in definitely {
+        mark_from(i, &edges, &mut seen);
+    }
+    for i in 0..n {
+        if !reachable[i] && !interior[i] && !seen[i] {
+            kinds[i] = LeakKind::DefinitelyLost;
+            mark_from(i, &edges, &mut seen);
+        }
+    }
+    kinds
+}
+
+fn mark_from(start: usize, edges: &[Vec<usize>], seen: &mut [bool]) {
+    let mut stack = vec![start];
+    while let Some(i) = stack.pop() {
+        if !seen[i] {
+            seen[i] = true;
+            stack.extend(edges[i].iter().copied());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::maps::Region;
+    use super::*;
+
+    /// A fake address space: candidate blocks and roots are word arrays at fake addresses.
+    struct Memory {
+        words: Vec<(usize, Vec<usize>)>,
+    }
+
+    impl Memory {
+        fn read(&self, start: usize, len: usize) -> Vec<usize> {
+            let mut out = Vec::new();
+            for (base, words) in &self.words {
+                for (k, w) in words.iter().enumerate() {
+                    let at = base + k * 8;
+                    if at >= start && at < start + len {
+                        out.push(*w);
+                    }
+                }
+            }
+            out
+        }
+    }
+
+    fn run(
+        memory: &Memory,
+        candidates: &[Candidate],
+        roots: &[Region],
+        heads: &[usize],
+    ) -> Vec<LeakKind> {
+        let mut visit_roots = |visit: &mut dyn FnMut(&[usize])| {
+            for r in roots {
+                let (start, len) = (r.start.get(), r.end.get() - r.start.get());
+                let mut mask = vec![true; len / 8];
+                mask_out_candidates(&mut mask, start, candidates);
+                let kept: Vec<usize> = memory
+                    .words
+                    .iter()
+                    .flat_map(|(base, ws)| {
+                        ws.iter().enumerate().map(move |(k, w)| (base + k * 8, *w))
+                    })
+                    .filter(|(at, _)| *at >= start && *at < start + len && mask[(*at - start) / 8])
+                    .map(|(_, w)| w)
+                    .collect();
+                visit(&kept);
+            }
+        };
+        classify(candidates, heads, 0, &mut visit_roots, &|s, l| {
+            memory.read(s, l)
+        })
+    }
+
+    #[test]
+    fn lost_head_indirect_rest_and_reachable_cache() {
+        use LeakKind::*;
+        // list: A(0x1000) -> B(0x2000) -> C(0x3000); cache D(0x4000) referenced from a root.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0x2000, 0]),
+                (0x2000, vec![0x3008, 0]), // interior pointer
+                (0x3000, vec![0, 0]),
+                (0x4000, vec![0, 0]),
+                (0x9000, vec![0x4000, 7, 0x1234]), // root
+            ],
+        };
+        let candidates: Vec<Candidate> = [0x1000, 0x2000, 0x3000, 0x4000]
+            .iter()
+            .map(|a| Candidate::new(*a, 16, 0))
+            .collect();
+        let roots = [Region::new(0x9000, 0x9018, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [
+                DefinitelyLost,
+                IndirectlyLost,
+                IndirectlyLost,
+                StillReachable
+            ]
+        );
+    }
+
+    #[test]
+    fn gc_list_links_are_not_references() {
+        use LeakKind::*;
+        // A root container's GC head links to the leaked object's GC head (0x1000); a real
+        // reference would point at the object after the head (0x1010).
+        let memory = Memory {
+            words: vec![(0x1000, vec![0, 0, 0, 0]), (0x9000, vec![0x1000, 0x1000])],
+        };
+        let candidates = [Candidate::new(0x1000, 32, 0)];
+        let roots = [Region::new(0x9000, 0x9010, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[0x1000]),
+            [DefinitelyLost]
+        );
+        let referenced = Memory {
+            words: vec![(0x1000, vec![0, 0, 0, 0]), (0x9000, vec![0x1000, 0x1010])],
+        };
+        assert_eq!(
+            run(&referenced, &candidates, &roots, &[0x1000]),
+            [StillReachable]
+        );
+    }
+
+    #[test]
+    fn gc_heads_are_found_by_their_links() {
+        // Three heads in a ring: 0x1000 <-> 0x2010 (after a 16-byte pre-header) <-> 0x3000.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0x2010, 0x3000]),
+                (0x2000, vec![0, 0, 0x3000, 0x1000 | 1]),
+                (0x3000, vec![0x1000, 0x2010]),
+                (0x4000, vec![0x5000, 0x6000]),
+            ],
+        };
+        let mut read = |addr: usize| memory.read(addr, 8).first().copied();
+        let first = memory.read(0x2000, 32);
+        assert_eq!(gc_head(0x2000, &first, &mut read), Some(0x2010));
+        let first = memory.read(0x1000, 16);
+        assert_eq!(gc_head(0x1000, &first, &mut read), Some(0x1000));
+        // Words that look like links but do not link back: no GC object.
+        let first = memory.read(0x4000, 16);
+        assert_eq!(gc_head(0x4000, &first, &mut read), None);
+    }
+
+    #[test]
+    fn a_lost_cycle_has_one_definitely_lost_block() {
+        use LeakKind::*;
+        let memory = Memory {
+            words: vec![(0x1000, vec![0x2000]), (0x2000, vec![0x1000])],
+        };
+        let candidates = [Candidate::new(0x1000, 8, 0), Candidate::new(0x2000, 8, 1)];
+        assert_eq!(
+            run(&memory, &candidates, &[], &[]),
+            [DefinitelyLost, IndirectlyLost]
+        );
+    }
+
+    #[test]
+    fn roots_exclude_the_candidates_themselves() {
+        use LeakKind::*;
+        // The block points at itself and sits inside a root region: still lost.
+        let memory = Memory {
+            words: vec![(0x1000, vec![0x1000, 0])],
+        };
+        let candidates = [Candidate::new(0x1000, 16, 0)];
+        let roots = [Region::new(0x0f00, 0x1100, false)];
+        assert_eq!(run(&memory, &candidates, &roots, &[]), [DefinitelyLost]);
+    }
+
+    #[test]
+    fn a_block_only_pointed_into_far_from_its_start_is_possibly_lost() {
+        use LeakKind::*;
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0; 32]),
+                (0x2000, vec![0; 32]),
+                (0x9000, vec![0x1000 + 200, 0x2000 + 16]),
+            ],
+        };
+        let candidates = [
+            Candidate::new(0x1000, 256, 0),
+            Candidate::new(0x2000, 256, 1),
+        ];
+        let roots = [Region::new(0x9000, 0x9010, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [PossiblyLost, StillReachable]
+        );
+    }
+}

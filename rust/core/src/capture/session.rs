@@ -1,0 +1,202 @@
+//! The process's tracking state: which test is tracked (one at a time), whose allocations it
+//! is charged for, and the hooks' installation in every loaded object.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+
+use super::fork::{fork_child, fork_parent, fork_prepare};
+use super::guard::Charge;
+use super::{elf_got, hooks, loader, unwind};
+use super::{CaptureError, Guard, TestReport, ThreadMode, Tracker};
+
+pub(super) static ACTIVE: AtomicBool = AtomicBool::new(false);
+pub(super) static GENERATION: AtomicU64 = AtomicU64::new(0);
+pub(super) static MODE: AtomicU8 = AtomicU8::new(0);
+pub(super) static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
+pub(super) static NATIVE: AtomicBool = AtomicBool::new(false);
+pub(super) static CHARGE_TRACERS: AtomicBool = AtomicBool::new(false);
+static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
+
+pub(super) struct Session {
+    pub(super) generation: u64,
+    pub(super) tracker: Tracker,
+}
+
+static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+
+pub(super) fn session() -> MutexGuard<'static, Option<Session>> {
+    // A panic while the lock was held cannot leave the tables half-updated in a way that
+    // matters more than losing the test's numbers; keep going.
+    SESSION.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// True while a test is tracked. The hooks' one branch.
+#[inline(always)]
+pub fn is_active() -> bool {
+    ACTIVE.load(Ordering::Relaxed)
+}
+
+/// Can allocations be tracked in this process at all (Linux/ELF, x86-64 or aarch64)?
+/// Patches nothing.
+pub fn supported() -> Result<(), CaptureError> {
+    if cfg!(all(
+        target_os = "linux",
+        any(target_arch = "x86_64", target_arch = "aarch64")
+    )) {
+        Ok(())
+    } else {
+        Err(CaptureError::Unsupported)
+    }
+}
+
+/// Patch every loaded object (and, through the loader trampolines and at each test start,
+/// every object loaded later). Idempotent; the first call's outcome is returned to every
+/// caller. [`start`] calls it, so nothing is patched until the first tracked test.
+pub fn install() -> Result<(), CaptureError> {
+    INSTALLED
+        .get_or_init(|| {
+            supported()?;
+            // SAFETY: registers plain functions that only touch our own locks and flags.
+            unsafe {
+                libc::pthread_atfork(Some(fork_prepare), Some(fork_parent), Some(fork_child));
+            }
+            loader::init();
+            let _guard = Guard::enter();
+            elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+            Ok(())
+        })
+        .clone()
+}
+
+fn hook_table() -> &'static [elf_got::Hook] {
+    static TABLE: OnceLock<Vec<elf_got::Hook>> = OnceLock::new();
+    TABLE.get_or_init(hooks::table)
+}
+
+/// Patch the objects loaded since the last look and note those unloaded (cheap when nothing
+/// changed). Runs before `dlsym` and after `dlclose`, at test start, and, after a `dlopen`,
+/// in the next tracked allocation.
+pub(super) fn sync_objects() {
+    if !INSTALLED.get().is_some_and(|r| r.is_ok()) {
+        return;
+    }
+    if let Some(_guard) = Guard::enter() {
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        unwind::forget_unloaded_objects();
+    }
+}
+
+/// In a tracked allocation hook (guard held): patch if a `dlopen` ran since the last look.
+/// Never waits for another thread's walk (that thread may be inside the loader, waiting for
+/// a lock this one holds); the note stays for later instead.
+#[inline]
+pub(super) fn sync_objects_if_changed() {
+    if loader::take_change_note()
+        && elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::TryOnly).is_none()
+    {
+        loader::keep_change_note();
+    }
+}
+
+/// Module-map entries of the objects unloaded since the last tracked test started, as
+/// recorded when they were loaded: a report made after a `dlclose` still symbolizes frames
+/// that point into them (see [`crate::symbolize::ModuleMap::current_process_with`]).
+pub fn unloaded_modules() -> Vec<crate::symbolize::Module> {
+    elf_got::unloaded_modules()
+}
+
+/// Have the hooks been written into the loaded objects' GOTs (by [`install`])?
+pub fn installed() -> bool {
+    INSTALLED.get().is_some_and(|r| r.is_ok())
+}
+
+/// Start tracking a test on the calling thread. With `require_entry`, the calling thread is
+/// charged only for allocations made while the test's own function is on its stack (as the
+/// Python layer reports through [`PythonStack::reached_entry`](super::PythonStack::reached_entry)). With `native`, every
+/// allocation also records its native return addresses (hybrid with the Python frames).
+pub fn start(mode: ThreadMode, require_entry: bool, native: bool) -> Result<(), CaptureError> {
+    install()?;
+    {
+        // Objects loaded since the last test (by paths the trampolines do not see) are
+        // patched before this one's first allocation; those unloaded before it are no
+        // longer needed for a report.
+        let _guard = Guard::enter();
+        elf_got::patch_loaded_objects(hook_table(), elf_got::Wait::Block);
+        elf_got::forget_unloaded();
+    }
+    let mut s = session();
+    if is_active() {
+        return Err(CaptureError::AlreadyActive);
+    }
+    let generation = GENERATION.fetch_add(1, Ordering::SeqCst) + 1;
+    match s.as_mut() {
+        Some(session) => {
+            session.tracker.reset();
+            session.generation = generation;
+        }
+        None => {
+            *s = Some(Session {
+                generation,
+                tracker: Tracker::new(),
+            })
+        }
+    }
+    MODE.store(mode as u8, Ordering::SeqCst);
+    REQUIRE_ENTRY.store(require_entry, Ordering::SeqCst);
+    NATIVE.store(native, Ordering::SeqCst);
+    Charge {
+        generation,
+        test_thread: true,
+    }
+    .set();
+    ACTIVE.store(true, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Whether the next tracked tests are also charged for what trace, profile and
+/// `sys.monitoring` callbacks allocate (see [`PythonStack::in_tracer`](super::PythonStack::in_tracer)). Off by default:
+/// coverage, profilers and debuggers are observers, not the test.
+pub fn set_charge_tracers(charge: bool) {
+    CHARGE_TRACERS.store(charge, Ordering::SeqCst);
+}
+
+/// Stop tracking and return the test's numbers.
+pub fn stop() -> Result<TestReport, CaptureError> {
+    if !ACTIVE.swap(false, Ordering::SeqCst) {
+        return Err(CaptureError::NotActive);
+    }
+    Charge::NONE.set();
+    let s = session();
+    Ok(s.as_ref().map(|s| s.tracker.report()).unwrap_or_default())
+}
+
+/// The tracked test's numbers so far, without stopping: what is live now per site (for
+/// repeat-run leak growth, which compares the live memory after each run of the call).
+pub fn checkpoint() -> Result<TestReport, CaptureError> {
+    let _guard = Guard::enter();
+    let s = session();
+    if !is_active() {
+        return Err(CaptureError::NotActive);
+    }
+    s.as_ref()
+        .map(|s| s.tracker.report())
+        .ok_or(CaptureError::NotActive)
+}
+
+pub(super) fn mode() -> ThreadMode {
+    match MODE.load(Ordering::Relaxed) {
+        0 => ThreadMode::CurrentThread,
+        1 => ThreadMode::Spawned,
+        _ => ThreadMode::All,
+    }
+}
+
+/// The charge a thread started now by the calling thread inherits, if any.
+pub(super) fn charge_for_new_thread() -> Option<Charge> {
+    let charge = Charge::current();
+    let generation = GENERATION.load(Ordering::Relaxed);
+    (charge.generation == generation && mode() == ThreadMode::Spawned).then_some(Charge {
+        generation,
+        test_thread: false,
+    })
+}

@@ -1,0 +1,191 @@
+/* The leak scan's side of the interpreter: pymalloc's pool and code-object layout, the scan's
+ * entry (which captures the callers' registers), and CPython's free lists (emptied before a
+ * test, and their stale slots reported as no roots).
+ *
+ * Compiled against the headers of the interpreter heapgate is built for, as pyframes.c is. */
+#define _GNU_SOURCE 1
+#define Py_BUILD_CORE 1
+#include <Python.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
+ * 3.9-3.13; sizes come from the headers where CPython publishes them). */
+#if PY_VERSION_HEX >= 0x030C0000
+#include "internal/pycore_obmalloc.h"
+#define HG_POOL_SIZE POOL_SIZE
+#define HG_ALIGNMENT_SHIFT ALIGNMENT_SHIFT
+#elif PY_VERSION_HEX >= 0x030A0000
+#define HG_POOL_SIZE (1 << 14) /* 3.10, 3.11: large pools with the radix tree (64-bit) */
+#define HG_ALIGNMENT_SHIFT 4
+#else
+#define HG_POOL_SIZE (1 << 12)
+#define HG_ALIGNMENT_SHIFT 4
+#endif
+
+void hg_py_pool_layout(size_t *pool_size, size_t *overhead, unsigned *alignment_shift) {
+    size_t header = 4 * sizeof(void *) + 4 * sizeof(unsigned int);
+    size_t align = (size_t)1 << HG_ALIGNMENT_SHIFT;
+    *pool_size = HG_POOL_SIZE;
+    *overhead = (header + align - 1) & ~(align - 1);
+    *alignment_shift = HG_ALIGNMENT_SHIFT;
+}
+
+/* The code object type and the offset of a code object's bytecode, which 3.11+ keeps inline
+ * with its specialising caches (borrowed object addresses that go stale; 0 before 3.11). */
+void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
+    *code_type = (uintptr_t)&PyCode_Type;
+#if PY_VERSION_HEX >= 0x030B0000
+    *bytecode = offsetof(PyCodeObject, co_code_adaptive);
+#else
+    *code_type = 0;
+    *bytecode = 0;
+#endif
+}
+
+/* 3.12 keeps a managed-dict object's inline values behind a pointer stored as their address
+ * minus 1 (the values are an interior block address, so the word is odd): 1 there, else 0. */
+size_t hg_py_values_tag(void) {
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+/* The leak scan's entry, called directly by the interpreter: everything above this frame is
+ * the callers' (live), everything below is ours or left by calls that have returned (stale,
+ * and must not count as references). The callers' callee-saved registers are captured with
+ * setjmp. Compiled without sibling-call optimisation, so `registers` outlives the call. */
+#include <setjmp.h>
+
+typedef PyObject *(*hg_scan_callback)(uintptr_t stack_from, const uintptr_t *registers,
+                                      size_t n_registers);
+static hg_scan_callback scan_callback = NULL;
+
+static PyObject *scan_leaks_entry(PyObject *module, PyObject *unused) {
+    (void)module;
+    (void)unused;
+    jmp_buf registers;
+    setjmp(registers);
+    uintptr_t here = (uintptr_t)__builtin_frame_address(0);
+    PyObject *result = scan_callback(here, (const uintptr_t *)(void *)&registers,
+                                     sizeof(jmp_buf) / (sizeof(uintptr_t)));
+    __asm__ volatile("" ::: "memory");
+    return result;
+}
+
+static PyMethodDef scan_leaks_def = {
+    "scan_leaks", scan_leaks_entry, METH_NOARGS,
+    "scan_leaks() -> dict\n--\n\nClassify the tracked test's live blocks by reachability "
+    "(call after gc.collect(), before stop()). Returns totals per kind."};
+
+PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) {
+    scan_callback = callback;
+    return PyCFunction_NewEx(&scan_leaks_def, module, NULL);
+}
+
+/* Empty CPython's free lists of lists, dicts (and their keys), tuples and floats, as a full
+ * collection does, for the leak scan: an object handed out from a free list was allocated
+ * before the test, so a leaked one would be no candidate and would root whatever it points to.
+ * Emptied right before the test's call, every such object the call creates is a new block.
+ * 3.11 and 3.12 are emptied directly (their free lists share one layout, compiled here from
+ * the version's own headers; the clearing functions are not exported); other versions run a
+ * full collection, which clears them (3.9-3.13).
+ * Returns 1 when emptied directly, 0 when a collection did it. The GIL must be held. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
+#include "internal/pycore_interp.h"
+#include "internal/pycore_list.h"
+#include "internal/pycore_tuple.h"
+#include "internal/pycore_floatobject.h"
+#include "internal/pycore_dict.h"
+
+int hg_py_clear_free_lists(void) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+#if PyList_MAXFREELIST > 0
+    while (interp->list.numfree > 0) {
+        int i = --interp->list.numfree;
+        PyObject_GC_Del(interp->list.free_list[i]);
+        interp->list.free_list[i] = NULL;
+    }
+#endif
+#if PyDict_MAXFREELIST > 0
+    while (interp->dict_state.numfree > 0) {
+        int i = --interp->dict_state.numfree;
+        PyObject_GC_Del(interp->dict_state.free_list[i]);
+        interp->dict_state.free_list[i] = NULL;
+    }
+    while (interp->dict_state.keys_numfree > 0) {
+        int i = --interp->dict_state.keys_numfree;
+        PyObject_Free(interp->dict_state.keys_free_list[i]);
+        interp->dict_state.keys_free_list[i] = NULL;
+    }
+#endif
+#if PyTuple_NFREELISTS > 0
+    for (int i = 0; i < PyTuple_NFREELISTS; i++) {
+        PyTupleObject *t = interp->tuple.free_list[i];
+        interp->tuple.free_list[i] = NULL;
+        interp->tuple.numfree[i] = 0;
+        while (t != NULL) {
+            PyTupleObject *next = (PyTupleObject *)t->ob_item[0];
+            PyObject_GC_Del(t);
+            t = next;
+        }
+    }
+#endif
+#if PyFloat_MAXFREELIST > 0
+    PyFloatObject *f = interp->float_state.free_list;
+    interp->float_state.free_list = NULL;
+    interp->float_state.numfree = 0;
+    while (f != NULL) {
+        PyFloatObject *next = (PyFloatObject *)Py_TYPE(f);
+        PyObject_Free(f);
+        f = next;
+    }
+#endif
+    return 1;
+}
+
+/* Interpreter memory that holds no references: the unused slots of the free-list arrays
+ * (from the count up; CPython leaves the address of every object it took back out there)
+ * and the data stacks' slots above their tops. Writes (start, end) pairs
+ * into `out` (at most `cap` words), returns the number of words written. */
+size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    size_t n = 0;
+#define HG_STALE(array, count, max)                                       \
+    if (n + 2 <= cap) {                                                   \
+        out[n++] = (uintptr_t)&(array)[(count)];                          \
+        out[n++] = (uintptr_t)&(array)[(max)];                            \
+    }
+#if PyList_MAXFREELIST > 0
+    HG_STALE(interp->list.free_list, interp->list.numfree, PyList_MAXFREELIST)
+#endif
+#if PyDict_MAXFREELIST > 0
+    HG_STALE(interp->dict_state.free_list, interp->dict_state.numfree, PyDict_MAXFREELIST)
+    HG_STALE(interp->dict_state.keys_free_list, interp->dict_state.keys_numfree,
+             PyDict_MAXFREELIST)
+#endif
+#undef HG_STALE
+    /* Each thread's Python data stack above its top: slots of frames that have returned. */
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t)) {
+        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
+            out[n++] = (uintptr_t)t->datastack_top;
+            out[n++] = (uintptr_t)t->datastack_limit;
+        }
+    }
+    return n;
+}
+#else
+int hg_py_clear_free_lists(void) {
+    PyGC_Collect();
+    return 0;
+}
+
+size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
+    (void)out;
+    (void)cap;
+    return 0;
+}
+#endif
