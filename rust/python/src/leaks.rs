@@ -14,6 +14,7 @@ type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObj
 extern "C" {
     fn hg_py_clear_free_lists() -> c_int;
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
+    fn hg_py_list_spare_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
@@ -60,12 +61,32 @@ pub(crate) fn kinds_to_dict<'py>(
 }
 
 /// Interpreter memory that holds no references (the unused slots of its free-list arrays,
-/// the dead part of each thread's data stack), as (start, end) ranges.
+/// the dead part of each thread's data stack, every list's spare capacity), as (start, end)
+/// ranges.
 fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
-    words[..n.min(words.len())]
+    words.truncate(n.min(words.len()));
+    let mut spare = vec![0usize; 4096];
+    loop {
+        // SAFETY: as above; it returns how many words all ranges need.
+        let needed = unsafe { hg_py_list_spare_slots(spare.as_mut_ptr(), spare.len()) };
+        if needed <= spare.len() {
+            spare.truncate(needed);
+            break;
+        }
+        // Lists may be made between the calls (none while we hold the GIL): leave room.
+        spare.resize(needed + needed / 8, 0);
+    }
+    words.extend_from_slice(&spare);
+    // Held tagged (the scan's convention): a spare range of a leaked list is an address inside
+    // that list's buffer, and must not read as a pointer to it.
+    const TAG: usize = 1 << (usize::BITS - 1);
+    for w in spare.iter_mut().chain(words.iter_mut()) {
+        *w |= TAG;
+    }
+    words
         .chunks_exact(2)
         .map(|pair| (pair[0], pair[1]))
         .collect()
