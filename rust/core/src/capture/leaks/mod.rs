@@ -29,8 +29,8 @@ pub use pymalloc::PoolLayout;
 
 use super::arch::has_thread_control_block;
 use super::session::{is_active, session};
-use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
 use super::tagged::{tagged, untagged};
+use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
 use glibc::glibc_free_chunks;
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
 use pymalloc::pool_mask;
