@@ -6,6 +6,7 @@
 #define _GNU_SOURCE 1
 #define Py_BUILD_CORE 1
 #include <Python.h>
+#include <stdbool.h> /* 3.13's internal headers use bool without including it */
 #include <stddef.h>
 #include <stdint.h>
 
