@@ -11,7 +11,7 @@ gcc): half leave nothing allocated, half leak 64 blocks. Three cases, each mode 
 - big process: the same tests after the session's conftest made the process big — 2 million
   live Python objects, and 512 MiB that glibc keeps mapped but free (freed below a block that
   stays, so it cannot be trimmed);
-- suite: the wall time of a whole session of `--suite` tests, against plain pytest.
+- suite: the wall and CPU time of a whole session of `--suite` tests, against plain pytest.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -107,14 +108,15 @@ def write_tests(workdir: Path, n: int, name: str = "test_scan.py") -> None:
     (workdir / "conftest.py").write_text(textwrap.dedent(CONFTEST))
 
 
-def run_mode(workdir: Path, args: list[str], tests: str = "test_scan.py", big: bool = False) -> tuple[dict[str, float], float]:
-    """Call-phase durations per test, and the session's wall time."""
+def run_mode(workdir: Path, args: list[str], tests: str = "test_scan.py", big: bool = False) -> tuple[dict[str, float], float, float]:
+    """Call-phase durations per test, the session's wall time and its CPU time (user and
+    system: on a machine shared with other work, wall time varies by tens of percent)."""
     out = workdir / "durations.json"
     env = {**os.environ, "SCAN_BENCH_OUT": str(out), "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(workdir)]))}
     if big:
         env["SCAN_BENCH_BIG"] = "1"
     # The limit is high: every test passes, so only the scan's cost is measured.
-    started = time.perf_counter()
+    started, cpu_before = time.perf_counter(), children_cpu()
     subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:logging", *args, tests],
         cwd=workdir,
@@ -123,7 +125,12 @@ def run_mode(workdir: Path, args: list[str], tests: str = "test_scan.py", big: b
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    return json.loads(out.read_text()), time.perf_counter() - started
+    return json.loads(out.read_text()), time.perf_counter() - started, children_cpu() - cpu_before
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def per_test(workdir: Path, repeat: int, big: bool) -> dict[str, dict[str, float]]:
@@ -146,16 +153,19 @@ def per_test(workdir: Path, repeat: int, big: bool) -> dict[str, dict[str, float
     return medians
 
 
-def suite(workdir: Path, repeat: int) -> dict[str, float]:
+def suite(workdir: Path, repeat: int) -> dict[str, dict[str, float]]:
     walls: dict[str, list[float]] = {m: [] for m in MODES}
+    cpus: dict[str, list[float]] = {m: [] for m in MODES}
     for _ in range(repeat):
         for mode, mode_args in MODES.items():
-            walls[mode].append(run_mode(workdir, mode_args, tests="test_suite.py")[1])
-    medians = {m: statistics.median(v) for m, v in walls.items()}
+            _, wall, cpu = run_mode(workdir, mode_args, tests="test_suite.py")
+            walls[mode].append(wall)
+            cpus[mode].append(cpu)
+    medians = {m: {"wall": statistics.median(walls[m]), "cpu": statistics.median(cpus[m])} for m in MODES}
     plain = medians["plain"]
-    print(f"{'mode':<32} {'session wall (s)':>16} {'x plain':>8}")
-    for mode, wall in medians.items():
-        print(f"{mode:<32} {wall:>16.2f} {wall / plain:>8.2f}")
+    print(f"{'mode':<32} {'session wall (s)':>16} {'x plain':>8} {'CPU (s)':>8} {'x plain':>8}")
+    for mode, m in medians.items():
+        print(f"{mode:<32} {m['wall']:>16.2f} {m['wall'] / plain['wall']:>8.2f} {m['cpu']:>8.2f} {m['cpu'] / plain['cpu']:>8.2f}")
     return medians
 
 

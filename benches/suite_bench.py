@@ -3,6 +3,8 @@
 modes, sessions interleaved in one run, medians of --repeat sessions, overhead ratios.
 
     python benches/suite_bench.py [--repeat 5] [--json out.json] [--modes plain,heapgate,...]
+    python benches/suite_bench.py --save-snapshot DIR        # keep this build for a later A/B
+    python benches/suite_bench.py --baseline DIR [...]       # also run DIR's heapgate modes
 
 Run it with the interpreter that has heapgate installed (e.g. the checkout's .venv). The
 sessions run in benches/.venv (created on first use: pytest, numpy, pytest-memray; heapgate is
@@ -49,6 +51,8 @@ COMPARISONS = [
     ("heapgate-native-leaks", "memray-full", None),
 ]
 WARMUP = "test_00_warmup"
+# Modes of the --baseline build are these names with this prefix.
+BASELINE = "before:"
 C_BLOCKS = 2_097_152
 _HG_ROW = re.compile(r"^\s*(\S+)\s+(\d+)\s+\S+\s+\S+\s+test_suite\.py::(\w+)", re.M)
 
@@ -72,9 +76,9 @@ def build_suite(python: Path, workdir: Path) -> list[str]:
 
 
 def run_once(python: Path, workdir: Path, env: dict[str, str], mode: str, tests: list[str], timeout: float) -> dict:
-    out = workdir / f"result-{mode}.json"
+    out = workdir / f"result-{mode.replace(':', '-')}.json"
     out.unlink(missing_ok=True)
-    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODES[mode], "test_suite.py"]
+    cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODES[mode.removeprefix(BASELINE)], "test_suite.py"]
     t0 = time.perf_counter()
     try:
         r = subprocess.run(cmd, cwd=workdir, env=dict(env, HEAPGATE_BENCH_OUT=str(out)), capture_output=True, text=True, timeout=timeout)
@@ -104,7 +108,21 @@ def main() -> int:
     ap.add_argument("--venv", type=Path, default=DEFAULT_VENV, help=f"benchmark virtualenv (default {DEFAULT_VENV})")
     ap.add_argument("--modes", default=",".join(MODES), help=f"comma-separated subset of {','.join(MODES)} (plain is required)")
     ap.add_argument("--timeout", type=float, default=900.0, help="seconds before a session counts as hung")
+    ap.add_argument("--save-snapshot", type=Path, metavar="DIR",
+                    help="copy the running interpreter's heapgate to DIR (for a later --baseline) and exit")
+    ap.add_argument("--baseline", type=Path, metavar="DIR",
+                    help="a --save-snapshot directory: its heapgate modes run too, interleaved, as 'before:MODE'")
     args = ap.parse_args()
+    if args.save_snapshot:
+        if args.save_snapshot.exists():
+            ap.error(f"--save-snapshot: {args.save_snapshot} already exists")
+        snapshot_heapgate(args.save_snapshot)
+        commit = versions(Path(sys.executable), dict(os.environ)).get("heapgate_commit", "?")
+        (args.save_snapshot / "COMMIT").write_text(commit + "\n")
+        log(f"saved heapgate {commit} to {args.save_snapshot}")
+        return 0
+    if args.baseline and not (args.baseline / "heapgate").is_dir():
+        ap.error(f"--baseline: {args.baseline} holds no heapgate snapshot (make one with --save-snapshot)")
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     if "plain" not in modes or any(m not in MODES for m in modes):
         ap.error(f"modes must include plain and be among {list(MODES)}; got {modes}")
@@ -118,6 +136,17 @@ def main() -> int:
     info["heapgate_native_sha256"] = native_hash(python, env)
     log(f"Python {info['python']}, pytest {info['pytest']}, heapgate {info.get('heapgate_commit', '?')} "
         f"(_native {info['heapgate_native_sha256']}, from {source}), pytest-memray {info['pytest-memray']}, memray {info['memray']}")
+    envs = {m: env for m in modes}
+    if args.baseline:
+        path = os.pathsep.join(filter(None, [str(args.baseline.resolve()), os.environ.get("PYTHONPATH")]))
+        before_env = dict(os.environ, PYTHONPATH=path, PYTHONDONTWRITEBYTECODE="1")
+        commit_file = args.baseline / "COMMIT"
+        info["baseline_commit"] = commit_file.read_text().strip() if commit_file.exists() else "?"
+        info["baseline_native_sha256"] = native_hash(python, before_env)
+        log(f"baseline heapgate {info['baseline_commit']} (_native {info['baseline_native_sha256']}, from {args.baseline})")
+        for m in [m for m in modes if m.startswith("heapgate")]:
+            modes.append(BASELINE + m)
+            envs[BASELINE + m] = before_env
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
     runs: list[dict] = []
@@ -127,7 +156,7 @@ def main() -> int:
         for rep in range(args.repeat):
             # Interleaved: every repetition runs each mode once, in a rotated order.
             for mode in modes[rep % len(modes):] + modes[: rep % len(modes)]:
-                res = run_once(python, workdir / "suite", env, mode, tests, args.timeout)
+                res = run_once(python, workdir / "suite", envs[mode], mode, tests, args.timeout)
                 res["repetition"] = rep
                 runs.append(res)
                 if res["ok"]:
@@ -155,23 +184,25 @@ def main() -> int:
         f"{platform.system()} {platform.release()}; medians of {args.repeat} interleaved sessions per mode")
     log(f"load average (1 min) {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     log("call phase (pytest's report.duration), seconds")
-    head = f"{'test':28s}" + "".join(f"{m:>23s}" for m in modes)
+    head = f"{'test':28s}" + "".join(f"{m:>30s}" for m in modes)
     log(head)
     for t in [*tests, "suite", "session"]:
-        log(f"{t:28s}" + "".join(f"{med[m][t]:23.3f}" for m in modes))
+        log(f"{t:28s}" + "".join(f"{med[m][t]:30.3f}" for m in modes))
     plain = med["plain"]
     over = {m: med[m]["suite"] - plain["suite"] for m in modes}
     log("")
     log("overhead above plain pytest (sum of the call phases, warm-up excluded)")
     for m in modes:
         if m != "plain":
-            log(f"  {m:24s} {over[m]:8.2f} s   {med[m]['suite'] / plain['suite']:6.2f}x plain")
+            log(f"  {m:31s} {over[m]:8.2f} s   {med[m]['suite'] / plain['suite']:6.2f}x plain")
     log("")
     log("overhead ratios (heapgate overhead / pytest-memray overhead)")
-    for a, b, target in COMPARISONS:
-        if a in over and b in over and over[b] > 0:
-            goal = f"   target <= {target:.2f}" if target is not None else ""
-            log(f"  {a:24s}/ {b:16s} {over[a] / over[b]:6.2f}{goal}")
+    for prefix in ("", BASELINE):
+        for a, b, target in COMPARISONS:
+            a = prefix + a
+            if a in over and b in over and over[b] > 0:
+                goal = f"   target <= {target:.2f}" if target is not None else ""
+                log(f"  {a:31s}/ {b:16s} {over[a] / over[b]:6.2f}{goal}")
     log("")
     log("per event, ns above plain (events = heapgate's allocation count for the test)")
     cblocks = "loop:test_c_blocks_live"
@@ -183,7 +214,7 @@ def main() -> int:
         for t in ("test_lists_one_thread", "test_lists_four_threads"):
             n = counts.get(t)
             per.append((med[m][t] - plain[t]) / n * 1e9 if n else float("nan"))
-        log(f"  {m:24s} C malloc/free pair with {C_BLOCKS:,} live: {c_pair:7.0f}   "
+        log(f"  {m:31s} C malloc/free pair with {C_BLOCKS:,} live: {c_pair:7.0f}   "
             f"lists, 1 thread: {per[0]:6.0f}   4 threads: {per[1]:6.0f}")
     if problems:
         log(f"\n{len(problems)} session(s) failed")
@@ -191,7 +222,7 @@ def main() -> int:
         doc = {
             "date": started.isoformat(timespec="seconds"),
             "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "loadavg_before": load_before, "loadavg_after": load_after},
-            "versions": info, "repeat": args.repeat, "modes": {m: MODES[m] for m in modes},
+            "versions": info, "repeat": args.repeat, "modes": {m: MODES[m.removeprefix(BASELINE)] for m in modes},
             "medians_s": med, "heapgate_allocation_counts": counts,
             "runs": [{k: v for k, v in r.items() if k != "output"} for r in runs], "problems": problems,
         }

@@ -1,6 +1,6 @@
 """The failure builder (failures.judge) on the core's real numbers: each check's text in a
-fixed order, byte for byte what the check's own module writes, and nothing outside its inputs
-touched. The captures are made in a fresh process (pytester subprocess): the core's hooks go
+fixed order, byte for byte what the core's renderer of that check writes, and nothing outside
+its inputs touched. The captures are made in a fresh process (pytester subprocess): the core's hooks go
 into that process only."""
 
 from __future__ import annotations
@@ -11,10 +11,8 @@ UNIT_TESTS = '''
 from decimal import Decimal
 
 from heapgate import _native
-from heapgate.baseline import increase_failure
-from heapgate.failures import Judged, Policy, fail_on_increase_failure, judge
-from heapgate.formatting import peak_failure
-from heapgate.leakcheck import limit_leaks_failure, load_suppressions
+from heapgate.failures import Judged, Policy, judge
+from heapgate.leakcheck import load_suppressions
 from heapgate.limits import format_size
 from heapgate.markers import Checks, LimitLeaks, LimitMemory, NativeLeaks
 
@@ -49,12 +47,12 @@ def test_every_failure_in_order_with_the_warmup_note(tmp_path):
     test = Judged(report, checks, passed=True, previous_peak=1000, baseline_peak=(1000, "--heapgate-compare b.json"), warmup=2)
     failure = judge(test, policy)
     expected = [
-        peak_failure(200_000, report, checks.thread_mode, rootpath=tmp_path, max_frames=2),
+        report.peak_failure(200_000, checks.thread_mode, str(tmp_path), max_frames=2),
         "Test uses more memory than its previous run (--fail-on-increase)\\n"
         f"  previous peak 1000B (1000 bytes), now {format_size(report.peak_bytes)} ({report.peak_bytes} bytes): "
         f"+{format_size(report.peak_bytes - 1000)}",
-        limit_leaks_failure(1000, report, None, rootpath=tmp_path, max_frames=2),
-        increase_failure(1000, report.peak_bytes, Decimal(10), 0, "--heapgate-compare b.json"),
+        _native.limit_leaks_failure(report, 1000, None, str(tmp_path), 2),
+        _native.baseline_failure(1000, report.peak_bytes, _native.Tolerance(Decimal(10), 0), "--heapgate-compare b.json"),
         "(measured after 2 warm-up runs of the call)",
     ]
     assert all(expected)
@@ -69,8 +67,8 @@ def test_fail_on_increase_only_for_a_passed_test_above_its_previous_peak():
     peak = report.peak_bytes
     assert judge(Judged(report, checks, passed=False, previous_peak=1), Policy()).text is None
     assert judge(Judged(report, checks, passed=True, previous_peak=peak), Policy()).text is None
-    assert judge(Judged(report, checks, passed=True, previous_peak=peak - 1), Policy()).text == fail_on_increase_failure(peak - 1, peak)
-    assert fail_on_increase_failure(1024, 3072) == (
+    assert judge(Judged(report, checks, passed=True, previous_peak=peak - 1), Policy()).text == _native.fail_on_increase_failure(peak - 1, peak)
+    assert _native.fail_on_increase_failure(1024, 3072) == (
         "Test uses more memory than its previous run (--fail-on-increase)\\n"
         "  previous peak 1.0KiB (1024 bytes), now 3.0KiB (3072 bytes): +2.0KiB"
     )
@@ -83,8 +81,8 @@ def test_native_check_leaves_the_sessions_suppressions_alone(tmp_path):
     suppressions = load_suppressions(tmp_path / "supp.txt")
     report = capture(10_000, keep=True)
     failure = judge(Judged(report, Checks(native_leaks=NativeLeaks(0)), passed=True), Policy(suppressions=suppressions))
-    assert failure.text is None and failure.scan_notes is None
-    assert (suppressions[0].bytes, suppressions[0].blocks) == (0, 0)
+    assert failure.text is None and failure.scan_notes is None and failure.absorbed == []
+    assert suppressions == load_suppressions(tmp_path / "supp.txt")
 '''
 
 

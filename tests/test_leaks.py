@@ -534,3 +534,32 @@ def test_indirectly_lost_blocks_come_with_the_lost_block_they_hang_off(run, pyte
     # that emptied the lists and the test function (now emptied by a wrapper as the function's
     # call starts): the leak was missed in every process there.
     assert reported >= 1, "the leak was missed in all 5 processes"
+
+
+def test_a_test_that_keeps_only_memory_python_code_made_is_not_scanned(run, pytester: pytest.Pytester) -> None:
+    """--native-leaks judges only memory whose origin is native code: a test whose live blocks
+    Python code made (here lists and ints) has nothing to report, so its reachability scan is
+    skipped and heapgate.json has no leak kinds for it; a test of the same session that keeps
+    a native block is scanned and its block classified."""
+    pytester.makepyfile(
+        test_kept="""
+        import hgleak
+
+        kept = []
+
+        def test_keeps_python_objects():
+            kept.extend([i] for i in range(1000, 2000))
+
+        def test_keeps_a_native_block():
+            hgleak.fill_cache(50_000)
+        """
+    )
+    result = run("--native-leaks", "--heapgate-dir=out", *EXACT)
+    result.assert_outcomes(passed=2)
+    tests = {t["nodeid"]: t["leaked"] for t in json.loads((pytester.path / "out" / "heapgate.json").read_text())["tests"]}
+    python_made = tests["test_kept.py::test_keeps_python_objects"]
+    assert python_made["python_bytes"] >= 1000 * 56
+    kinds = ("definitely_lost_bytes", "indirectly_lost_bytes", "still_reachable_bytes", "possibly_lost_bytes")
+    assert all(python_made[k] is None for k in kinds), python_made
+    native = tests["test_kept.py::test_keeps_a_native_block"]
+    assert native["still_reachable_bytes"] >= 50_000 and native["definitely_lost_bytes"] == 0, native

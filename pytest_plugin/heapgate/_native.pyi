@@ -1,5 +1,6 @@
 """Type stubs for heapgate's Rust core (rust/python)."""
 
+from decimal import Decimal
 from types import CodeType, FrameType
 from typing import Callable, Mapping, Optional, Sequence, final
 
@@ -17,10 +18,7 @@ __all__ = [
     "StackFrame",
     "TrackingError",
     "Record",
-    "session_report",
-    "read_session_report",
-    "junit_from_session",
-    "github_report",
+    "SessionReport",
     "MAX_ANNOTATIONS",
     "ReportFileError",
     "Symbolizer",
@@ -30,6 +28,17 @@ __all__ = [
     "has_gc_candidates",
     "clear_free_lists",
     "FreeListsEmptiedCall",
+    "format_size",
+    "LeakStack",
+    "limit_leaks_failure",
+    "NativeLeakCheck",
+    "native_leaks_check",
+    "suppression_matches",
+    "growth_failure",
+    "Tolerance",
+    "baseline_failure",
+    "fail_on_increase_failure",
+    "warmup_note",
 ]
 
 class TrackingError(RuntimeError): ...
@@ -114,24 +123,108 @@ class Record:
     def text(
         self, rootpath: Optional[str] = None, max_sites: int = 5, max_frames: Optional[int] = None
     ) -> str: ...
+    def session_test(
+        self,
+        capture: Optional[str] = None,
+        flamegraph: Optional[str] = None,
+        *,
+        locations: bool = True,
+        limit_source: Optional[str] = None,
+        native_leaks: bool = False,
+        absorbed: Sequence[tuple[int, int, int]] = ...,
+        problems: Sequence[str] = ...,
+    ) -> str:
+        """The test's record for SessionReport.add (JSON)."""
 
-def session_report(
-    tests: Sequence[tuple[Record, Optional[str], Optional[str]]],
-    facts: Mapping[str, Optional[str]],
-) -> str: ...
-def read_session_report(path: str) -> str: ...
-def junit_from_session(path: str, base: Optional[str] = None) -> str: ...
+@final
+class SessionReport:
+    """The session report (heapgate.json) as one object: tests added as they finish, reports
+    merged, and its JSON, JUnit, terminal table and GitHub summary rendered from it."""
+
+    tracked: int
+    memory_failures: int
+    captures_written: int
+    native_leak_checks: bool
+    def __new__(cls, facts: Mapping[str, Optional[str]]) -> SessionReport: ...
+    @staticmethod
+    def read(path: str) -> SessionReport: ...
+    @staticmethod
+    def merge(paths: Sequence[str], out_dir: str) -> SessionReport: ...
+    def add(self, test: str) -> None: ...
+    def to_json(self) -> str: ...
+    def junit(self, base: Optional[str] = None) -> str: ...
+    def peaks(self) -> list[tuple[str, int, int]]: ...
+    def limit_sources(self) -> tuple[int, int]: ...
+    def absorbed(self, count: int) -> list[tuple[int, int]]: ...
+    def problems(self) -> list[str]: ...
+    def headline(self) -> str: ...
+    def summary_lines(self, most: int) -> list[str]: ...
+    def baseline_summary(
+        self, name: str, baseline: Mapping[str, int], tolerance: Tolerance, most: int
+    ) -> list[str]: ...
+    def github(
+        self,
+        workspace: str,
+        blob_url: Optional[str] = None,
+        artifact: Optional[str] = None,
+        run_url: Optional[str] = None,
+        exit_code: Optional[int] = None,
+        baseline: Optional[tuple[str, Mapping[str, int]]] = None,
+        top: int = 5,
+    ) -> tuple[str, list[str]]: ...
+
 MAX_ANNOTATIONS: int  # GitHub shows at most this many error annotations of one step
-def github_report(
-    path: str,
-    workspace: str,
-    blob_url: Optional[str] = None,
-    artifact: Optional[str] = None,
-    run_url: Optional[str] = None,
-    exit_code: Optional[int] = None,
-    baseline: Optional[tuple[str, dict[str, int]]] = None,
-    top: int = 5,
-) -> tuple[str, list[str]]: ...
+
+# --- failure texts of the leak, growth and baseline checks (rust/python/src/texts.rs) ---
+
+def format_size(size: int) -> str: ...
+
+@final
+class LeakStack:
+    """What limit_leaks' filter_fn receives: the location's frames, allocating frame first."""
+
+    frames: tuple[StackFrame, ...]
+
+def limit_leaks_failure(
+    report: Report,
+    limit: int,
+    filter_fn: Optional[Callable[[LeakStack], object]] = None,
+    rootpath: Optional[str] = None,
+    max_frames: Optional[int] = None,
+) -> Optional[str]: ...
+
+@final
+class NativeLeakCheck:
+    failure: Optional[str]
+    reachable_bytes: int
+    reachable_blocks: int
+    reachable_text: Optional[str]
+    absorbed: list[tuple[int, int, int]]  # (suppression index, lost bytes, lost blocks)
+
+def native_leaks_check(
+    report: Report,
+    limit: int,
+    suppressions: Sequence[tuple[str, str]],  # (pattern, "file:line")
+    rootpath: Optional[str] = None,
+    max_frames: Optional[int] = None,
+) -> NativeLeakCheck: ...
+def suppression_matches(pattern: str, name: str) -> bool: ...
+def growth_failure(
+    totals: Sequence[int],
+    checkpoints: Sequence[Report],
+    threshold: int,
+    rootpath: Optional[str] = None,
+    max_frames: Optional[int] = None,
+) -> Optional[str]: ...
+
+@final
+class Tolerance:
+    def __new__(cls, max_increase: Decimal, min_increase: int) -> Tolerance: ...
+    def exceeded(self, old: int, new: int) -> bool: ...
+
+def baseline_failure(old: int, new: int, tolerance: Tolerance, source: str) -> Optional[str]: ...
+def fail_on_increase_failure(previous: int, peak: int) -> Optional[str]: ...
+def warmup_note(runs: int) -> str: ...
 
 def start(
     entry_codes: Sequence[CodeType],
@@ -149,14 +242,16 @@ def hooks_installed() -> bool:
 def check_supported() -> None: ...
 def scan_leaks() -> dict[str, int]:
     """Classify the tracked test's live blocks by reachability (after gc.collect(), before
-    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}."""
+    stop()): {definitely_lost,indirectly_lost,possibly_lost,still_reachable}_{bytes,count}.
+    Skipped (all zero, no kinds in the report) when no live block has a native origin."""
 def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
 
 def has_gc_candidates() -> bool:
     """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a
-    collection before the leak scan free one of its blocks)?"""
+    collection before the leak scan free one of its blocks), while the scan will run (a live
+    block has a native origin)?"""
 
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for

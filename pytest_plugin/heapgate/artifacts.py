@@ -9,7 +9,6 @@ names distinct and the same run to run.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import platform
 import re
@@ -18,10 +17,10 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
-    from ._native import Record
+    from ._native import Record, SessionReport
 
 __all__ = [
     "CAPTURE_SUFFIX",
@@ -33,8 +32,6 @@ __all__ = [
     "Written",
     "process_facts",
     "safe_name",
-    "session_json",
-    "test_entry",
     "write_atomically",
     "write_text_atomically",
 ]
@@ -129,30 +126,8 @@ class ArtifactDir:
     def junit_path(self) -> Path:
         return self.path / JUNIT_NAME
 
-    def write_session(self, entries: Sequence[dict[str, Any]], facts: dict[str, Optional[str]]) -> None:
-        """``heapgate.json`` and ``heapgate-junit.xml`` for the session, from the tests' entries
-        (see :func:`test_entry`; with pytest-xdist they come from every worker)."""
-        from . import _native
-
-        text = session_json(json.loads(_native.session_report([], facts)), entries)
-        write_text_atomically(self.json_path, text)
-        junit = _native.junit_from_session(str(self.json_path), str(self.path.resolve()))
-        write_text_atomically(self.junit_path, junit)
-
-
-def test_entry(record: Record, written: Written, facts: dict[str, Optional[str]]) -> dict[str, Any]:
-    """One test's object in ``heapgate.json`` ``tests[]`` (plain data: it travels from a
-    pytest-xdist worker to the controller inside the test's report)."""
-    from . import _native
-
-    entry: dict[str, Any] = json.loads(_native.session_report([(record, written.capture, written.flamegraph)], facts))["tests"][0]
-    return entry
-
-
-def session_json(skeleton: dict[str, Any], entries: Sequence[dict[str, Any]]) -> str:
-    """A session report: ``skeleton``'s schema and session facts, ``entries`` as its tests,
-    the counts recomputed (the same layout and formatting as the Rust core's)."""
-    data = dict(skeleton)
-    data["session"] = dict(skeleton["session"], tracked=len(entries), memory_failures=sum(1 for e in entries if e.get("memory_failed")))
-    data["tests"] = list(entries)
-    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    def write_session(self, session: SessionReport) -> None:
+        """``heapgate.json`` and ``heapgate-junit.xml`` of the session (with pytest-xdist, of
+        every worker's tests)."""
+        write_text_atomically(self.json_path, session.to_json())
+        write_text_atomically(self.junit_path, session.junit(str(self.path.resolve())))

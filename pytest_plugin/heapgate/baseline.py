@@ -1,5 +1,7 @@
 """Baselines: every test's peak and leaked bytes in a JSON file meant to be committed
-(``--heapgate-save``), and the comparison of a run against it (``--heapgate-compare``).
+(``--heapgate-save``), read back for ``--heapgate-compare``. The comparison (the tolerance,
+the failure text and the session's table of changes) is the Rust core's
+(``report/baseline.rs``).
 
 File format (``"schema": "heapgate-baseline"``, ``"version": 1``)::
 
@@ -16,13 +18,10 @@ import json
 import os
 import platform
 from dataclasses import dataclass
-from decimal import Decimal
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping
 
-from .limits import format_size
-
-__all__ = ["SCHEMA", "VERSION", "Baseline", "BaselineError", "Entry", "increase_failure", "save", "summary_lines"]
+__all__ = ["SCHEMA", "VERSION", "Baseline", "BaselineError", "Entry", "save"]
 
 SCHEMA = "heapgate-baseline"
 VERSION = 1
@@ -100,56 +99,3 @@ def save(path: Path, tests: Mapping[str, Entry], heapgate_version: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def tolerance_text(max_increase: Decimal, min_increase: int) -> str:
-    return f"+{max_increase.normalize():f}% (increases under {format_size(min_increase)} never fail)"
-
-
-def increase_failure(
-    old: int, new: int, max_increase: Decimal, min_increase: int, source: str
-) -> Optional[str]:
-    """The failure text when ``new`` grew past the tolerance over ``old``, else None: it fails
-    when the increase is above ``max_increase`` percent of ``old`` and not below ``min_increase``."""
-    increase = new - old
-    if increase <= 0 or increase < min_increase or Decimal(increase) * 100 <= Decimal(old) * max_increase:
-        return None
-    growth = f"+{increase * 100 / old:.1f}%" if old else "from nothing"
-    return (
-        f"Test's peak grew beyond the baseline ({source})\n"
-        f"  baseline peak {format_size(old)} ({old} bytes), now {format_size(new)} ({new} bytes): "
-        f"+{format_size(increase)} ({growth})\n"
-        f"  tolerance {tolerance_text(max_increase, min_increase)}"
-    )
-
-
-def summary_lines(
-    baseline: Baseline, peaks: Mapping[str, int], max_increase: Decimal, min_increase: int, most: int = 5
-) -> list[str]:
-    """Counts, then the biggest increases and decreases against the baseline."""
-    changes = [(peak - baseline.tests[n].peak_bytes, n) for n, peak in peaks.items() if n in baseline.tests]
-    failed = sum(
-        1
-        for delta, n in changes
-        if increase_failure(baseline.tests[n].peak_bytes, peaks[n], max_increase, min_increase, "") is not None
-    )
-    new = sum(1 for n in peaks if n not in baseline.tests)
-    missing = sum(1 for n in baseline.tests if n not in peaks)
-    lines = [
-        f"{len(changes)} tests compared with {baseline.path.name} (tolerance {tolerance_text(max_increase, min_increase)}): "
-        f"{failed} grew beyond it; {new} not in the baseline; {missing} in the baseline did not run"
-    ]
-
-    def rows(title: str, picked: list[tuple[int, str]]) -> None:
-        if not picked:
-            return
-        lines.append(title)
-        for delta, n in picked:
-            old = baseline.tests[n].peak_bytes
-            pct = f"{delta * 100 / old:+.1f}%" if old else "new"
-            sign = "+" if delta > 0 else "-"
-            lines.append(f"  {sign}{format_size(abs(delta)):>9} {pct:>8}  {format_size(old)} -> {format_size(peaks[n])}  {n}")
-
-    rows("biggest increases:", sorted((c for c in changes if c[0] > 0), reverse=True)[:most])
-    rows("biggest decreases:", sorted(c for c in changes if c[0] < 0)[:most])
-    return lines

@@ -56,12 +56,8 @@ def parse_size(value: object, what: str = "memory limit") -> int:
 
 
 def format_size(size: int) -> str:
-    """``10.0MiB``-style text for a byte count (binary prefixes, one decimal)."""
-    if size < 1024:
-        return f"{size}B"
-    value = float(size)
-    for unit in ("KiB", "MiB", "GiB", "TiB"):
-        value /= 1024
-        if value < 1024 or unit == "TiB":
-            return f"{value:.1f}{unit}"
-    raise AssertionError("unreachable")  # pragma: no cover
+    """``10.0MiB``-style text for a byte count (binary prefixes, one decimal), as every report
+    writes it: the Rust core's ``report::format_size``."""
+    from ._native import format_size as core_format_size
+
+    return core_format_size(size)

@@ -5,11 +5,12 @@ Tracking covers the test's call phase (``pytest_runtest_call``); with
 spans setup and call. Teardown is never measured. Markers are enforced whenever the plugin is
 installed.
 
-Each tracked test's results travel in its call-phase ``TestReport`` (attribute ``heapgate``, a
-small dict of plain data), and the summary, ``heapgate.json`` and baselines are built from the
-reports seen in ``pytest_runtest_logreport``: in a plain session that is this process; under
+Each tracked test's results travel in its call-phase ``TestReport`` (attribute ``heapgate``: the
+JSON of one typed record, ``Record.session_test``), and the core's ``SessionReport`` collects
+the records seen in ``pytest_runtest_logreport``: in a plain session that is this process; under
 pytest-xdist it is the controller, which receives every worker's reports, so there is one
-summary and one session report. Workers write only their tests' captures and flamegraphs.
+summary and one session report. The summary, ``heapgate.json``, its JUnit file and baselines
+come from that one object. Workers write only their tests' captures and flamegraphs.
 """
 
 from __future__ import annotations
@@ -26,12 +27,10 @@ from typing import TYPE_CHECKING, Any, Generator, Optional
 import pytest
 
 from . import __version__
-from .artifacts import ArtifactDir, DirError, Written, process_facts, test_entry
+from .artifacts import ArtifactDir, DirError, Written, process_facts
 from .baseline import Baseline, BaselineError, Entry
 from .baseline import save as save_baseline
-from .baseline import summary_lines as baseline_summary_lines
 from .failures import Judged, Policy, charge_mode, judge
-from .formatting import summary_lines
 from .leakcheck import Suppression, SuppressionError, load_suppressions
 from .markers import MARKERS, Checks, MarkerError, checks_for
 from .repeat import warm_up
@@ -72,7 +71,7 @@ class TestResult:
     failure: Optional[str] = None
     record: Optional[Record] = None
     written: Optional[Written] = None
-    absorbed: Optional[list[list[int]]] = None
+    absorbed: Optional[list[tuple[int, int, int]]] = None
     warmup: int = 0
     # Live bytes, and the checkpoint reports, after each run of a repeated call.
     totals: list[int] = field(default_factory=list)
@@ -131,8 +130,9 @@ class HeapgatePlugin:
             verbose=config.option.verbose > 0,
             suppressions=self.suppressions,
         )
-        # What the session's reports carried, by node id (the last attempt of a rerun test).
-        self.collected: dict[str, dict[str, Any]] = {}
+        # What the session's reports carried (the last attempt of a rerun test).
+        assert _native is not None
+        self.session = _native.SessionReport(self.facts)
 
     def pytest_report_header(self, config: pytest.Config) -> Optional[list[str]]:
         lines = []
@@ -298,45 +298,39 @@ class HeapgatePlugin:
         self._artifacts(item, result, rep.outcome)
         setattr(rep, REPORT_ATTR, self._transport(result))
 
-    def _transport(self, result: TestResult) -> dict[str, Any]:
-        """The test's results as plain data, for the process that writes the session files."""
-        lm = result.checks.limit_memory
-        entry = None
-        if result.record is not None:
-            entry = test_entry(result.record, result.written or Written(), self.facts)
+    def _transport(self, result: TestResult) -> str:
+        """The test's record for the process that writes the session files (JSON)."""
+        assert result.record is not None
+        written = result.written or Written()
         problems, self.problems = self.problems, []
-        return {
-            "nodeid": result.nodeid,
-            "peak_bytes": result.report.peak_bytes,
-            "total_count": result.report.total_count,
-            "leaked_bytes": result.report.leaked_bytes,
-            "limit": lm.limit if lm else None,
-            "memory_failed": result.failure is not None,
-            "entry": entry,
-            "written": result.written is not None,
-            "problems": problems,
-            "native_leaks": result.checks.native_leaks is not None,
-            "absorbed": result.absorbed or [],
-            "limit_source": "marker" if result.checks.from_marker else ("default" if result.checks else None),
-            "warmup": result.warmup,
-        }
+        return result.record.session_test(
+            written.capture,
+            written.flamegraph,
+            # The top locations' stacks are resolved only for a report that is written.
+            locations=self.artifacts is not None,
+            limit_source="marker" if result.checks.from_marker else ("default" if result.checks else None),
+            native_leaks=result.checks.native_leaks is not None,
+            absorbed=result.absorbed or [],
+            problems=problems,
+        )
 
     def _artifacts(self, item: pytest.Item, result: TestResult, outcome: str) -> None:
         """Capture file and flamegraph in --heapgate-dir; properties for --junitxml."""
         lm = result.checks.limit_memory
         written = None
+        checks = result.checks
+        # The session report's entry is made from the record too, with or without files.
+        result.record = result.report.record(
+            result.nodeid,
+            outcome,
+            result.failure,
+            lm.limit if lm else None,
+            self._charge_mode(checks),
+            self.facts,
+            limit_leaks=checks.limit_leaks.limit if checks.limit_leaks else None,
+            native_leaks=checks.native_leaks.limit if checks.native_leaks else None,
+        )
         if self.artifacts is not None:
-            checks = result.checks
-            result.record = result.report.record(
-                result.nodeid,
-                outcome,
-                result.failure,
-                lm.limit if lm else None,
-                self._charge_mode(checks),
-                self.facts,
-                limit_leaks=checks.limit_leaks.limit if checks.limit_leaks else None,
-                native_leaks=checks.native_leaks.limit if checks.native_leaks else None,
-            )
             if result.failure is not None or self.artifacts_all:
                 try:
                     written = result.written = self.artifacts.write_test(result.record)
@@ -390,24 +384,20 @@ class HeapgatePlugin:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         data = getattr(report, REPORT_ATTR, None)
-        if report.when != "call" or not isinstance(data, dict):
+        if report.when != "call" or not isinstance(data, str):
             return
-        nodeid = str(data.get("nodeid", report.nodeid))
-        self.collected.pop(nodeid, None)  # a rerun's last attempt counts, in the order it ran
-        self.collected[nodeid] = data
+        self.session.add(data)  # a rerun's last attempt counts, in the order it ran
 
     def pytest_sessionfinish(self, session: pytest.Session) -> None:
         if self.is_worker or self._forked():
             return  # the controller writes the session files from the reports it receives
-        results = list(self.collected.values())
         if self.artifacts is not None:
-            entries = [r["entry"] for r in results if isinstance(r.get("entry"), dict)]
             try:
-                self.artifacts.write_session(entries, self.facts)
+                self.artifacts.write_session(self.session)
             except OSError as e:
                 self.problems.append(f"heapgate: cannot write the session report: {e}")
         if self.settings.save is not None:
-            tests = {r["nodeid"]: Entry(int(r["peak_bytes"]), int(r["leaked_bytes"])) for r in results}
+            tests = {nodeid: Entry(peak, leaked) for nodeid, peak, leaked in self.session.peaks()}
             try:
                 save_baseline(self.settings.save, tests, __version__)
             except OSError as e:
@@ -419,59 +409,41 @@ class HeapgatePlugin:
         if self._forked():
             return
         tr = terminalreporter
-        results = list(self.collected.values())
-        for r in results:
-            for problem in r.get("problems") or []:
-                tr.write_line(problem, red=True)
+        session = self.session
+        for problem in session.problems():
+            tr.write_line(problem, red=True)
         for problem in self.problems:
             tr.write_line(problem, red=not problem.startswith("heapgate: baseline of"))
-        self._native_leak_summary(tr, results)
-        if self.artifacts is not None and results:
-            files = sum(1 for r in results if r.get("written"))
+        self._native_leak_summary(tr)
+        if self.artifacts is not None and session.tracked:
+            files = session.captures_written
             tr.write_line(
                 f"heapgate: {self.artifacts.json_path.name}, {self.artifacts.junit_path.name} "
                 f"and {files} test capture{'s' if files != 1 else ''} in {self.artifacts.path}"
             )
-        if self.settings.hide_summary or not results:
+        if self.settings.hide_summary or not session.tracked:
             return
-        rows = [
-            (
-                int(r["peak_bytes"]),
-                int(r["total_count"]),
-                int(r["leaked_bytes"]),
-                r["limit"],
-                str(r["nodeid"]),
-                bool(r["memory_failed"]),
-            )
-            for r in results
-        ]
         tr.write_sep("=", "heapgate: memory per test")
-        for line in summary_lines(rows, self.settings.most_allocations):
+        for line in session.summary_lines(self.settings.most_allocations or 0):
             tr.write_line(line)
-        defaults = sum(1 for r in results if r.get("limit_source") == "default")
+        defaults, markers = session.limit_sources()
         if defaults or self.settings.limit_memory is not None or self.settings.limit_leaks is not None:
-            markers = sum(1 for r in results if r.get("limit_source") == "marker")
             tr.write_line(
                 f"heapgate: {defaults} test{'s' if defaults != 1 else ''} under a default limit, {markers} under a marker"
             )
         if self.baseline is not None:
             tr.write_sep("=", "heapgate: compared with the baseline")
-            peaks = {str(r["nodeid"]): int(r["peak_bytes"]) for r in results}
-            for line in baseline_summary_lines(
-                self.baseline, peaks, self.settings.max_increase, self.settings.min_increase, most=self.settings.most_allocations or 5
-            ):
+            peaks = {nodeid: entry.peak_bytes for nodeid, entry in self.baseline.tests.items()}
+            tolerance = _native.Tolerance(self.settings.max_increase, self.settings.min_increase)
+            most = self.settings.most_allocations or 5
+            for line in session.baseline_summary(self.baseline.path.name, peaks, tolerance, most):
                 tr.write_line(line)
 
-    def _native_leak_summary(self, tr: Any, results: list[dict[str, Any]]) -> None:
+    def _native_leak_summary(self, tr: Any) -> None:
         """Suppressions' effect; still-reachable native memory in verbose mode only."""
-        if self.native_leaks is None and not any(r.get("native_leaks") for r in results):
+        if self.native_leaks is None and not self.session.native_leak_checks:
             return
-        totals = [[0, 0] for _ in self.suppressions]
-        for r in results:
-            for index, nbytes, blocks in r.get("absorbed") or []:
-                if 0 <= index < len(totals):
-                    totals[index][0] += nbytes
-                    totals[index][1] += blocks
+        totals = self.session.absorbed(len(self.suppressions))
         for s, (nbytes, blocks) in zip(self.suppressions, totals):
             tr.write_line(f"heapgate: suppression leak:{s.pattern} ({s.source}) absorbed {nbytes} bytes in {blocks} blocks")
         # Failed tests show their section with the failure; passed ones here (unless -rP does).

@@ -14,7 +14,6 @@ usage or a file that cannot be read or written.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import secrets
 import sys
@@ -67,7 +66,7 @@ def _blob_and_run_urls() -> tuple[Optional[str], Optional[str]]:
 
 
 def github(args: argparse.Namespace) -> int:
-    from .._native import MAX_ANNOTATIONS, ReportFileError, github_report
+    from .._native import MAX_ANNOTATIONS, ReportFileError, SessionReport
     from ..baseline import Baseline, BaselineError
     from .merge import merge_reports
 
@@ -100,8 +99,8 @@ def github(args: argparse.Namespace) -> int:
 
     blob_url, run_url = _blob_and_run_urls()
     try:
-        summary, annotations = github_report(
-            str(report),
+        session = SessionReport.read(str(report))
+        summary, annotations = session.github(
             os.environ.get("GITHUB_WORKSPACE") or os.getcwd(),
             blob_url=blob_url,
             artifact=args.artifact or None,
@@ -113,14 +112,12 @@ def github(args: argparse.Namespace) -> int:
     except ReportFileError as e:
         return _error(str(e))
 
-    data: dict[str, Any] = json.loads(report.read_text(encoding="utf-8"))
-    tests = data["tests"]
-    failed = args.exit_code != 0 if args.exit_code is not None else bool(data["session"]["memory_failures"])
+    failed = args.exit_code != 0 if args.exit_code is not None else bool(session.memory_failures)
     summary_path = directory / SUMMARY_NAME
     outputs = {
         "failed": "true" if failed else "false",
         "report-path": str(report.resolve()),
-        "peak-max-bytes": str(max((t["peak_bytes"] for t in tests), default=0)),
+        "peak-max-bytes": str(max((peak for _, peak, _ in session.peaks()), default=0)),
         "summary-path": str(summary_path.resolve()),
     }
     try:

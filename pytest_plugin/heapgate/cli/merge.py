@@ -9,8 +9,6 @@ directory. Session facts come from the first report; the counts are recomputed.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -26,23 +24,10 @@ def _error(message: str) -> int:
 def merge_reports(reports: Sequence[str], out_dir: Path) -> tuple[str, int]:
     """The merged report's text and its number of tests; artifact paths made relative to
     ``out_dir``. Raises ReportFileError naming a report that cannot be read."""
-    from .._native import read_session_report
-    from ..artifacts import session_json
+    from .._native import SessionReport
 
-    skeleton: dict[str, Any] = {}
-    entries: list[dict[str, Any]] = []
-    for name in reports:
-        data = json.loads(read_session_report(name))
-        if not skeleton:
-            skeleton = data
-        base = Path(name).resolve().parent
-        for test in data["tests"]:
-            artifacts = test.get("artifacts") or {}
-            for key, value in list(artifacts.items()):
-                if isinstance(value, str):
-                    artifacts[key] = os.path.relpath(base / value, out_dir)
-            entries.append(test)
-    return session_json(skeleton, entries), len(entries)
+    merged = SessionReport.merge(list(reports), str(out_dir))
+    return merged.to_json(), merged.tracked
 
 
 def merge(args: argparse.Namespace) -> int:

@@ -9,7 +9,7 @@ the problem).
 from __future__ import annotations
 
 import argparse
-import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -62,51 +62,29 @@ def report(args: argparse.Namespace) -> int:
     return 1 if record.memory_failed else 0
 
 
-def _load_session(path: str) -> dict[str, Any]:
-    from .._native import read_session_report
-
-    data: dict[str, Any] = json.loads(read_session_report(path))
-    return data
-
-
 def summary(args: argparse.Namespace) -> int:
-    from .._native import ReportFileError
-    from ..formatting import summary_lines
+    from .._native import ReportFileError, SessionReport
 
     try:
-        data = _load_session(args.report)
+        report = SessionReport.read(args.report)
     except ReportFileError as e:
         return _error(str(e))
-    tests = data["tests"]
-    rows = [
-        (
-            t["peak_bytes"],
-            t["total_count"],
-            t["leaked"]["bytes"],
-            t["limits"]["limit_memory"],
-            t["nodeid"],
-            t["memory_failed"],
-        )
-        for t in tests
-    ]
-    facts = data["session"]
-    print(
-        f"heapgate {facts['heapgate_version']}, Python {facts['python_version']}, {facts['platform']}: "
-        f"{facts['tracked']} tracked tests, {facts['memory_failures']} failed a memory check"
-    )
-    for line in summary_lines(rows, args.most):
+    print(report.headline())
+    for line in report.summary_lines(max(args.most, 0)):
         print(line)
-    return 1 if facts["memory_failures"] else 0
+    return 1 if report.memory_failures else 0
 
 
 def junit(args: argparse.Namespace) -> int:
-    from .._native import ReportFileError, junit_from_session
+    from .._native import ReportFileError, SessionReport
 
     try:
-        xml = junit_from_session(args.report, args.base)
+        report = SessionReport.read(args.report)
     except ReportFileError as e:
         return _error(str(e))
-    return _output(args.output, xml)
+    # Attachment paths are relative to the report's directory unless --base says otherwise.
+    base = args.base if args.base is not None else os.path.dirname(args.report)
+    return _output(args.output, report.junit(base))
 
 
 def register(subparsers: Any) -> None:

@@ -112,7 +112,8 @@ static int instrumenting(PyThreadState *ts, _PyInterpreterFrame *f) {
 #endif
 
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
- * the `entry` code objects (included, *reached = 1), or after `max` frames.
+ * the `entry` code objects (included, *reached = 1), or at the thread's first frame. Writes at
+ * most `max` frames (the innermost) but looks past them for the entry and the boundary.
  * *in_tracer is set when the thread runs a trace, profile or sys.monitoring callback: CPython
  * counts those in tstate->tracing in 3.9-3.13 (in 3.12+ sys.monitoring callbacks, and settrace
  * and setprofile functions, which it runs through sys.monitoring); or when it instruments code
@@ -138,7 +139,7 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
 #else
     *in_tracer = *in_tracer || instrumenting(ts, f);
 #endif
-    for (; f != NULL && n < max; f = f->previous) {
+    for (; f != NULL; f = f->previous) {
         if ((const void *)f == boundary) {
             *reached = 2;
             break;
@@ -150,6 +151,15 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
         if (f->f_executable == NULL || !PyCode_Check(f->f_executable)) continue;
 #endif
         PyCodeObject *code = HG_FRAME_CODE(f);
+        if (n == max) {
+            /* Deeper than the stack kept: only look for the test's entry, so an allocation
+             * made far below the test is still charged to it. */
+            if (is_entry((uintptr_t)code, entry, n_entry)) {
+                *reached = 1;
+                break;
+            }
+            continue;
+        }
         int offset = _PyFrame_IsIncomplete(f)
                          ? -1
                          : _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
@@ -168,12 +178,20 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
         }
     }
 #else
-    for (PyFrameObject *f = ts->frame; f != NULL && n < max; f = f->f_back) {
+    for (PyFrameObject *f = ts->frame; f != NULL; f = f->f_back) {
         if ((const void *)f == boundary) {
             *reached = 2;
             break;
         }
         PyCodeObject *code = f->f_code;
+        if (n == max) {
+            /* As above: deeper than the stack kept, only the entry is looked for. */
+            if (is_entry((uintptr_t)code, entry, n_entry)) {
+                *reached = 1;
+                break;
+            }
+            continue;
+        }
 #if PY_VERSION_HEX >= 0x030A0000
         int offset = f->f_lasti < 0 ? -1 : f->f_lasti * (int)sizeof(_Py_CODEUNIT);
 #else

@@ -94,8 +94,14 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<PyDict>> {
     let stale = stale_slots(py);
-    let kinds = capture::scan_leaks(&stale, stack_from, registers, Some(pool_layout()))
-        .map_err(|e| TrackingError::new_err(e.to_string()))?;
+    let kinds = capture::scan_leaks(
+        &stale,
+        stack_from,
+        registers,
+        Some(pool_layout()),
+        crate::interpreter_modules(py),
+    )
+    .map_err(|e| TrackingError::new_err(e.to_string()))?;
     Ok(kinds_to_dict(py, &kinds)?.unbind())
 }
 
@@ -174,10 +180,12 @@ impl FreeListsEmptiedCall {
 }
 
 /// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
-/// full collection before the leak scan free any of the test's blocks.
+/// full collection before the leak scan free any of the test's blocks (and only if the scan
+/// runs: some live block has a native origin).
 #[pyfunction]
-fn has_gc_candidates() -> PyResult<bool> {
-    capture::has_gc_candidates().map_err(|e| TrackingError::new_err(e.to_string()))
+fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
+    capture::has_gc_candidates(crate::interpreter_modules(py))
+        .map_err(|e| TrackingError::new_err(e.to_string()))
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

@@ -6,6 +6,7 @@ mod pyframes;
 mod pymem;
 mod records;
 mod symbols;
+mod texts;
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
@@ -87,7 +88,7 @@ fn symbolizer() -> &'static Symbolizer {
     SYMBOLIZER.get_or_init(|| Symbolizer::new(SymbolizerOptions::from_env()))
 }
 
-fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
+pub(crate) fn interpreter_modules(py: Python<'_>) -> &'static InterpreterModules {
     static INTERPRETER: OnceLock<InterpreterModules> = OnceLock::new();
     INTERPRETER.get_or_init(|| {
         let executable = py
@@ -442,5 +443,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     records::register(m)?;
     symbols::register(m)?;
     leaks::register(m)?;
+    texts::register(m)?;
     Ok(())
 }

@@ -1,15 +1,18 @@
 //! Capture files and report formats for Python callers (the plugin and the `heapgate` CLI).
 //! Thin: every format lives in `heapgate_core::report`, the file in `heapgate_core::record`.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
-    capture_text, flamegraph_svg, folded_stacks, github_annotations, github_summary, junit_xml,
-    Artifacts, GithubOptions, InterpreterModules, ResolvedCapture, Resolver, SessionFacts,
-    SessionReport, TestEntry, TextOptions, Weight,
+    baseline_summary_lines, capture_text, flamegraph_svg, folded_stacks, github_annotations,
+    github_summary, junit_xml, Artifacts, GithubOptions, InterpreterModules, ResolvedCapture,
+    Resolver, SessionFacts, SessionReport, SessionTest, TestEntry, TestNotes, TextOptions, Weight,
 };
+
+use crate::texts::Tolerance;
 use pyo3::exceptions::{PyOSError, PyValueError};
 use pyo3::prelude::*;
 
@@ -173,6 +176,47 @@ impl Record {
         })
     }
 
+    /// The test's record for the session report (`SessionReport.add`), as JSON: its entry
+    /// (`capture`, `flamegraph`: its files, relative to the report's directory; `locations`:
+    /// resolve its top locations' stacks, needed when the report is written) and what the
+    /// terminal summary needs besides.
+    #[pyo3(signature = (capture=None, flamegraph=None, *, locations=true, limit_source=None, native_leaks=false, absorbed=Vec::new(), problems=Vec::new()))]
+    #[allow(clippy::too_many_arguments)]
+    fn session_test(
+        &self,
+        py: Python<'_>,
+        capture: Option<String>,
+        flamegraph: Option<String>,
+        locations: bool,
+        limit_source: Option<String>,
+        native_leaks: bool,
+        absorbed: Vec<(usize, u64, u64)>,
+        problems: Vec<String>,
+    ) -> String {
+        let artifacts = Artifacts {
+            capture,
+            flamegraph,
+        };
+        let entry = if locations {
+            self.with_resolver(py, |r| TestEntry::new(&self.data, r, artifacts))
+        } else {
+            TestEntry {
+                artifacts,
+                ..TestEntry::numbers(&self.data)
+            }
+        };
+        SessionTest {
+            entry,
+            notes: TestNotes {
+                limit_source,
+                native_leaks,
+                absorbed,
+                problems,
+            },
+        }
+        .to_json()
+    }
+
     /// pytest node id.
     #[getter]
     fn nodeid(&self) -> String {
@@ -224,95 +268,210 @@ impl Record {
     }
 }
 
-/// The session JSON report of `tests`: (record, capture path, flamegraph path) with paths
-/// relative to the report's directory.
-#[pyfunction]
-fn session_report(
-    py: Python<'_>,
-    tests: Vec<(Py<Record>, Option<String>, Option<String>)>,
-    facts: Facts,
-) -> String {
-    let mut entries = Vec::with_capacity(tests.len());
-    for (record, capture, flamegraph) in tests {
-        let record = record.get();
-        let artifacts = Artifacts {
-            capture,
-            flamegraph,
-        };
-        entries.push(record.with_resolver(py, |r| TestEntry::new(&record.data, r, artifacts)));
+/// The session report (`heapgate.json`) as one object: the plugin adds each tracked test's
+/// record as it finishes (from this process or an xdist worker), `heapgate merge` joins CI
+/// jobs' reports, and the JSON, JUnit, terminal table and GitHub summary all come from it.
+#[pyclass(module = "heapgate._native", name = "SessionReport")]
+struct PySessionReport(SessionReport);
+
+fn read_report(path: &Path) -> PyResult<SessionReport> {
+    let text = std::fs::read_to_string(path).map_err(|e| file_error(path, e))?;
+    SessionReport::from_json(&text).map_err(|e| file_error(path, e))
+}
+
+#[pymethods]
+impl PySessionReport {
+    /// An empty report of this process's session.
+    #[new]
+    fn new(facts: Facts) -> PySessionReport {
+        let facts = facts.into_process_facts();
+        PySessionReport(SessionReport::new(
+            SessionFacts {
+                python_version: facts.python_version,
+                platform: facts.platform,
+                heapgate_version: facts.heapgate_version,
+                rootdir: facts.rootdir,
+                ..SessionFacts::default()
+            },
+            Vec::new(),
+        ))
     }
-    let facts = facts.into_process_facts();
-    SessionReport::new(
-        SessionFacts {
-            python_version: facts.python_version,
-            platform: facts.platform,
-            heapgate_version: facts.heapgate_version,
-            rootdir: facts.rootdir,
-            ..SessionFacts::default()
-        },
-        entries,
-    )
-    .to_json()
-}
 
-/// Checks a session report's text (`path` names it in errors) and returns it normalized.
-#[pyfunction]
-fn read_session_report(path: PathBuf) -> PyResult<String> {
-    let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
-    let report = SessionReport::from_json(&text).map_err(|e| file_error(&path, e))?;
-    Ok(report.to_json())
-}
+    /// Reads a `heapgate.json`; raises ReportFileError naming the file and the problem.
+    #[staticmethod]
+    fn read(path: PathBuf) -> PyResult<PySessionReport> {
+        read_report(&path).map(PySessionReport)
+    }
 
-/// heapgate's JUnit XML for the session report at `path`; attachment paths are joined to
-/// `base` (default: the report's directory).
-#[pyfunction]
-#[pyo3(signature = (path, base=None))]
-fn junit_from_session(path: PathBuf, base: Option<PathBuf>) -> PyResult<String> {
-    let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
-    let report = SessionReport::from_json(&text).map_err(|e| file_error(&path, e))?;
-    let base = base.or_else(|| path.parent().map(Path::to_path_buf));
-    junit_xml(&report, base.as_deref()).map_err(|e| file_error(&path, e))
-}
+    /// Joins `paths` (reports of several jobs) into one whose artifact paths are relative to
+    /// `out_dir`: tests in order, report by report; session facts from the first.
+    #[staticmethod]
+    fn merge(paths: Vec<PathBuf>, out_dir: PathBuf) -> PyResult<PySessionReport> {
+        let mut merged: Option<SessionReport> = None;
+        for path in paths {
+            let report = read_report(&path)?;
+            let dir = std::fs::canonicalize(&path)
+                .map_err(|e| file_error(&path, e))?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
+            merged
+                .get_or_insert_with(|| SessionReport::new(report.session.clone(), Vec::new()))
+                .merge(report, &dir, &out_dir);
+        }
+        Ok(PySessionReport(merged.unwrap_or_else(|| {
+            SessionReport::new(SessionFacts::default(), Vec::new())
+        })))
+    }
 
-/// The GitHub job summary (Markdown) and the `::error` annotation lines (every failure,
-/// largest first) of the session report at `path`. `baseline` is (name shown, node id → peak).
-#[pyfunction]
-#[pyo3(signature = (path, workspace, blob_url=None, artifact=None, run_url=None, exit_code=None, baseline=None, top=5))]
-#[allow(clippy::too_many_arguments)]
-fn github_report(
-    path: PathBuf,
-    workspace: PathBuf,
-    blob_url: Option<String>,
-    artifact: Option<String>,
-    run_url: Option<String>,
-    exit_code: Option<i32>,
-    baseline: Option<(String, std::collections::BTreeMap<String, u64>)>,
-    top: usize,
-) -> PyResult<(String, Vec<String>)> {
-    let text = std::fs::read_to_string(&path).map_err(|e| file_error(&path, e))?;
-    let report = SessionReport::from_json(&text).map_err(|e| file_error(&path, e))?;
-    let options = GithubOptions {
-        workspace,
-        blob_url,
-        artifact,
-        run_url,
-        exit_code,
-        baseline,
-        top,
-    };
-    let annotations = github_annotations(&report, &options)
-        .iter()
-        .map(|a| a.command())
-        .collect();
-    Ok((github_summary(&report, &options), annotations))
+    /// Adds a finished test: the JSON of `Record.session_test` (an earlier attempt of the same
+    /// test is replaced).
+    fn add(&mut self, test: &str) -> PyResult<()> {
+        let test = SessionTest::from_json(test)
+            .map_err(|e| PyValueError::new_err(format!("not a heapgate test record: {e}")))?;
+        self.0.add(test);
+        Ok(())
+    }
+
+    /// `heapgate.json`'s text.
+    fn to_json(&self) -> String {
+        self.0.to_json()
+    }
+
+    /// heapgate's JUnit XML; attachment paths are joined to `base`.
+    #[pyo3(signature = (base=None))]
+    fn junit(&self, base: Option<PathBuf>) -> PyResult<String> {
+        junit_xml(&self.0, base.as_deref()).map_err(|e| PyValueError::new_err(e.to_string()))
+    }
+
+    /// Tests tracked.
+    #[getter]
+    fn tracked(&self) -> usize {
+        self.0.session.tracked
+    }
+
+    /// Tests that failed a memory check.
+    #[getter]
+    fn memory_failures(&self) -> usize {
+        self.0.session.memory_failures
+    }
+
+    /// (node id, peak bytes, leaked bytes) of each test, in the order they ran.
+    fn peaks(&self) -> Vec<(String, u64, u64)> {
+        self.0
+            .tests
+            .iter()
+            .map(|t| (t.nodeid.clone(), t.peak_bytes, t.leaked.bytes))
+            .collect()
+    }
+
+    /// Tests whose capture file was written.
+    #[getter]
+    fn captures_written(&self) -> usize {
+        self.0
+            .tests
+            .iter()
+            .filter(|t| t.artifacts.capture.is_some())
+            .count()
+    }
+
+    /// (tests under a default limit, tests under a marker).
+    fn limit_sources(&self) -> (usize, usize) {
+        let count = |source: &str| {
+            self.0
+                .tests
+                .iter()
+                .filter(|t| t.notes.limit_source.as_deref() == Some(source))
+                .count()
+        };
+        (count("default"), count("marker"))
+    }
+
+    /// Did `--native-leaks` check any test?
+    #[getter]
+    fn native_leak_checks(&self) -> bool {
+        self.0.tests.iter().any(|t| t.notes.native_leaks)
+    }
+
+    /// What each of `count` suppressions absorbed: (lost bytes, lost blocks).
+    fn absorbed(&self, count: usize) -> Vec<(u64, u64)> {
+        self.0.absorbed(count)
+    }
+
+    /// Problems the tests' processes reported, in the order the tests ran.
+    fn problems(&self) -> Vec<String> {
+        self.0.problems().into_iter().map(str::to_string).collect()
+    }
+
+    /// `heapgate VERSION, Python ..., PLATFORM: N tracked tests, M failed a memory check`.
+    fn headline(&self) -> String {
+        self.0.headline()
+    }
+
+    /// The table of tracked tests, highest peak first; `most` rows (0: all).
+    fn summary_lines(&self, most: usize) -> Vec<String> {
+        self.0.summary_lines(most)
+    }
+
+    /// The comparison with a baseline (`name`, node id -> peak): counts, then the biggest
+    /// increases and decreases (`most` of each).
+    fn baseline_summary(
+        &self,
+        name: &str,
+        baseline: BTreeMap<String, u64>,
+        tolerance: &Tolerance,
+        most: usize,
+    ) -> Vec<String> {
+        let peaks: Vec<(&str, u64)> = self
+            .0
+            .tests
+            .iter()
+            .map(|t| (t.nodeid.as_str(), t.peak_bytes))
+            .collect();
+        baseline_summary_lines(name, &baseline, &peaks, &tolerance.0, most)
+    }
+
+    /// The GitHub job summary (Markdown) and the `::error` annotation lines (every failure,
+    /// largest first). `baseline` is (name shown, node id -> peak).
+    #[pyo3(signature = (workspace, blob_url=None, artifact=None, run_url=None, exit_code=None, baseline=None, top=5))]
+    #[allow(clippy::too_many_arguments)]
+    fn github(
+        &self,
+        workspace: PathBuf,
+        blob_url: Option<String>,
+        artifact: Option<String>,
+        run_url: Option<String>,
+        exit_code: Option<i32>,
+        baseline: Option<(String, BTreeMap<String, u64>)>,
+        top: usize,
+    ) -> (String, Vec<String>) {
+        let options = GithubOptions {
+            workspace,
+            blob_url,
+            artifact,
+            run_url,
+            exit_code,
+            baseline,
+            top,
+        };
+        let annotations = github_annotations(&self.0, &options)
+            .iter()
+            .map(|a| a.command())
+            .collect();
+        (github_summary(&self.0, &options), annotations)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "SessionReport({} tracked tests, {} memory failures)",
+            self.0.session.tracked, self.0.session.memory_failures
+        )
+    }
 }
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Record>()?;
-    m.add_function(wrap_pyfunction!(session_report, m)?)?;
-    m.add_function(wrap_pyfunction!(read_session_report, m)?)?;
-    m.add_function(wrap_pyfunction!(junit_from_session, m)?)?;
-    m.add_function(wrap_pyfunction!(github_report, m)?)?;
+    m.add_class::<PySessionReport>()?;
     m.add("MAX_ANNOTATIONS", heapgate_core::report::MAX_ANNOTATIONS)?;
     m.add("ReportFileError", m.py().get_type::<ReportFileError>())?;
     Ok(())

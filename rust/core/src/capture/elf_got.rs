@@ -3,25 +3,20 @@
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::CStr;
+use std::ops::{ControlFlow, Range};
 use std::sync::{Mutex, OnceLock};
 
-use libc::{c_int, c_void, dl_phdr_info, size_t};
+use libc::{c_int, c_void};
 
 use crate::symbolize::Module;
 
 use super::arch::GOT_RELOCATIONS;
+use super::objects::{self, LoadedObject, LoaderCounters, Segment};
 
 /// A symbol to redirect and the address of its hook.
 pub(crate) struct Hook {
     pub name: &'static [u8],
     pub address: usize,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct Dyn {
-    tag: i64,
-    val: u64,
 }
 
 #[repr(C)]
@@ -43,14 +38,13 @@ struct Sym {
     size: u64,
 }
 
-const DT_NULL: i64 = 0;
-const DT_PLTRELSZ: i64 = 2;
-const DT_STRTAB: i64 = 5;
-const DT_SYMTAB: i64 = 6;
-const DT_RELA: i64 = 7;
-const DT_RELASZ: i64 = 8;
-const DT_PLTREL: i64 = 20;
-const DT_JMPREL: i64 = 23;
+const DT_PLTRELSZ: isize = 2;
+const DT_STRTAB: isize = 5;
+const DT_SYMTAB: isize = 6;
+const DT_RELA: isize = 7;
+const DT_RELASZ: isize = 8;
+const DT_PLTREL: isize = 20;
+const DT_JMPREL: isize = 23;
 
 /// What the walks over the loader's list have seen.
 #[derive(Default)]
@@ -58,8 +52,8 @@ pub(crate) struct LoadedObjects {
     /// Objects already patched, by program-header address (unique while an object is
     /// loaded), with the module-map entry recorded when the object was first seen.
     patched: HashMap<usize, Module>,
-    /// The loader's (adds, subs) counters at the last walk that patched everything it saw.
-    counters: Option<(u64, u64)>,
+    /// The loader's counters at the last walk that patched everything it saw.
+    counters: Option<LoaderCounters>,
     /// Objects unloaded since [`forget_unloaded`] last ran.
     unloaded: Vec<Module>,
 }
@@ -97,7 +91,7 @@ struct Walk<'a> {
     /// Keys of the objects listed by this walk.
     listed: HashSet<usize>,
     /// The counters read from the first object, if the loader reports them.
-    counters: Option<(u64, u64)>,
+    counters: Option<LoaderCounters>,
     /// An object was unloaded since the last walk: every object is looked at again.
     full: bool,
     /// The walk stopped at once: nothing was loaded or unloaded since the last one.
@@ -143,11 +137,7 @@ pub(crate) fn patch_loaded_objects(hooks: &[Hook], wait: Wait) -> Option<usize> 
         deferred: false,
         slots_written: 0,
     };
-    // SAFETY: the callback only reads the program headers and dynamic sections the loader
-    // hands it, and `walk` outlives the call.
-    unsafe {
-        libc::dl_iterate_phdr(Some(visit_object), &mut walk as *mut Walk as *mut c_void);
-    }
+    objects::walk(|object| walk.visit(object));
     if !walk.unchanged {
         if walk.full {
             let gone: Vec<usize> = walk
@@ -190,145 +180,86 @@ pub(crate) fn patch_lock() -> &'static Mutex<Option<LoadedObjects>> {
     &OBJECTS
 }
 
-/// Offset of `dlpi_subs` plus its size: a loader passing a smaller `size` has no counters.
-const COUNTERS_END: usize =
-    std::mem::offset_of!(dl_phdr_info, dlpi_subs) + std::mem::size_of::<u64>();
-
-unsafe extern "C" fn visit_object(
-    info: *mut dl_phdr_info,
-    size: size_t,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: `data` is the `Walk` passed to dl_iterate_phdr above; `info` is valid for the
-    // duration of the callback.
-    let (walk, info) = unsafe { (&mut *(data as *mut Walk), &*info) };
-    if walk.listed.is_empty() && size >= COUNTERS_END {
-        let counters = (info.dlpi_adds, info.dlpi_subs);
-        if walk.objects.counters == Some(counters) {
-            walk.unchanged = true;
-            return 1;
+impl Walk<'_> {
+    fn visit(&mut self, object: &LoadedObject<'_>) -> ControlFlow<()> {
+        if self.listed.is_empty() {
+            if let Some(counters) = object.counters() {
+                if self.objects.counters == Some(counters) {
+                    self.unchanged = true;
+                    return ControlFlow::Break(());
+                }
+                self.counters = Some(counters);
+                // Something was unloaded: an object at a remembered address may be a new one
+                // (or the same file loaded again, with a fresh GOT), so every object is looked
+                // at.
+                self.full = self
+                    .objects
+                    .counters
+                    .is_none_or(|last| last.subs != counters.subs);
+            }
         }
-        walk.counters = Some(counters);
-        // Something was unloaded: an object at a remembered address may be a new one (or
-        // the same file loaded again, with a fresh GOT), so every object is looked at.
-        walk.full = walk
-            .objects
-            .counters
-            .is_none_or(|(_, subs)| subs != counters.1);
-    }
-    let key = info.dlpi_phdr as usize;
-    walk.listed.insert(key);
-    if walk.objects.patched.contains_key(&key) && !walk.full {
-        return 0;
-    }
-    // SAFETY: dlpi_name is a NUL-terminated string owned by the loader (may be empty).
-    let name = unsafe { object_name(info) };
-    if name.contains("linux-vdso") || name.contains("ld-linux") || name.contains("/ld-") {
-        return 0;
-    }
-    // SAFETY: program headers and dynamic section belong to a loaded object.
-    let object = unsafe { LoadedObject::read(info) };
-    let Some(object) = object else { return 0 };
-    if !object.relocated() {
-        walk.deferred = true;
-        return 0;
-    }
-    // SAFETY: `info` describes an object the loader keeps loaded during the callback.
-    let module = unsafe { Module::from_phdr_info(info) };
-    if let Some(old) = walk.objects.patched.insert(key, module) {
-        let same = walk.objects.patched.get(&key) == Some(&old);
-        if !same {
-            walk.objects.unloaded.push(old);
+        let key = object.key();
+        self.listed.insert(key);
+        if self.objects.patched.contains_key(&key) && !self.full {
+            return ControlFlow::Continue(());
         }
+        let name = object.name();
+        let has = |part: &[u8]| name.windows(part.len()).any(|w| w == part);
+        if has(b"linux-vdso") || has(b"ld-linux") || has(b"/ld-") {
+            return ControlFlow::Continue(());
+        }
+        let Some(target) = PatchTarget::read(object) else {
+            return ControlFlow::Continue(());
+        };
+        if !target.relocated() {
+            self.deferred = true;
+            return ControlFlow::Continue(());
+        }
+        let module = Module::from_loaded(object);
+        if let Some(old) = self.objects.patched.insert(key, module) {
+            let same = self.objects.patched.get(&key) == Some(&old);
+            if !same {
+                self.objects.unloaded.push(old);
+            }
+        }
+        if target.contains(self.own_address) {
+            return ControlFlow::Continue(());
+        }
+        // SAFETY: the object is loaded and relocated; its relocation tables and GOT are mapped.
+        self.slots_written += unsafe { target.patch(self.hooks) };
+        ControlFlow::Continue(())
     }
-    if object.contains(walk.own_address) {
-        return 0;
-    }
-    // SAFETY: the object is loaded and relocated; its relocation tables and GOT are mapped.
-    walk.slots_written += unsafe { object.patch(walk.hooks) };
-    0
 }
 
-/// # Safety
-/// `info` must be a loader-provided `dl_phdr_info`.
-unsafe fn object_name(info: &dl_phdr_info) -> String {
-    if info.dlpi_name.is_null() {
-        return String::new();
-    }
-    // SAFETY: per the contract, dlpi_name is NUL-terminated.
-    unsafe { CStr::from_ptr(info.dlpi_name) }
-        .to_string_lossy()
-        .into_owned()
-}
-
-struct Segment {
-    start: usize,
-    end: usize,
-    flags: u32,
-}
-
-struct LoadedObject {
+/// What patching an object needs from it: its segments and relocation tables.
+struct PatchTarget {
     bias: usize,
     segments: Vec<Segment>,
-    relro: Option<(usize, usize)>,
+    relro: Option<Range<usize>>,
     symtab: usize,
     strtab: usize,
     tables: Vec<(usize, usize)>,
 }
 
-impl LoadedObject {
-    /// # Safety
-    /// `info` must describe an object currently loaded in this process.
-    unsafe fn read(info: &dl_phdr_info) -> Option<LoadedObject> {
-        let bias = info.dlpi_addr as usize;
-        // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
-        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-        let mut segments = Vec::new();
-        let mut relro = None;
-        let mut dynamic = None;
-        for ph in phdrs {
-            let start = bias + ph.p_vaddr as usize;
-            let end = start + ph.p_memsz as usize;
-            match ph.p_type {
-                libc::PT_LOAD => segments.push(Segment {
-                    start,
-                    end,
-                    flags: ph.p_flags,
-                }),
-                libc::PT_GNU_RELRO => relro = Some((start, end)),
-                libc::PT_DYNAMIC => dynamic = Some(start as *const Dyn),
-                _ => {}
-            }
-        }
-        let mut dynamic = dynamic?;
+impl PatchTarget {
+    fn read(object: &LoadedObject<'_>) -> Option<PatchTarget> {
+        let bias = object.bias();
         // The loader relocates most d_ptr entries in place; some (vdso, read-only .dynamic)
         // stay relative to the load bias.
-        let absolute = |p: u64| {
-            let p = p as usize;
-            if p < bias {
-                p + bias
-            } else {
-                p
-            }
-        };
+        let absolute = |p: usize| if p < bias { p + bias } else { p };
         let (mut symtab, mut strtab) = (0, 0);
         let (mut jmprel, mut pltrelsz, mut rela, mut relasz, mut pltrel) = (0, 0, 0, 0, DT_RELA);
-        loop {
-            // SAFETY: the dynamic section is an array terminated by DT_NULL.
-            let d = unsafe { *dynamic };
-            match d.tag {
-                DT_NULL => break,
-                DT_SYMTAB => symtab = absolute(d.val),
-                DT_STRTAB => strtab = absolute(d.val),
-                DT_JMPREL => jmprel = absolute(d.val),
-                DT_PLTRELSZ => pltrelsz = d.val as usize,
-                DT_RELA => rela = absolute(d.val),
-                DT_RELASZ => relasz = d.val as usize,
-                DT_PLTREL => pltrel = d.val as i64,
+        for (tag, val) in object.dynamic() {
+            match tag {
+                DT_SYMTAB => symtab = absolute(val),
+                DT_STRTAB => strtab = absolute(val),
+                DT_JMPREL => jmprel = absolute(val),
+                DT_PLTRELSZ => pltrelsz = val,
+                DT_RELA => rela = absolute(val),
+                DT_RELASZ => relasz = val,
+                DT_PLTREL => pltrel = val as isize,
                 _ => {}
             }
-            // SAFETY: not past DT_NULL yet.
-            dynamic = unsafe { dynamic.add(1) };
         }
         if symtab == 0 || strtab == 0 || pltrel != DT_RELA {
             return None;
@@ -340,10 +271,10 @@ impl LoadedObject {
         if rela != 0 && relasz != 0 {
             tables.push((rela, relasz / std::mem::size_of::<Rela>()));
         }
-        Some(LoadedObject {
+        Some(PatchTarget {
             bias,
-            segments,
-            relro,
+            segments: object.segments().collect(),
+            relro: object.relro(),
             symtab,
             strtab,
             tables,
@@ -363,9 +294,7 @@ impl LoadedObject {
     }
 
     fn contains(&self, address: usize) -> bool {
-        self.segments
-            .iter()
-            .any(|s| s.start <= address && address < s.end)
+        self.segments.iter().any(|s| s.contains(address))
     }
 
     /// # Safety
@@ -408,11 +337,8 @@ impl LoadedObject {
     /// # Safety
     /// `slot` must be a pointer-aligned GOT entry inside this object.
     unsafe fn write_slot(&self, slot: usize, value: usize) -> bool {
-        let segment = self
-            .segments
-            .iter()
-            .find(|s| s.start <= slot && slot < s.end);
-        let in_relro = self.relro.is_some_and(|(s, e)| s <= slot && slot < e);
+        let segment = self.segments.iter().find(|s| s.contains(slot));
+        let in_relro = self.relro.as_ref().is_some_and(|r| r.contains(&slot));
         let writable = segment.is_some_and(|s| s.flags & libc::PF_W != 0) && !in_relro;
         if writable {
             // SAFETY: a writable data page of a loaded object; aligned word store.

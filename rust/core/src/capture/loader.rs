@@ -79,65 +79,30 @@ extern "C" {
     pub(crate) fn heapgate_dlvsym_trampoline();
 }
 
-// x86-64: the caller's return address is at (%rsp) on entry and stays there; argument
-// registers are saved around our call and restored before the jump.
-#[cfg(target_arch = "x86_64")]
+/// The trampolines' assembly around each architecture's instructions: `$at` is the assembler's
+/// type prefix (`@`, or `%` where `@` starts a comment), `note` and `sync` the bodies of the
+/// note-and-jump and sync-and-jump trampolines (each ends with the jump to the real function).
 macro_rules! trampolines {
-    () => {
+    (at: $at:literal, note: [$($note:literal,)*], sync: [$($sync:literal,)*] $(, $options:ident($($option:tt)*))?) => {
         std::arch::global_asm!(
-            ".pushsection .text.heapgate_trampolines,\"ax\",@progbits",
-            ".macro HEAPGATE_NOTE_AND_JUMP name, real",
+            concat!(".pushsection .text.heapgate_trampolines,\"ax\",", $at, "progbits"),
+            ".macro HEAPGATE_ENTRY name",
             ".p2align 4",
             ".globl \\name",
             ".hidden \\name",
-            ".type \\name,@function",
+            concat!(".type \\name,", $at, "function"),
             "\\name:",
             ".cfi_startproc",
-            "endbr64",
-            "movb $1, {changed}(%rip)",
-            "jmp *\\real(%rip)",
+            ".endm",
+            ".macro HEAPGATE_NOTE_AND_JUMP name, real",
+            "HEAPGATE_ENTRY \\name",
+            $($note,)*
             ".cfi_endproc",
             ".size \\name, .-\\name",
             ".endm",
             ".macro HEAPGATE_SYNC_AND_JUMP name, real",
-            ".p2align 4",
-            ".globl \\name",
-            ".hidden \\name",
-            ".type \\name,@function",
-            "\\name:",
-            ".cfi_startproc",
-            "endbr64",
-            "push %rdi",
-            ".cfi_adjust_cfa_offset 8",
-            "push %rsi",
-            ".cfi_adjust_cfa_offset 8",
-            "push %rdx",
-            ".cfi_adjust_cfa_offset 8",
-            "push %rcx",
-            ".cfi_adjust_cfa_offset 8",
-            "push %r8",
-            ".cfi_adjust_cfa_offset 8",
-            "push %r9",
-            ".cfi_adjust_cfa_offset 8",
-            // 8 (return address) + 48 pushed + 8 = a 16-byte aligned call.
-            "sub $8, %rsp",
-            ".cfi_adjust_cfa_offset 8",
-            "call {sync}",
-            "add $8, %rsp",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %r9",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %r8",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %rcx",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %rdx",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %rsi",
-            ".cfi_adjust_cfa_offset -8",
-            "pop %rdi",
-            ".cfi_adjust_cfa_offset -8",
-            "jmp *\\real(%rip)",
+            "HEAPGATE_ENTRY \\name",
+            $($sync,)*
             ".cfi_endproc",
             ".size \\name, .-\\name",
             ".endm",
@@ -147,6 +112,7 @@ macro_rules! trampolines {
             "HEAPGATE_SYNC_AND_JUMP heapgate_dlvsym_trampoline, {dlvsym}",
             ".purgem HEAPGATE_NOTE_AND_JUMP",
             ".purgem HEAPGATE_SYNC_AND_JUMP",
+            ".purgem HEAPGATE_ENTRY",
             ".popsection",
             changed = sym OBJECTS_MAY_HAVE_CHANGED,
             sync = sym before_symbol_lookup,
@@ -154,86 +120,97 @@ macro_rules! trampolines {
             dlmopen = sym REAL_DLMOPEN,
             dlsym = sym REAL_DLSYM,
             dlvsym = sym REAL_DLVSYM,
-            options(att_syntax),
+            $($options($($option)*),)?
         );
     };
 }
+
+// x86-64: the caller's return address is at (%rsp) on entry and stays there; argument
+// registers are saved around our call and restored before the jump.
+#[cfg(target_arch = "x86_64")]
+trampolines!(
+    at: "@",
+    note: [
+        "endbr64",
+        "movb $1, {changed}(%rip)",
+        "jmp *\\real(%rip)",
+    ],
+    sync: [
+        "endbr64",
+        "push %rdi",
+        ".cfi_adjust_cfa_offset 8",
+        "push %rsi",
+        ".cfi_adjust_cfa_offset 8",
+        "push %rdx",
+        ".cfi_adjust_cfa_offset 8",
+        "push %rcx",
+        ".cfi_adjust_cfa_offset 8",
+        "push %r8",
+        ".cfi_adjust_cfa_offset 8",
+        "push %r9",
+        ".cfi_adjust_cfa_offset 8",
+        // 8 (return address) + 48 pushed + 8 = a 16-byte aligned call.
+        "sub $8, %rsp",
+        ".cfi_adjust_cfa_offset 8",
+        "call {sync}",
+        "add $8, %rsp",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %r9",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %r8",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %rcx",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %rdx",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %rsi",
+        ".cfi_adjust_cfa_offset -8",
+        "pop %rdi",
+        ".cfi_adjust_cfa_offset -8",
+        "jmp *\\real(%rip)",
+    ],
+    options(att_syntax)
+);
 
 // aarch64: the caller's return address is in x30 on entry; it and the argument registers
 // are saved around our call and restored before the jump (through x16, the IP0 scratch).
 #[cfg(target_arch = "aarch64")]
-macro_rules! trampolines {
-    () => {
-        std::arch::global_asm!(
-            ".pushsection .text.heapgate_trampolines,\"ax\",%progbits",
-            ".macro HEAPGATE_NOTE_AND_JUMP name, real",
-            ".p2align 4",
-            ".globl \\name",
-            ".hidden \\name",
-            ".type \\name,%function",
-            "\\name:",
-            ".cfi_startproc",
-            "hint #34",
-            "adrp x16, {changed}",
-            "mov w17, #1",
-            "strb w17, [x16, :lo12:{changed}]",
-            "adrp x16, \\real",
-            "ldr x16, [x16, :lo12:\\real]",
-            "br x16",
-            ".cfi_endproc",
-            ".size \\name, .-\\name",
-            ".endm",
-            ".macro HEAPGATE_SYNC_AND_JUMP name, real",
-            ".p2align 4",
-            ".globl \\name",
-            ".hidden \\name",
-            ".type \\name,%function",
-            "\\name:",
-            ".cfi_startproc",
-            "hint #34",
-            "stp x29, x30, [sp, #-80]!",
-            ".cfi_def_cfa_offset 80",
-            ".cfi_offset x29, -80",
-            ".cfi_offset x30, -72",
-            "mov x29, sp",
-            "stp x0, x1, [sp, #16]",
-            "stp x2, x3, [sp, #32]",
-            "stp x4, x5, [sp, #48]",
-            "stp x6, x7, [sp, #64]",
-            "bl {sync}",
-            "ldp x0, x1, [sp, #16]",
-            "ldp x2, x3, [sp, #32]",
-            "ldp x4, x5, [sp, #48]",
-            "ldp x6, x7, [sp, #64]",
-            "ldp x29, x30, [sp], #80",
-            ".cfi_def_cfa_offset 0",
-            ".cfi_restore x29",
-            ".cfi_restore x30",
-            "adrp x16, \\real",
-            "ldr x16, [x16, :lo12:\\real]",
-            "br x16",
-            ".cfi_endproc",
-            ".size \\name, .-\\name",
-            ".endm",
-            "HEAPGATE_NOTE_AND_JUMP heapgate_dlopen_trampoline, {dlopen}",
-            "HEAPGATE_NOTE_AND_JUMP heapgate_dlmopen_trampoline, {dlmopen}",
-            "HEAPGATE_SYNC_AND_JUMP heapgate_dlsym_trampoline, {dlsym}",
-            "HEAPGATE_SYNC_AND_JUMP heapgate_dlvsym_trampoline, {dlvsym}",
-            ".purgem HEAPGATE_NOTE_AND_JUMP",
-            ".purgem HEAPGATE_SYNC_AND_JUMP",
-            ".popsection",
-            changed = sym OBJECTS_MAY_HAVE_CHANGED,
-            sync = sym before_symbol_lookup,
-            dlopen = sym REAL_DLOPEN,
-            dlmopen = sym REAL_DLMOPEN,
-            dlsym = sym REAL_DLSYM,
-            dlvsym = sym REAL_DLVSYM,
-        );
-    };
-}
-
-#[cfg(any(target_arch = "x86_64", target_arch = "aarch64"))]
-trampolines!();
+trampolines!(
+    at: "%",
+    note: [
+        "hint #34",
+        "adrp x16, {changed}",
+        "mov w17, #1",
+        "strb w17, [x16, :lo12:{changed}]",
+        "adrp x16, \\real",
+        "ldr x16, [x16, :lo12:\\real]",
+        "br x16",
+    ],
+    sync: [
+        "hint #34",
+        "stp x29, x30, [sp, #-80]!",
+        ".cfi_def_cfa_offset 80",
+        ".cfi_offset x29, -80",
+        ".cfi_offset x30, -72",
+        "mov x29, sp",
+        "stp x0, x1, [sp, #16]",
+        "stp x2, x3, [sp, #32]",
+        "stp x4, x5, [sp, #48]",
+        "stp x6, x7, [sp, #64]",
+        "bl {sync}",
+        "ldp x0, x1, [sp, #16]",
+        "ldp x2, x3, [sp, #32]",
+        "ldp x4, x5, [sp, #48]",
+        "ldp x6, x7, [sp, #64]",
+        "ldp x29, x30, [sp], #80",
+        ".cfi_def_cfa_offset 0",
+        ".cfi_restore x29",
+        ".cfi_restore x30",
+        "adrp x16, \\real",
+        "ldr x16, [x16, :lo12:\\real]",
+        "br x16",
+    ]
+);
 
 #[cfg(test)]
 mod tests {

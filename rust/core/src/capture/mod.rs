@@ -12,6 +12,7 @@ mod hooks;
 pub mod hybrid;
 mod leaks;
 mod loader;
+pub(crate) mod objects;
 mod python;
 mod recorder;
 mod scrub;

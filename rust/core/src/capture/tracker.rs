@@ -4,7 +4,8 @@
 //! This module is plain data: no locks, no hooks, no `unsafe`. The capture layer feeds it
 //! events under its lock; unit tests feed it events directly.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::hash::{BuildHasher, Hasher};
 
 use rustc_hash::FxHashMap;
 
@@ -134,6 +135,55 @@ struct TrieNode {
 struct LiveBlock {
     size: u64,
     site: u32,
+}
+
+/// The live table's hash keeps neighbours together: blocks in one window of
+/// `16 << LIVE_WINDOW_BITS` bytes of address space (32 KiB) land in neighbouring buckets, in
+/// address order, and each window lands at a pseudo-random place in the table. A program
+/// allocates and frees mostly in address order (an allocator carves consecutive blocks out of
+/// one chunk or pool), so consecutive events touch the same few cache lines and pages of a
+/// table that at two million blocks is far larger than the caches: measured with two million
+/// live blocks, 20-30 ns per insert or remove against 80-300 ns with a hash that scatters
+/// every address (FxHash). Blocks are at least 16-byte aligned, so no two live blocks of one
+/// window share a home bucket; windows collide only as a hash's keys do.
+const LIVE_WINDOW_BITS: u32 = 11;
+
+/// Hashes a tagged block address for the live table (see [`LIVE_WINDOW_BITS`]). The bucket
+/// index comes from the low bits, the 7-bit tag the table compares first from the top bits.
+#[derive(Clone, Copy, Default)]
+struct LiveHash;
+
+/// The [`LiveHash`] of one key.
+#[derive(Default)]
+struct LiveHasher(u64);
+
+impl BuildHasher for LiveHash {
+    type Hasher = LiveHasher;
+    fn build_hasher(&self) -> LiveHasher {
+        LiveHasher(0)
+    }
+}
+
+impl Hasher for LiveHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Keys are `usize`, hashed by `write_usize`; anything else folds in byte by byte.
+        for &b in bytes {
+            self.write_usize(self.0 as usize ^ usize::from(b));
+        }
+    }
+
+    #[inline]
+    fn write_usize(&mut self, key: usize) {
+        let addr = untagged(key) as u64;
+        let slot = (addr >> 4) & ((1 << LIVE_WINDOW_BITS) - 1);
+        let window = (addr >> (4 + LIVE_WINDOW_BITS)).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32;
+        let tag = addr.wrapping_mul(0xF135_7AEA_2E62_A9C5) & (0x7F << 57);
+        self.0 = ((slot | window << LIVE_WINDOW_BITS) & ((1 << 57) - 1)) | tag;
+    }
 }
 
 /// Live blocks a fresh tracker has room for before its table first grows (a hash table
@@ -267,7 +317,7 @@ pub struct Tracker {
     frame_index: FxHashMap<FrameKey, u32>,
     sites: Vec<Site>,
     site_index: FxHashMap<(u32, Allocator), u32>,
-    live: FxHashMap<usize, LiveBlock>,
+    live: HashMap<usize, LiveBlock, LiveHash>,
     mappings: BTreeMap<usize, LiveBlock>,
     current: u64,
     current_count: u64,
@@ -277,8 +327,9 @@ pub struct Tracker {
     total: u64,
     total_count: u64,
     leak_kinds: Option<Vec<LeakKinds>>,
+    /// The last interned stack, outermost frame first, and the trie node after each frame.
     last_stack: Vec<FrameKey>,
-    last_node: Option<u32>,
+    last_path: Vec<u32>,
     /// The last site looked up: (node, allocator, site).
     last_site: Option<(u32, Allocator, u32)>,
 }
@@ -315,7 +366,7 @@ impl Tracker {
         self.total_count = 0;
         self.leak_kinds = None;
         self.last_stack.clear();
-        self.last_node = None;
+        self.last_path.clear();
         self.last_site = None;
     }
 
@@ -338,6 +389,18 @@ impl Tracker {
         self.live.len() + self.mappings.len()
     }
 
+    /// The stack of a site (as in a candidate's `site`), allocating frame first.
+    pub fn site_stack(&self, site: u32) -> impl Iterator<Item = &Frame> {
+        let mut node = self.sites[site as usize].node;
+        std::iter::from_fn(move || {
+            (node != ROOT).then(|| {
+                let n = self.nodes[node as usize];
+                node = n.parent;
+                &self.frames[n.frame as usize]
+            })
+        })
+    }
+
     /// All live blocks by reachability, when a leak scan ran.
     pub fn leak_totals(&self) -> Option<LeakKinds> {
         self.leak_kinds.as_ref().map(|kinds| {
@@ -358,7 +421,9 @@ impl Tracker {
 
     /// Intern a stack given allocating frame first; `describe` names a code object the first
     /// time one of its frames is seen. Returns the trie node of the whole stack. The last
-    /// stack is remembered: a loop that allocates from one line costs one comparison.
+    /// stack and its trie path are remembered: the outer frames it shares with the next stack
+    /// cost one comparison each, and only the frames that differ are looked up (a loop that
+    /// allocates from one line costs one comparison per frame, no lookup).
     pub fn intern_stack<I>(
         &mut self,
         innermost_first: I,
@@ -368,14 +433,16 @@ impl Tracker {
         I: IntoIterator<Item = FrameKey>,
         I::IntoIter: DoubleEndedIterator + Clone,
     {
-        let frames = innermost_first.into_iter();
-        if let Some(last) = self.last_node {
-            if frames.clone().eq(self.last_stack.iter().copied()) {
-                return last;
-            }
-        }
-        let mut node = ROOT;
-        for key in frames.clone().rev() {
+        let outer_first = innermost_first.into_iter().rev();
+        let shared = outer_first
+            .clone()
+            .zip(&self.last_stack)
+            .take_while(|(key, last)| key == *last)
+            .count();
+        self.last_stack.truncate(shared);
+        self.last_path.truncate(shared);
+        let mut node = self.last_path.last().copied().unwrap_or(ROOT);
+        for key in outer_first.skip(shared) {
             let frame = self.intern_frame(key, describe);
             let next = self.nodes.len() as u32;
             node = *self.node_index.entry((node, frame)).or_insert_with(|| {
@@ -385,10 +452,9 @@ impl Tracker {
                 });
                 next
             });
+            self.last_stack.push(key);
+            self.last_path.push(node);
         }
-        self.last_stack.clear();
-        self.last_stack.extend(frames);
-        self.last_node = Some(node);
         node
     }
 
@@ -724,6 +790,38 @@ mod tests {
             })
             .collect();
         assert_eq!(functions, ["f3", "f2", "f1"]);
+        // The leak scan reads a candidate's stack the same way, without a report.
+        let site = t.live_blocks().next().expect("a live block").2;
+        let stack: Vec<&Frame> = t.site_stack(site).collect();
+        assert_eq!(stack, r.sites[0].stack.iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn stacks_sharing_outer_frames_reuse_the_last_path() {
+        let mut t = Tracker::new();
+        let a = node(&mut t, &[3, 2, 1]);
+        let b = node(&mut t, &[4, 2, 1]);
+        let c = node(&mut t, &[2, 1]);
+        let d = node(&mut t, &[5, 3, 2, 1]);
+        assert_eq!(node(&mut t, &[3, 2, 1]), a);
+        assert_eq!(node(&mut t, &[2, 1]), c);
+        assert_eq!(node(&mut t, &[]), ROOT);
+        assert_eq!(node(&mut t, &[4, 2, 1]), b);
+        assert_eq!(node(&mut t, &[5, 3, 2, 1]), d);
+        assert_eq!(t.nodes[d as usize].parent, a);
+        assert_eq!(t.nodes[a as usize].parent, c);
+        assert_eq!(t.nodes[b as usize].parent, c);
+        let functions = |n: u32| -> Vec<String> {
+            t.stack_of(n)
+                .into_iter()
+                .map(|f| match f {
+                    Frame::Python { function, .. } => function,
+                    Frame::Native(_) => String::from("?"),
+                })
+                .collect()
+        };
+        assert_eq!(functions(b), ["f4", "f2", "f1"]);
+        assert_eq!(functions(d), ["f5", "f3", "f2", "f1"]);
     }
 
     #[test]

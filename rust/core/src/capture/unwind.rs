@@ -8,9 +8,12 @@
 //! loaded since) rebuilds the table once. libgcc's `_Unwind_Backtrace` remains for other
 //! architectures and for threads whose thread-local state is gone (thread exit).
 
+use std::ops::ControlFlow;
 use std::sync::OnceLock;
 
 use libc::{c_int, c_void};
+
+use super::objects;
 
 /// The deepest native stack recorded per allocation.
 pub const MAX_NATIVE_FRAMES: usize = 256;
@@ -48,40 +51,18 @@ fn own_object() -> CodeRange {
     *OWN.get_or_init(|| {
         let mut range = CodeRange::default();
         let probe = own_object as *const () as usize;
-        // SAFETY: the callback reads loader-provided program headers only.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(find_object),
-                &mut (probe, &mut range) as *mut _ as *mut c_void,
-            );
-        }
+        objects::walk(|object| match object.extent() {
+            Some(extent) if object.contains(probe) => {
+                range = CodeRange {
+                    start: extent.start,
+                    end: extent.end,
+                };
+                ControlFlow::Break(())
+            }
+            _ => ControlFlow::Continue(()),
+        });
         range
     })
-}
-
-unsafe extern "C" fn find_object(
-    info: *mut libc::dl_phdr_info,
-    _size: usize,
-    data: *mut c_void,
-) -> c_int {
-    // SAFETY: `data` is the (probe, range) pair passed above; `info` is valid in the callback.
-    let ((probe, range), info) = unsafe { (&mut *(data as *mut (usize, &mut CodeRange)), &*info) };
-    // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
-    let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-    let bias = info.dlpi_addr as usize;
-    let (mut lo, mut hi, mut hit) = (usize::MAX, 0, false);
-    for ph in phdrs.iter().filter(|p| p.p_type == libc::PT_LOAD) {
-        let start = bias + ph.p_vaddr as usize;
-        let end = start + ph.p_memsz as usize;
-        lo = lo.min(start);
-        hi = hi.max(end);
-        hit |= start <= *probe && *probe < end;
-    }
-    if hit {
-        **range = CodeRange { start: lo, end: hi };
-        return 1;
-    }
-    0
 }
 
 /// Return addresses of the calling thread, innermost first, without heapgate's own frames.
@@ -180,9 +161,10 @@ mod cfi {
     use framehop::{
         ExplicitModuleSectionInfo, FrameAddress, Module, MustNotAllocateDuringUnwind, Unwinder,
     };
-    use libc::{c_int, c_void};
+    use libc::c_void;
 
-    use super::Walk;
+    use super::objects::{self, LoadedObject};
+    use super::{ControlFlow, Walk};
 
     /// Bytes of a loaded object, read in place.
     #[derive(Clone, Copy, Default)]
@@ -382,98 +364,65 @@ mod cfi {
 
     /// The loader's counts of objects ever loaded and unloaded.
     fn loader_counters() -> (u64, u64) {
-        unsafe extern "C" fn read(
-            info: *mut libc::dl_phdr_info,
-            _: usize,
-            data: *mut c_void,
-        ) -> c_int {
-            // SAFETY: `data` is the pair below; `info` is valid during the callback.
-            unsafe { *(data as *mut (u64, u64)) = ((*info).dlpi_adds, (*info).dlpi_subs) };
-            1
-        }
-        let mut counters = (0u64, 0u64);
-        // SAFETY: the callback writes only `counters`.
-        unsafe {
-            libc::dl_iterate_phdr(Some(read), &mut counters as *mut (u64, u64) as *mut c_void)
-        };
-        counters
+        objects::loader_counters().map_or((0, 0), |c| (c.adds, c.subs))
     }
 
     fn read_objects() -> Objects {
-        let mut objects = Objects {
+        let mut table = Objects {
             unwinder: Cfi::new(),
             ranges: Vec::new(),
             adds: 0,
             subs: 0,
         };
-        // SAFETY: the callback reads loader-provided program headers and mapped segments.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(add_object),
-                &mut objects as *mut Objects as *mut c_void,
-            );
-        }
-        objects.ranges.sort_unstable();
-        objects
+        objects::walk(|object| {
+            if let Some(counters) = object.counters() {
+                (table.adds, table.subs) = (counters.adds, counters.subs);
+            }
+            add_object(&mut table, object);
+            ControlFlow::Continue(())
+        });
+        table.ranges.sort_unstable();
+        table
     }
 
-    unsafe extern "C" fn add_object(
-        info: *mut libc::dl_phdr_info,
-        _: usize,
-        data: *mut c_void,
-    ) -> c_int {
-        // SAFETY: `data` is the Objects passed by read_objects; `info` is valid here.
-        let (objects, info) = unsafe { (&mut *(data as *mut Objects), &*info) };
-        (objects.adds, objects.subs) = (info.dlpi_adds, info.dlpi_subs);
-        if info.dlpi_phdr.is_null() {
-            return 0;
-        }
-        // SAFETY: the loader guarantees dlpi_phnum headers at dlpi_phdr.
-        let phdrs = unsafe { std::slice::from_raw_parts(info.dlpi_phdr, info.dlpi_phnum as usize) };
-        let bias = info.dlpi_addr as usize;
-        let loads: Vec<(usize, usize)> = phdrs
-            .iter()
-            .filter(|p| p.p_type == libc::PT_LOAD)
-            .map(|p| (p.p_vaddr as usize, (p.p_vaddr + p.p_memsz) as usize))
-            .collect();
-        let lo = loads.iter().map(|l| l.0).min();
-        let hi = loads.iter().map(|l| l.1).max();
-        let hdr = phdrs.iter().find(|p| p.p_type == libc::PT_GNU_EH_FRAME);
-        let (Some(lo), Some(hi), Some(hdr)) = (lo, hi, hdr) else {
-            return 0;
+    /// Add an object's unwind tables, if it has an `.eh_frame_hdr` that says where its
+    /// `.eh_frame` is.
+    fn add_object(objects: &mut Objects, object: &LoadedObject<'_>) {
+        let (Some(extent), Some(hdr)) = (object.extent(), object.eh_frame_hdr()) else {
+            return;
         };
-        let (hdr_start, hdr_end) = (hdr.p_vaddr as usize, (hdr.p_vaddr + hdr.p_memsz) as usize);
-        let Some(eh_frame) = eh_frame_address(bias + hdr_start, hdr_end - hdr_start) else {
-            return 0;
+        let Some(eh_frame) = eh_frame_address(hdr.start, hdr.len()) else {
+            return;
         };
-        let eh_frame = eh_frame.wrapping_sub(bias);
         // .eh_frame's length is in no program header: up to the end of its segment (the
         // index in .eh_frame_hdr says where each entry is).
-        let Some(&(_, segment_end)) = loads.iter().find(|l| l.0 <= eh_frame && eh_frame < l.1)
-        else {
-            return 0;
+        let Some(segment) = object.segments().find(|s| s.contains(eh_frame)) else {
+            return;
         };
-        let section = |start: usize, end: usize| Mapped {
-            start: bias + start,
-            len: end - start,
+        let bias = object.bias();
+        let svma = |r: std::ops::Range<usize>| {
+            r.start.wrapping_sub(bias) as u64..r.end.wrapping_sub(bias) as u64
         };
+        let section = |r: std::ops::Range<usize>| Mapped {
+            start: r.start,
+            len: r.len(),
+        };
+        let eh_frame = eh_frame..segment.end;
         let sections = ExplicitModuleSectionInfo {
             base_svma: 0,
-            eh_frame_hdr_svma: Some(hdr_start as u64..hdr_end as u64),
-            eh_frame_hdr: Some(section(hdr_start, hdr_end)),
-            eh_frame_svma: Some(eh_frame as u64..segment_end as u64),
-            eh_frame: Some(section(eh_frame, segment_end)),
+            eh_frame_hdr_svma: Some(svma(hdr.clone())),
+            eh_frame_hdr: Some(section(hdr)),
+            eh_frame_svma: Some(svma(eh_frame.clone())),
+            eh_frame: Some(section(eh_frame)),
             ..Default::default()
         };
-        let range = (bias + lo, bias + hi);
-        objects.ranges.push(range);
+        objects.ranges.push((extent.start, extent.end));
         objects.unwinder.add_module(Module::new(
             String::new(),
-            range.0 as u64..range.1 as u64,
+            extent.start as u64..extent.end as u64,
             bias as u64,
             sections,
         ));
-        0
     }
 
     /// Where `.eh_frame` starts, from the `eh_frame_ptr` field of the `.eh_frame_hdr` of

@@ -2,7 +2,7 @@
 //! numbers; tooltips show sizes with binary prefixes.
 
 use super::folded::{folded_stacks, Weight};
-use super::text::format_size;
+use super::text::{escape_html, format_size};
 use super::{ResolvedCapture, Resolver};
 
 /// Errors while rendering.
@@ -13,19 +13,13 @@ pub enum FlamegraphError {
     Render(#[from] std::io::Error),
 }
 
+/// Text for the SVG: control characters (a test id may hold any) shown as spaces.
 fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            c if c.is_control() => out.push(' '),
-            c => out.push(c),
-        }
-    }
-    out
+    let printable: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    escape_html(&printable)
 }
 
 /// The subtitle: peak, limit, leaked and what widths mean.

@@ -9,10 +9,11 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use super::json::{Location, SessionReport, TestEntry};
-use super::text::format_size;
+use super::session::normalize;
+use super::text::{escape_html as html, format_size};
 
 /// GitHub shows at most this many error annotations of one step.
 pub const MAX_ANNOTATIONS: usize = 10;
@@ -101,21 +102,6 @@ fn over_limit(test: &TestEntry) -> bool {
     test.limits
         .limit_memory
         .is_some_and(|limit| test.peak_bytes > limit)
-}
-
-/// `path` with `.` and `..` resolved lexically.
-fn normalize(path: &Path) -> PathBuf {
-    let mut out = PathBuf::new();
-    for c in path.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                out.pop();
-            }
-            other => out.push(other),
-        }
-    }
-    out
 }
 
 /// `file` (absolute, or relative to `rootdir`) relative to the workspace, with `/`.
@@ -248,22 +234,6 @@ fn code(text: &str, in_table: bool) -> String {
     } else {
         format!("{fence}{text}{fence}")
     }
-}
-
-/// Untrusted text for HTML (`<pre>`, `<code>` inside `<details>`).
-fn html(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
 }
 
 /// A URL path: every byte but unreserved characters and `/` percent-encoded.

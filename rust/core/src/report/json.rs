@@ -5,6 +5,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use super::session::TestNotes;
 use super::text::{frame_label, peak_failure, TextOptions};
 use super::{ResolvedCapture, Resolver};
 use crate::capture::Allocator;
@@ -158,6 +159,9 @@ pub struct TestEntry {
     pub top_locations: Vec<Location>,
     /// Files written for the test.
     pub artifacts: Artifacts,
+    /// What the terminal summary needs besides (not in `heapgate.json`).
+    #[serde(skip)]
+    pub notes: TestNotes,
 }
 
 impl TestEntry {
@@ -169,39 +173,23 @@ impl TestEntry {
     ) -> TestEntry {
         let c = capture.capture();
         let root = c.facts.rootdir.as_deref().map(Path::new);
-        let mut leaked = Leaked {
-            bytes: c.totals.leaked_bytes,
-            count: c.totals.leaked_count,
-            definitely_lost_bytes: c.totals.leak_kinds.map(|k| k.definitely_lost.0),
-            indirectly_lost_bytes: c.totals.leak_kinds.map(|k| k.indirectly_lost.0),
-            still_reachable_bytes: c.totals.leak_kinds.map(|k| k.still_reachable.0),
-            possibly_lost_bytes: c.totals.leak_kinds.map(|k| k.possibly_lost.0),
-            ..Leaked::default()
-        };
-        for site in &c.sites {
-            if Allocator::from_name(&site.allocator).is_some_and(Allocator::is_python) {
-                leaked.python_bytes += site.leaked_bytes;
-            } else {
-                leaked.native_bytes += site.leaked_bytes;
-            }
-        }
+        let mut entry = TestEntry::numbers(capture);
         // The peak's failure text only when the peak is what failed (a test with a limit it kept
         // can still fail a leak or baseline check).
-        let failure = match (c.test.memory_failed, c.test.limits.limit_memory) {
-            (true, Some(limit)) if c.totals.peak_bytes > limit => Some(peak_failure(
-                limit,
-                capture,
-                resolver,
-                &c.test.limits.thread_mode,
-                &TextOptions {
-                    rootpath: root,
-                    ..TextOptions::default()
-                },
-            )),
-            // Another check failed (leaks, growth, baseline): the text the test reported.
-            (true, _) => c.test.failure.clone(),
-            _ => None,
-        };
+        if let (true, Some(limit)) = (c.test.memory_failed, c.test.limits.limit_memory) {
+            if c.totals.peak_bytes > limit {
+                entry.failure = Some(peak_failure(
+                    limit,
+                    capture,
+                    resolver,
+                    &c.test.limits.thread_mode,
+                    &TextOptions {
+                        rootpath: root,
+                        ..TextOptions::default()
+                    },
+                ));
+            }
+        }
         let by_leaks = c.totals.peak_bytes == 0;
         let mut order: Vec<usize> = (0..c.sites.len())
             .filter(|&i| {
@@ -216,7 +204,7 @@ impl TestEntry {
         if by_leaks {
             order.sort_by_key(|&i| std::cmp::Reverse(c.sites[i].leaked_bytes));
         }
-        let top_locations = order
+        entry.top_locations = order
             .into_iter()
             .take(TOP_LOCATIONS)
             .map(|i| {
@@ -248,6 +236,30 @@ impl TestEntry {
                 }
             })
             .collect();
+        entry.artifacts = artifacts;
+        entry
+    }
+
+    /// The entry's numbers alone, with the test's own failure text: no stack is resolved
+    /// (for a session whose summary is printed but whose report is not written).
+    pub fn numbers(capture: &ResolvedCapture) -> TestEntry {
+        let c = capture.capture();
+        let mut leaked = Leaked {
+            bytes: c.totals.leaked_bytes,
+            count: c.totals.leaked_count,
+            definitely_lost_bytes: c.totals.leak_kinds.map(|k| k.definitely_lost.0),
+            indirectly_lost_bytes: c.totals.leak_kinds.map(|k| k.indirectly_lost.0),
+            still_reachable_bytes: c.totals.leak_kinds.map(|k| k.still_reachable.0),
+            possibly_lost_bytes: c.totals.leak_kinds.map(|k| k.possibly_lost.0),
+            ..Leaked::default()
+        };
+        for site in &c.sites {
+            if Allocator::from_name(&site.allocator).is_some_and(Allocator::is_python) {
+                leaked.python_bytes += site.leaked_bytes;
+            } else {
+                leaked.native_bytes += site.leaked_bytes;
+            }
+        }
         TestEntry {
             nodeid: c.test.nodeid.clone(),
             outcome: c.test.outcome.clone(),
@@ -258,9 +270,11 @@ impl TestEntry {
             total_count: c.totals.total_count,
             leaked,
             limits: c.test.limits.clone(),
-            failure,
-            top_locations,
-            artifacts,
+            // Another check failed (leaks, growth, baseline): the text the test reported.
+            failure: c.test.failure.clone().filter(|_| c.test.memory_failed),
+            top_locations: Vec::new(),
+            artifacts: Artifacts::default(),
+            notes: TestNotes::default(),
         }
     }
 }

@@ -54,8 +54,8 @@ pub fn charge_rule_text(mode: &str) -> String {
     }
 }
 
-/// `10.0MiB`-style text for a byte count: binary prefixes, one decimal (as the plugin's
-/// `heapgate.format_size`).
+/// `10.0MiB`-style text for a byte count: binary prefixes, one decimal (the plugin's
+/// `heapgate.format_size` is this function).
 pub fn format_size(size: u64) -> String {
     if size < 1024 {
         return format!("{size}B");
@@ -103,7 +103,8 @@ pub fn format_frame(frame: &ReportFrame, root: Option<&Path>) -> String {
     }
 }
 
-fn plural(n: u64, word: &str) -> String {
+/// `1 block`, `2 blocks`.
+pub(crate) fn plural(n: u64, word: &str) -> String {
     if n == 1 {
         format!("{n} {word}")
     } else {
@@ -161,23 +162,35 @@ fn location_lines(
             plural(site.count_at_peak, "allocation"),
             site.allocator
         ));
-        let stack = capture.stack(i, resolver);
-        if stack.is_empty() {
-            lines.push(
-                "      (no Python frames: a native thread started by the test; --native shows its stack)"
-                    .to_string(),
-            );
-        }
-        let take = options.max_frames.unwrap_or(usize::MAX).min(stack.len());
-        for frame in &stack[..take] {
-            lines.push(format!("      {}", format_frame(frame, options.rootpath)));
-        }
-        if take < stack.len() {
-            lines.push(format!(
-                "      ... {} more frames (--stacks)",
-                stack.len() - take
-            ));
-        }
+        lines.extend(stack_lines(
+            capture.stack(i, resolver),
+            options,
+            "(no Python frames: a native thread started by the test; --native shows its stack)",
+        ));
+    }
+    lines
+}
+
+/// A location's stack as every failure text shows it: one indented frame a line, at most
+/// `options.max_frames` of them; `if_empty` stands for a stack without frames.
+pub(crate) fn stack_lines(
+    stack: &[ReportFrame],
+    options: &TextOptions<'_>,
+    if_empty: &str,
+) -> Vec<String> {
+    if stack.is_empty() {
+        return vec![format!("      {if_empty}")];
+    }
+    let take = options.max_frames.unwrap_or(usize::MAX).min(stack.len());
+    let mut lines: Vec<String> = stack[..take]
+        .iter()
+        .map(|frame| format!("      {}", format_frame(frame, options.rootpath)))
+        .collect();
+    if take < stack.len() {
+        lines.push(format!(
+            "      ... {} more frames (--stacks)",
+            stack.len() - take
+        ));
     }
     lines
 }
@@ -256,4 +269,20 @@ pub fn frame_label(frame: &ReportFrame, root: Option<&Path>) -> String {
             },
         },
     }
+}
+
+/// Untrusted text for HTML and SVG (element content and quoted attributes).
+pub fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            _ => out.push(c),
+        }
+    }
+    out
 }

@@ -1,13 +1,14 @@
 //! Which loaded object an address belongs to: [`Module`], [`ModuleMap`] and the reader of the
 //! current process's map ([`ModuleMap::current_process`]).
 
-use std::ffi::CStr;
-use std::ops::Range;
-use std::os::unix::ffi::OsStringExt;
+use std::ffi::OsStr;
+use std::ops::{ControlFlow, Range};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use object::read::elf::NoteIterator;
 use object::{Object, ObjectSegment};
+
+use crate::capture::objects::{self, LoadedObject};
 
 use super::elf;
 use super::SymbolizeError;
@@ -94,24 +95,30 @@ impl ModuleMap {
         &self.modules
     }
 
-    /// Reads the current process's loaded objects with `dl_iterate_phdr`. Build-ids come from
-    /// the `PT_NOTE` segments in memory; debuglinks from the files on disk (absent if unreadable).
+    /// Reads the current process's loaded objects (see [`crate::capture::objects`]).
+    /// Build-ids come from the `PT_NOTE` segments in memory; debuglinks from the files on disk
+    /// (absent if unreadable).
     pub fn current_process() -> Self {
-        let mut raw: Vec<Module> = Vec::new();
-        // SAFETY: `collect_module` is a valid callback for the whole call and `raw` outlives it;
-        // the loader passes `data` back unchanged.
-        unsafe {
-            libc::dl_iterate_phdr(
-                Some(collect_module),
-                (&mut raw as *mut Vec<Module>).cast::<libc::c_void>(),
-            );
+        let mut map = ModuleMap::current_process_objects();
+        for module in &mut map.modules {
+            module.debuglink = read_debuglink(&module.path);
         }
+        map
+    }
+
+    /// [`ModuleMap::current_process`] without debuglinks (one file read per object): enough
+    /// to say which object an address belongs to.
+    pub fn current_process_objects() -> Self {
+        let mut raw: Vec<Module> = Vec::new();
+        objects::walk(|object| {
+            raw.push(Module::from_loaded(object));
+            ControlFlow::Continue(())
+        });
         for (i, module) in raw.iter_mut().enumerate() {
             if i == 0 && module.path.as_os_str().is_empty() {
                 // The main program is reported with an empty name.
                 module.path = std::fs::read_link("/proc/self/exe").unwrap_or_default();
             }
-            module.debuglink = read_debuglink(&module.path);
         }
         ModuleMap::new(raw)
     }
@@ -149,113 +156,24 @@ fn read_debuglink(path: &Path) -> Option<(String, u32)> {
     elf::debuglink(&file)
 }
 
-#[cfg(target_pointer_width = "64")]
-type NativeHeader = object::elf::FileHeader64<object::NativeEndian>;
-#[cfg(target_pointer_width = "64")]
-type NativeWord = u64;
-#[cfg(target_pointer_width = "32")]
-type NativeHeader = object::elf::FileHeader32<object::NativeEndian>;
-#[cfg(target_pointer_width = "32")]
-type NativeWord = u32;
-
-/// `dl_iterate_phdr` callback: appends one [`Module`] (without debuglink) to the `Vec` in `data`.
-unsafe extern "C" fn collect_module(
-    info: *mut libc::dl_phdr_info,
-    _size: libc::size_t,
-    data: *mut libc::c_void,
-) -> libc::c_int {
-    // SAFETY: the loader passes a valid `dl_phdr_info` for the duration of the callback, and
-    // `data` is the `&mut Vec<Module>` given to `dl_iterate_phdr` by `current_process`.
-    let (info, out) = unsafe { (&*info, &mut *data.cast::<Vec<Module>>()) };
-    // SAFETY: as above, `info` describes an object the loader keeps mapped during the callback.
-    out.push(unsafe { Module::from_phdr_info(info) });
-    0
-}
-
 impl Module {
-    /// The module-map entry (without debuglink) of a loaded object, as `dl_iterate_phdr`
-    /// describes it. The capture layer records these when it first sees an object, so an
-    /// object closed before the report is still symbolized.
-    ///
-    /// # Safety
-    /// `info` must come from the loader (inside a `dl_iterate_phdr` callback) for an object
-    /// that stays loaded during the call.
-    // `u64::from` is the identity on 64-bit targets but widens the 32-bit ELF fields.
-    #[allow(clippy::useless_conversion)]
-    pub(crate) unsafe fn from_phdr_info(info: &libc::dl_phdr_info) -> Module {
-        let base = u64::from(info.dlpi_addr);
-        let name = if info.dlpi_name.is_null() {
-            Vec::new()
-        } else {
-            // SAFETY: a non-null `dlpi_name` is a NUL-terminated string owned by the loader.
-            unsafe { CStr::from_ptr(info.dlpi_name) }
-                .to_bytes()
-                .to_vec()
-        };
-        let phdrs = if info.dlpi_phdr.is_null() {
-            &[][..]
-        } else {
-            // SAFETY: `dlpi_phdr` points to `dlpi_phnum` program headers mapped by the loader.
-            unsafe { std::slice::from_raw_parts(info.dlpi_phdr, usize::from(info.dlpi_phnum)) }
-        };
-        let mut ranges = Vec::new();
-        for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_LOAD) {
-            let start = base.wrapping_add(u64::from(ph.p_vaddr));
-            ranges.push(start..start.saturating_add(u64::from(ph.p_memsz)));
-        }
+    /// The module-map entry (without debuglink) of a loaded object. The capture layer records
+    /// these when it first sees an object, so an object closed before the report is still
+    /// symbolized.
+    pub(crate) fn from_loaded(object: &LoadedObject<'_>) -> Module {
+        let mut ranges: Vec<Range<u64>> = object
+            .segments()
+            .map(|s| s.start as u64..s.end as u64)
+            .collect();
         ranges.sort_by_key(|r| r.start);
-        let mut build_id = None;
-        for ph in phdrs.iter().filter(|ph| ph.p_type == libc::PT_NOTE) {
-            let start = base.wrapping_add(u64::from(ph.p_vaddr));
-            let len = u64::from(ph.p_filesz);
-            // Only read notes that lie inside a readable loaded segment of this object.
-            let readable = phdrs.iter().any(|load| {
-                let seg = base.wrapping_add(u64::from(load.p_vaddr));
-                load.p_type == libc::PT_LOAD
-                    && load.p_flags & libc::PF_R != 0
-                    && start >= seg
-                    && start.saturating_add(len) <= seg.saturating_add(u64::from(load.p_filesz))
-            });
-            let Ok(len) = usize::try_from(len) else {
-                continue;
-            };
-            if !readable || len == 0 {
-                continue;
-            }
-            // SAFETY: the range was checked above to lie within the file-backed part of a
-            // readable PT_LOAD segment of this object, which stays mapped while it is loaded.
-            let notes = unsafe {
-                std::slice::from_raw_parts(
-                    std::ptr::with_exposed_provenance::<u8>(start as usize),
-                    len,
-                )
-            };
-            build_id = gnu_build_id(notes, u64::from(ph.p_align));
-            if build_id.is_some() {
-                break;
-            }
-        }
         Module {
-            path: PathBuf::from(<std::ffi::OsString as OsStringExt>::from_vec(name)),
-            base,
+            path: PathBuf::from(OsStr::from_bytes(object.name())),
+            base: object.bias() as u64,
             ranges,
-            build_id,
+            build_id: object.build_id().map(<[u8]>::to_vec),
             debuglink: None,
         }
     }
-}
-
-/// Finds `NT_GNU_BUILD_ID` in the bytes of a note segment.
-fn gnu_build_id(notes: &[u8], align: u64) -> Option<Vec<u8>> {
-    let endian = object::NativeEndian;
-    let align = NativeWord::try_from(align).ok()?;
-    let mut iter = NoteIterator::<NativeHeader>::new(endian, align, notes).ok()?;
-    while let Ok(Some(note)) = iter.next() {
-        if note.name() == b"GNU" && note.n_type(endian) == object::elf::NT_GNU_BUILD_ID {
-            return Some(note.desc().to_vec());
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -323,16 +241,5 @@ mod tests {
         );
         let (m, _) = map.lookup(own).unwrap();
         assert_ne!(m.path.to_str().unwrap(), "/gone/libshadowed.so");
-    }
-
-    #[test]
-    fn gnu_build_id_parses_a_note() {
-        let mut note = Vec::new();
-        note.extend_from_slice(&4u32.to_ne_bytes());
-        note.extend_from_slice(&3u32.to_ne_bytes());
-        note.extend_from_slice(&object::elf::NT_GNU_BUILD_ID.to_ne_bytes());
-        note.extend_from_slice(b"GNU\0\xaa\xbb\xcc\0");
-        assert_eq!(gnu_build_id(&note, 4), Some(vec![0xaa, 0xbb, 0xcc]));
-        assert_eq!(gnu_build_id(&note[..10], 4), None);
     }
 }

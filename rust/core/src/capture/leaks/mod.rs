@@ -19,6 +19,7 @@
 
 mod glibc;
 mod maps;
+mod origin;
 mod pymalloc;
 mod reach;
 
@@ -31,6 +32,7 @@ use super::arch::has_thread_control_block;
 use super::session::{is_active, session};
 use super::tagged::{tagged, untagged};
 use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
+use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
 use pymalloc::pool_mask;
@@ -47,11 +49,16 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// read as a pointer into it). `stack_from`: an
 /// address in the caller's frame; the calling thread's stack is scanned from there up, plus
 /// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
+///
+/// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
+/// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
+/// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 pub fn scan_leaks(
     stale: &[(usize, usize)],
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
+    interpreter: &InterpreterModules,
 ) -> Result<LeakKinds, CaptureError> {
     let _guard = Guard::enter();
     let mut s = session();
@@ -65,6 +72,9 @@ pub fn scan_leaks(
     if candidates.is_empty() {
         // Nothing outlived the call: nothing to classify, no memory to read.
         session.tracker.set_leak_kinds([]);
+        return Ok(LeakKinds::default());
+    }
+    if !any_native_origin(&session.tracker, &candidates, interpreter) {
         return Ok(LeakKinds::default());
     }
     let maps = std::fs::read_to_string("/proc/self/maps")
@@ -101,6 +111,8 @@ pub fn scan_leaks(
             glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
         })
         .unwrap_or_default();
+    // heapgate's own big tables (the live table alone is tens of MiB) are no roots.
+    dead.extend(scrub::big_blocks());
     // Held tagged (see `tagged`), as are the stale ranges.
     for range in dead.iter_mut() {
         *range = (tagged(range.0), tagged(range.1));
@@ -200,6 +212,21 @@ fn leak_candidates(tracker: &Tracker) -> Vec<Candidate> {
     blocks
 }
 
+/// Does some candidate's site have a native origin (one stack walk per distinct site)?
+fn any_native_origin(
+    tracker: &Tracker,
+    candidates: &[Candidate],
+    interpreter: &InterpreterModules,
+) -> bool {
+    let mut sites: Vec<u32> = candidates.iter().map(|c| c.site).collect();
+    sites.sort_unstable();
+    sites.dedup();
+    let mut origins = origin::NativeOrigins::new(interpreter);
+    sites
+        .into_iter()
+        .any(|site| origins.is_native(tracker.site_stack(site)))
+}
+
 /// The GC head of a candidate that CPython's cyclic GC tracks (see [`gc_head`]). The
 /// caller holds the tracker's lock, so the block stays allocated.
 fn candidate_gc_head(c: &Candidate) -> Option<usize> {
@@ -218,8 +245,9 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
 /// Does the tracked test hold a live block that CPython's cyclic GC tracks? Only then can a
 /// collection free any of its blocks (garbage made only of older objects holds the test's
 /// blocks as reachable, which the scan counts as such), so a leak scan needs a full
-/// collection first only then.
-pub fn has_gc_candidates() -> Result<bool, CaptureError> {
+/// collection first only then — and only if the scan runs: when no live block has a native
+/// origin, none has one after a collection (which only frees) and the scan is skipped.
+pub fn has_gc_candidates(interpreter: &InterpreterModules) -> Result<bool, CaptureError> {
     let _guard = Guard::enter();
     let s = session();
     if !is_active() {
@@ -229,7 +257,8 @@ pub fn has_gc_candidates() -> Result<bool, CaptureError> {
         return Err(CaptureError::NotActive);
     };
     let candidates = leak_candidates(&session.tracker);
-    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some()))
+    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some())
+        && any_native_origin(&session.tracker, &candidates, interpreter))
 }
 
 /// How much memory the allocator gave a live block. Blocks from the C library's allocators

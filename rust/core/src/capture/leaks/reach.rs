@@ -132,32 +132,51 @@ fn find(candidates: &[Candidate], word: usize) -> Option<usize> {
 /// binary search over the candidates.
 struct PageFilter {
     bits: Vec<u64>,
+    /// `usize::BITS` minus log2 of the filter's bits.
+    shift: u32,
     /// Candidates bigger than this many pages are looked up directly (their pages would fill
     /// the filter).
     big: Vec<(usize, usize)>,
 }
 
 const PAGE_SHIFT: u32 = 12;
-const FILTER_BITS_LOG2: u32 = 20;
 const BIG_PAGES: usize = 256;
+/// About this many bits per candidate page (a false positive costs a binary search), from
+/// 2^12 bits (a test that keeps a few blocks: the filter stays in the L1 cache) to 2^20.
+const FILTER_BITS_PER_PAGE: usize = 64;
+const FILTER_BITS_LOG2: std::ops::RangeInclusive<u32> = 12..=20;
 
 impl PageFilter {
     fn new(candidates: &[Candidate]) -> PageFilter {
+        let pages = |c: &Candidate| {
+            (
+                c.start() >> PAGE_SHIFT,
+                (c.start() + c.len().max(1) - 1) >> PAGE_SHIFT,
+            )
+        };
+        let small_pages: usize = candidates
+            .iter()
+            .map(pages)
+            .filter(|(first, last)| last - first < BIG_PAGES)
+            .map(|(first, last)| last - first + 1)
+            .sum();
+        let log2 = (small_pages * FILTER_BITS_PER_PAGE)
+            .next_power_of_two()
+            .trailing_zeros()
+            .clamp(*FILTER_BITS_LOG2.start(), *FILTER_BITS_LOG2.end());
         let mut filter = PageFilter {
-            bits: vec![0; 1 << (FILTER_BITS_LOG2 - 6)],
+            bits: vec![0; 1 << (log2 - 6)],
+            shift: usize::BITS - log2,
             big: Vec::new(),
         };
         for c in candidates {
-            let (first, last) = (
-                c.start() >> PAGE_SHIFT,
-                (c.start() + c.len().max(1) - 1) >> PAGE_SHIFT,
-            );
+            let (first, last) = pages(c);
             if last - first >= BIG_PAGES {
                 filter.big.push((c.start(), c.start() + c.len()));
                 continue;
             }
             for page in first..=last {
-                let bit = Self::bit(page);
+                let bit = filter.bit(page);
                 filter.bits[bit >> 6] |= 1 << (bit & 63);
             }
         }
@@ -165,14 +184,14 @@ impl PageFilter {
     }
 
     #[inline(always)]
-    fn bit(page: usize) -> usize {
-        page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (usize::BITS - FILTER_BITS_LOG2)
+    fn bit(&self, page: usize) -> usize {
+        page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift
     }
 
     /// False when `word` surely points into no candidate.
     #[inline(always)]
     fn may_hold(&self, word: usize) -> bool {
-        let bit = Self::bit(word >> PAGE_SHIFT);
+        let bit = self.bit(word >> PAGE_SHIFT);
         self.bits[bit >> 6] & (1 << (bit & 63)) != 0
             || self.big.iter().any(|(s, e)| *s <= word && word < *e)
     }
@@ -358,6 +377,23 @@ mod tests {
         classify(candidates, heads, 0, &mut visit_roots, &|s, l| {
             memory.read(s, l)
         })
+    }
+
+    #[test]
+    fn the_page_filter_passes_every_word_inside_a_candidate_whatever_its_size() {
+        for count in [1usize, 40, 5000] {
+            let candidates: Vec<Candidate> = (0..count)
+                .map(|i| Candidate::new(0x10_0000 + i * 0x3000, 200 + (i % 7) as u64 * 1000, 0))
+                .chain([Candidate::new(0x7000_0000, 300 * 4096, 1)])
+                .collect();
+            let filter = PageFilter::new(&candidates);
+            assert!((1 << 12..=1 << 20).contains(&(filter.bits.len() * 64)));
+            for c in &candidates {
+                for w in (c.start()..c.start() + c.len()).step_by(8) {
+                    assert!(filter.may_hold(w), "{count} candidates: {w:#x}");
+                }
+            }
+        }
     }
 
     #[test]
