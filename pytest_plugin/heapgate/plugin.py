@@ -241,12 +241,25 @@ class HeapgatePlugin:
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, None]:
-        # As close to the test's function as a hook gets: what CPython's free lists hold now
-        # was allocated before the test, and a leaked object revived from one would hide.
+        # What CPython's free lists hold when the test's function starts was allocated before
+        # the test, and a leaked object revived from one would hide. pytest and pluggy free
+        # objects after any hook (a dict on 3.12), so the function itself is wrapped: the
+        # wrapper empties them as the first thing of the call.
         checks = pyfuncitem.stash.get(CHECKS, Checks())
-        if checks.native_leaks is not None and _native is not None and _native.is_active():
+        if checks.native_leaks is None or _native is None or not _native.is_active():
+            yield
+            return
+        function = pyfuncitem.obj
+        if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
+            # Left to the async plugin that runs it (it must recognise the function).
             _native.clear_free_lists()
-        yield
+            yield
+            return
+        pyfuncitem.obj = _native.FreeListsEmptiedCall(function)
+        try:
+            yield
+        finally:
+            pyfuncitem.obj = function
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:

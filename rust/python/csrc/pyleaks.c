@@ -6,6 +6,7 @@
 #define _GNU_SOURCE 1
 #define Py_BUILD_CORE 1
 #include <Python.h>
+#include <stdbool.h> /* 3.13's internal headers use bool without including it */
 #include <stddef.h>
 #include <stdint.h>
 
@@ -177,6 +178,89 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     }
     return n;
 }
+#elif PY_VERSION_HEX >= 0x030D0000 && !defined(Py_GIL_DISABLED)
+/* 3.13 keeps the same free lists in one struct per interpreter (per thread only in the
+ * free-threaded build, which is left to a full collection). */
+#include "internal/pycore_interp.h"
+#include "internal/pycore_freelist.h"
+
+static struct _Py_object_freelists *hg_freelists(void) {
+    return &PyInterpreterState_Get()->object_state.freelists;
+}
+
+int hg_py_clear_free_lists(void) {
+    struct _Py_object_freelists *fl = hg_freelists();
+#if PyList_MAXFREELIST > 0
+    while (fl->lists.numfree > 0) {
+        int i = --fl->lists.numfree;
+        PyObject_GC_Del(fl->lists.items[i]);
+        fl->lists.items[i] = NULL;
+    }
+#endif
+#if PyDict_MAXFREELIST > 0
+    while (fl->dicts.numfree > 0) {
+        int i = --fl->dicts.numfree;
+        PyObject_GC_Del(fl->dicts.items[i]);
+        fl->dicts.items[i] = NULL;
+    }
+    while (fl->dictkeys.numfree > 0) {
+        int i = --fl->dictkeys.numfree;
+        PyObject_Free(fl->dictkeys.items[i]);
+        fl->dictkeys.items[i] = NULL;
+    }
+#endif
+#if PyTuple_NFREELISTS > 0
+    for (int i = 0; i < PyTuple_NFREELISTS; i++) {
+        PyTupleObject *t = fl->tuples.items[i];
+        fl->tuples.items[i] = NULL;
+        if (fl->tuples.numfree[i] > 0) fl->tuples.numfree[i] = 0;
+        while (t != NULL) {
+            PyTupleObject *next = (PyTupleObject *)t->ob_item[0];
+            PyObject_GC_Del(t);
+            t = next;
+        }
+    }
+#endif
+#if PyFloat_MAXFREELIST > 0
+    PyFloatObject *f = fl->floats.items;
+    fl->floats.items = NULL;
+    if (fl->floats.numfree > 0) fl->floats.numfree = 0;
+    while (f != NULL) {
+        PyFloatObject *next = (PyFloatObject *)Py_TYPE(f);
+        PyObject_Free(f);
+        f = next;
+    }
+#endif
+    return 1;
+}
+
+/* As for 3.11 and 3.12 above. */
+size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    struct _Py_object_freelists *fl = hg_freelists();
+    size_t n = 0;
+#define HG_STALE(array, count, max)                                       \
+    if (n + 2 <= cap && (count) >= 0) {                                   \
+        out[n++] = (uintptr_t)&(array)[(count)];                          \
+        out[n++] = (uintptr_t)&(array)[(max)];                            \
+    }
+#if PyList_MAXFREELIST > 0
+    HG_STALE(fl->lists.items, fl->lists.numfree, PyList_MAXFREELIST)
+#endif
+#if PyDict_MAXFREELIST > 0
+    HG_STALE(fl->dicts.items, fl->dicts.numfree, PyDict_MAXFREELIST)
+    HG_STALE(fl->dictkeys.items, fl->dictkeys.numfree, PyDict_MAXFREELIST)
+#endif
+#undef HG_STALE
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t)) {
+        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
+            out[n++] = (uintptr_t)t->datastack_top;
+            out[n++] = (uintptr_t)t->datastack_limit;
+        }
+    }
+    return n;
+}
 #else
 int hg_py_clear_free_lists(void) {
     PyGC_Collect();
@@ -189,3 +273,34 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     return 0;
 }
 #endif
+
+/* Each list's spare capacity, ob_item[size, allocated): pop(), del and slice assignment leave
+ * the addresses of the items they removed there, which would hide those items if they were
+ * leaked. Lists are found on the cyclic GC's generation lists (every list is tracked).
+ * Writes (start, end) pairs into `out` while they fit in `cap` words; returns the number of
+ * words all pairs need (call again with a larger buffer when that is more than `cap`). */
+#include "internal/pycore_interp.h"
+#include "internal/pycore_gc.h"
+
+size_t hg_py_list_spare_slots(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    struct _gc_runtime_state *gc = &interp->gc;
+    size_t n = 0;
+    for (int g = 0; g <= NUM_GENERATIONS; g++) {
+        PyGC_Head *head =
+            g < NUM_GENERATIONS ? &gc->generations[g].head : &gc->permanent_generation.head;
+        for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
+             p = (PyGC_Head *)p->_gc_next) {
+            PyObject *op = (PyObject *)(p + 1);
+            if (!PyList_Check(op)) continue;
+            PyListObject *list = (PyListObject *)op;
+            if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
+            if (n + 2 <= cap) {
+                out[n] = (uintptr_t)(list->ob_item + Py_SIZE(list));
+                out[n + 1] = (uintptr_t)(list->ob_item + list->allocated);
+            }
+            n += 2;
+        }
+    }
+    return n;
+}

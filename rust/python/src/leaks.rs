@@ -5,6 +5,7 @@ use heapgate_core::capture::{self, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
 use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::capture_error;
 use crate::results::LeakKinds;
@@ -14,6 +15,7 @@ type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObj
 extern "C" {
     fn hg_py_clear_free_lists() -> c_int;
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
+    fn hg_py_list_spare_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
@@ -43,12 +45,32 @@ fn pool_layout() -> PoolLayout {
 }
 
 /// Interpreter memory that holds no references (the unused slots of its free-list arrays,
-/// the dead part of each thread's data stack), as (start, end) ranges.
+/// the dead part of each thread's data stack, every list's spare capacity), as (start, end)
+/// ranges.
 fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
-    words[..n.min(words.len())]
+    words.truncate(n.min(words.len()));
+    let mut spare = vec![0usize; 4096];
+    loop {
+        // SAFETY: as above; it returns how many words all ranges need.
+        let needed = unsafe { hg_py_list_spare_slots(spare.as_mut_ptr(), spare.len()) };
+        if needed <= spare.len() {
+            spare.truncate(needed);
+            break;
+        }
+        // Lists may be made between the calls (none while we hold the GIL): leave room.
+        spare.resize(needed + needed / 8, 0);
+    }
+    words.extend_from_slice(&spare);
+    // Held tagged (the scan's convention): a spare range of a leaked list is an address inside
+    // that list's buffer, and must not read as a pointer to it.
+    const TAG: usize = 1 << (usize::BITS - 1);
+    for w in spare.iter_mut().chain(words.iter_mut()) {
+        *w |= TAG;
+    }
+    words
         .chunks_exact(2)
         .map(|pair| (pair[0], pair[1]))
         .collect()
@@ -100,6 +122,47 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
+/// A test function that empties CPython's free lists (see [`clear_free_lists`]) as the first
+/// thing of each call, then calls the function. pytest and pluggy free objects between any
+/// hook and the function (seen on 3.12: a dict), which refill the free lists; an object the
+/// test then revives from one would be no new block. Called from C, so nothing else runs
+/// between the emptying and the function's first instruction.
+#[pyclass(frozen, module = "heapgate._native")]
+struct FreeListsEmptiedCall {
+    function: Py<PyAny>,
+}
+
+#[pymethods]
+impl FreeListsEmptiedCall {
+    #[new]
+    fn new(function: Py<PyAny>) -> Self {
+        FreeListsEmptiedCall { function }
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        clear_free_lists(py);
+        self.function.bind(py).call(args, kwargs).map(Bound::unbind)
+    }
+
+    /// The function's own attributes (`__name__`, `__code__`, ...), for code that looks at
+    /// the test function while it runs (`request.function`).
+    fn __getattr__(&self, py: Python<'_>, name: &Bound<'_, PyString>) -> PyResult<Py<PyAny>> {
+        self.function.bind(py).getattr(name).map(Bound::unbind)
+    }
+
+    /// The function it calls.
+    #[getter]
+    fn __wrapped__(&self, py: Python<'_>) -> Py<PyAny> {
+        self.function.clone_ref(py)
+    }
+}
+
 /// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
 /// full collection before the leak scan free any of the test's blocks (and only if the scan
 /// runs: some live block has a native origin).
@@ -110,6 +173,7 @@ fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
+    m.add_class::<FreeListsEmptiedCall>()?;
     m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {

@@ -30,6 +30,7 @@ pub use pymalloc::PoolLayout;
 
 use super::arch::has_thread_control_block;
 use super::session::{is_active, session};
+use super::tagged::{tagged, untagged};
 use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
@@ -43,7 +44,9 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
 /// block can be freed or unmapped while it is read (a thread that frees one waits).
 /// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`:
-/// ranges that hold no references (the interpreter's unused free-list slots). `stack_from`: an
+/// ranges that hold no references (the interpreter's unused free-list slots, lists' spare
+/// capacity), tagged or not (see `tagged`: a range inside a candidate, held untagged, would
+/// read as a pointer into it). `stack_from`: an
 /// address in the caller's frame; the calling thread's stack is scanned from there up, plus
 /// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
 ///
@@ -108,9 +111,18 @@ pub fn scan_leaks(
             glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
         })
         .unwrap_or_default();
-    dead.extend(stale.iter().filter(|(s, e)| s < e));
     // heapgate's own big tables (the live table alone is tens of MiB) are no roots.
     dead.extend(scrub::big_blocks());
+    // Held tagged (see `tagged`), as are the stale ranges.
+    for range in dead.iter_mut() {
+        *range = (tagged(range.0), tagged(range.1));
+    }
+    dead.extend(
+        stale
+            .iter()
+            .map(|(s, e)| (tagged(*s), tagged(*e)))
+            .filter(|(s, e)| s < e),
+    );
     dead.sort_unstable();
     // Merged, so that ends are sorted too (the lookups search by end).
     dead.dedup_by(|next, prev| {
@@ -265,8 +277,8 @@ fn usable_size(address: usize, size: u64, allocator: Allocator) -> usize {
 }
 
 /// Hand the root words of `range` (within `region`) to `visit`, chunk by chunk: candidates'
-/// words left out, `free` ranges (sorted) skipped unread, and in pymalloc pools only the
-/// words of blocks in use. `scratch`: the copy buffer and a mask buffer, reused.
+/// words left out, `free` ranges (sorted, tagged) skipped unread, and in pymalloc pools only
+/// the words of blocks in use. `scratch`: the copy buffer and a mask buffer, reused.
 fn visit_region(
     region: Region,
     range: (usize, usize),
@@ -287,15 +299,15 @@ fn visit_region(
     .min(std::mem::size_of_val(buffer));
     let (start, end) = (range.0 & !(word - 1), range.1);
     let mut at = start;
-    let mut next_free = free.partition_point(|(_, e)| *e <= at);
+    let mut next_free = free.partition_point(|(_, e)| untagged(*e) <= at);
     while at < end {
         // Free memory holds only stale bytes: jump over it without reading it.
-        while next_free < free.len() && free[next_free].1 <= at {
+        while next_free < free.len() && untagged(free[next_free].1) <= at {
             next_free += 1;
         }
         if let Some(&(free_start, free_end)) = free.get(next_free) {
-            if free_start <= at {
-                at = free_end.next_multiple_of(word);
+            if untagged(free_start) <= at {
+                at = untagged(free_end).next_multiple_of(word);
                 continue;
             }
         }

@@ -23,9 +23,10 @@ pub struct PoolLayout {
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
-/// in use, except each block's first word (a reference count, a GC link or, in a free block,
-/// a free-list link — never a reference). Free blocks, never-used blocks and empty pools hold
-/// only stale data. `None` when the chunk is not a pymalloc pool.
+/// in use, first word included (an object's is a reference count or a GC link, which is no
+/// pointer to a candidate's start, but a buffer's — a list's items — is a reference). Free
+/// blocks, never-used blocks and empty pools hold only stale data. `None` when the chunk is not
+/// a pymalloc pool.
 pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Vec<bool>> {
     let word = std::mem::size_of::<usize>();
     if std::mem::size_of_val(words) != layout.pool_size
@@ -82,8 +83,8 @@ pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Ve
         if layout.code_type != 0 && first + 1 < last && words[first + 1] == layout.code_type {
             last = last.min(first + layout.code_bytecode / word);
         }
-        if first + 1 < last {
-            mask[first + 1..last].fill(true);
+        if first < last {
+            mask[first..last].fill(true);
         }
     }
     Some(mask)
@@ -94,7 +95,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pools_scan_only_blocks_in_use_without_their_first_word() {
+    fn pools_scan_only_blocks_in_use() {
         let layout = PoolLayout {
             pool_size: 256,
             overhead: 48,
@@ -113,13 +114,14 @@ mod tests {
         words[5] = ((256 - size) << 32) | (48 + 4 * size); // maxnextoffset, nextoffset
         let mask = pool_mask(&words, base, &layout).expect("a pool");
         let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
-        // blocks 0, 2, 3 at words 6.., 14.., 18..; each 4 words, first skipped.
-        assert_eq!(scanned, [7, 8, 9, 15, 16, 17, 19, 20, 21]);
+        // blocks 0, 2, 3 at words 6.., 14.., 18..; each 4 words, all scanned (a PyMem buffer's
+        // first word is a reference: a list's first item).
+        assert_eq!(scanned, [6, 7, 8, 9, 14, 15, 16, 17, 18, 19, 20, 21]);
         // Block 2 is a code object: its words from the bytecode on hold no references.
         words[14 + 1] = 0xc0de;
         let mask = pool_mask(&words, base, &layout).expect("a pool");
         let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
-        assert_eq!(scanned, [7, 8, 9, 15, 19, 20, 21]);
+        assert_eq!(scanned, [6, 7, 8, 9, 14, 15, 18, 19, 20, 21]);
         words[5] = 12345;
         assert!(pool_mask(&words, base, &layout).is_none());
     }

@@ -1,7 +1,7 @@
 //! Reachability: which candidate blocks the roots reach, directly or through other blocks,
 //! and how each is classified. A one-hash page filter rejects most words before a lookup.
 
-use super::super::tagged::TAG;
+use super::super::tagged::{untagged, TAG};
 use super::LeakKind;
 
 /// An aligned pointer into a block's first bytes counts as a pointer to its start: an object
@@ -80,12 +80,14 @@ pub fn gc_head(
     })
 }
 
-/// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges`.
+/// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges` (all
+/// tagged, or none: see `tagged`).
 pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]) {
     let word = std::mem::size_of::<usize>();
     let end = base + mask.len() * word;
-    let first = ranges.partition_point(|(_, e)| *e <= base);
+    let first = ranges.partition_point(|(_, e)| untagged(*e) <= base);
     for &(start, stop) in &ranges[first..] {
+        let (start, stop) = (untagged(start), untagged(stop));
         if start >= end {
             break;
         }
