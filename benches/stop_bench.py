@@ -40,7 +40,7 @@ def allocator(sites: int) -> Callable[[list[bytearray]], None]:
 def run_once(fill: Callable[[list[bytearray]], None]) -> dict[str, float]:
     keep: list[bytearray] = []
     gc.collect()
-    _native.start([], None, "current_thread")
+    _native.start([], None, _native.ThreadMode.CURRENT_THREAD)
     fill(keep)
     t0 = time.perf_counter()
     checkpoint = _native.checkpoint()

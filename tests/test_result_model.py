@@ -8,6 +8,8 @@ from typing import Callable
 
 import pytest
 
+from heapgate._native import Allocator, FrameKind, ThreadMode
+
 MODEL_TESTS = '''
 import gc
 import pytest
@@ -17,7 +19,7 @@ from heapgate._native import Allocator, FrameKind, LeakKinds
 def tracked(mode="current_thread", native=False):
     keep = []
     gc.collect()
-    _native.start([], None, mode, native)
+    _native.start([], None, _native.ThreadMode.from_name(mode), native)
     keep.append(bytearray(100_000))
     keep.append(bytearray(200_000))
     return keep
@@ -60,12 +62,9 @@ def test_leak_kinds_are_typed_and_lost_is_their_sum():
         assert per_site == getattr(totals, name).bytes, name
     del keep
 
-def test_bad_names_are_named():
-    with pytest.raises(ValueError, match='unknown thread mode "sideways" \\\\(expected one of: current_thread, spawned, all\\\\)'):
-        _native.start([], None, "sideways")
-    with pytest.raises(ValueError, match='unknown allocator "malloc2"'):
-        Allocator.from_name("malloc2")
-    assert [str(a) for a in Allocator.all()][:2] == ["malloc", "calloc"]
+def test_a_mode_is_a_thread_mode_not_a_string():
+    with pytest.raises(TypeError):
+        _native.start([], None, "current_thread")
     assert not _native.is_active()
 '''
 
@@ -74,3 +73,37 @@ def test_the_result_model_from_python(run: Callable[..., pytest.RunResult], pyte
     pytester.makepyfile(test_model=MODEL_TESTS)
     result = run("-q")
     result.assert_outcomes(passed=3)
+
+
+def test_allocator_members_names_and_bad_names() -> None:
+    assert Allocator.all() == [
+        Allocator.MALLOC, Allocator.CALLOC, Allocator.REALLOC, Allocator.REALLOCARRAY,
+        Allocator.POSIX_MEMALIGN, Allocator.ALIGNED_ALLOC, Allocator.MEMALIGN, Allocator.VALLOC,
+        Allocator.PVALLOC, Allocator.MMAP, Allocator.PY_RAW, Allocator.PY_MEM, Allocator.PY_OBJ,
+    ]
+    assert [str(a) for a in Allocator.all()][:2] == ["malloc", "calloc"]
+    assert Allocator.PY_OBJ.name == str(Allocator.PY_OBJ) == "PyObject_Malloc"
+    assert [a for a in Allocator.all() if a.is_python] == [Allocator.PY_RAW, Allocator.PY_MEM, Allocator.PY_OBJ]
+    for a in Allocator.all():
+        assert Allocator.from_name(str(a)) == a and hash(Allocator.from_name(a.name)) == hash(a)
+    assert len(set(Allocator.all())) == 13
+    with pytest.raises(ValueError, match='unknown allocator "malloc2" \\(expected one of: malloc, calloc, '):
+        Allocator.from_name("malloc2")
+
+
+def test_thread_mode_members_names_and_bad_names() -> None:
+    assert ThreadMode.all() == [ThreadMode.CURRENT_THREAD, ThreadMode.SPAWNED, ThreadMode.ALL]
+    assert [str(m) for m in ThreadMode.all()] == ["current_thread", "spawned", "all"]
+    for m in ThreadMode.all():
+        assert ThreadMode.from_name(str(m)) == m and hash(ThreadMode.from_name(m.name)) == hash(m)
+    assert ThreadMode.SPAWNED != ThreadMode.ALL and len({*ThreadMode.all()}) == 3
+    with pytest.raises(ValueError, match='unknown thread mode "sideways" \\(expected one of: current_thread, spawned, all\\)'):
+        ThreadMode.from_name("sideways")
+    # The plugin's charge-mode text keeps its own suffix: it is not a mode name.
+    with pytest.raises(ValueError, match='unknown thread mode "spawned\\+tracers"'):
+        ThreadMode.from_name("spawned+tracers")
+
+
+def test_frame_kind_members() -> None:
+    kinds = [FrameKind.PYTHON, FrameKind.NATIVE, FrameKind.INTERPRETER]
+    assert [str(k) for k in kinds] == ["python", "native", "interpreter"] and len(set(kinds)) == 3

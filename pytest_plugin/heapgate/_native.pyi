@@ -20,6 +20,7 @@ __all__ = [
     "StackFrame",
     "FrameKind",
     "Allocator",
+    "ThreadMode",
     "TrackingError",
     "Record",
     "SessionReport",
@@ -60,6 +61,20 @@ class FrameKind:
 class Allocator:
     """The API an allocation came through; str() gives its name ('malloc', ...)."""
 
+    MALLOC: ClassVar[Allocator]
+    CALLOC: ClassVar[Allocator]
+    REALLOC: ClassVar[Allocator]
+    REALLOCARRAY: ClassVar[Allocator]
+    POSIX_MEMALIGN: ClassVar[Allocator]
+    ALIGNED_ALLOC: ClassVar[Allocator]
+    MEMALIGN: ClassVar[Allocator]
+    VALLOC: ClassVar[Allocator]
+    PVALLOC: ClassVar[Allocator]
+    MMAP: ClassVar[Allocator]
+    PY_RAW: ClassVar[Allocator]
+    PY_MEM: ClassVar[Allocator]
+    PY_OBJ: ClassVar[Allocator]
+    def __int__(self) -> int: ...
     @staticmethod
     def all() -> list[Allocator]: ...
     @staticmethod
@@ -68,6 +83,22 @@ class Allocator:
     def name(self) -> str: ...
     @property
     def is_python(self) -> bool: ...
+
+@final
+class ThreadMode:
+    """Whose allocations a tracked test is charged for; str() gives its name
+    ('current_thread', 'spawned' or 'all')."""
+
+    CURRENT_THREAD: ClassVar[ThreadMode]
+    SPAWNED: ClassVar[ThreadMode]
+    ALL: ClassVar[ThreadMode]
+    def __int__(self) -> int: ...
+    @staticmethod
+    def all() -> list[ThreadMode]: ...
+    @staticmethod
+    def from_name(name: str) -> ThreadMode: ...
+    @property
+    def name(self) -> str: ...
 
 @final
 class StackFrame:
@@ -279,8 +310,9 @@ def warmup_note(runs: int) -> str: ...
 def start(
     entry_codes: Sequence[CodeType],
     boundary: Optional[FrameType] = None,
-    mode: str = "spawned",  # or "current_thread", "all"; "+tracers" charges tracers' callbacks
+    mode: ThreadMode = ...,  # ThreadMode.SPAWNED
     native: bool = False,
+    include_tracers: bool = False,
 ) -> None: ...
 def stop() -> Report: ...
 def checkpoint() -> Report:

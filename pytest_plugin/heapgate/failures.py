@@ -62,9 +62,10 @@ class Failure:
 
 
 def charge_mode(checks: Checks, include_tracers: bool) -> str:
-    """Whose allocations the test is charged for: the thread mode, with ``+tracers`` when
-    what tracers' callbacks allocate is charged too (--heapgate-include-tracers)."""
-    return checks.thread_mode + ("+tracers" if include_tracers else "")
+    """Whose allocations the test is charged for, as the failure text and the capture file
+    write it: the thread mode's name, with ``+tracers`` when what tracers' callbacks allocate
+    is charged too (--heapgate-include-tracers)."""
+    return str(checks.thread_mode) + ("+tracers" if include_tracers else "")
 
 
 def judge(test: Judged, policy: Policy) -> Failure:

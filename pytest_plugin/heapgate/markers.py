@@ -16,6 +16,8 @@ if TYPE_CHECKING:
     import pytest
     from _pytest.nodes import Node
 
+    from ._native import ThreadMode
+
 __all__ = ["MARKERS", "Checks", "LimitLeaks", "LimitMemory", "MarkerError", "NativeLeaks", "checks_for"]
 
 class MarkerError(Exception):
@@ -72,11 +74,13 @@ class Checks:
         return [c for c in (self.limit_memory, self.limit_leaks) if c is not None]
 
     @property
-    def thread_mode(self) -> str:
-        """Whose allocations are charged to the test (see the core's ThreadMode)."""
+    def thread_mode(self) -> ThreadMode:
+        """Whose allocations are charged to the test (the core's ThreadMode)."""
+        from ._native import ThreadMode
+
         if self.all_threads or any(c.all_threads for c in self._limits()):
-            return "all"
-        return "current_thread" if any(c.current_thread_only for c in self._limits()) else "spawned"
+            return ThreadMode.ALL
+        return ThreadMode.CURRENT_THREAD if any(c.current_thread_only for c in self._limits()) else ThreadMode.SPAWNED
 
     @property
     def warmup(self) -> Optional[int]:

@@ -153,7 +153,7 @@ class HeapgatePlugin:
         assert _native is not None
         # Native leaks are judged by where memory came from: that needs native stacks.
         native = self.native or checks.native_leaks is not None
-        _native.start(codes, boundary, self._charge_mode(checks), native)
+        _native.start(codes, boundary, checks.thread_mode, native, self.settings.include_tracers)
 
     def _charge_mode(self, checks: Checks) -> str:
         return charge_mode(checks, self.settings.include_tracers)

@@ -12,7 +12,7 @@ mod texts;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use heapgate_core::capture::{self, CaptureError, ThreadMode};
+use heapgate_core::capture::{self, CaptureError};
 use heapgate_core::report::{InterpreterModules, Resolver};
 use heapgate_core::symbolize::{Symbolizer, SymbolizerOptions};
 use pyo3::exceptions::PyRuntimeError;
@@ -63,38 +63,24 @@ pub(crate) fn live_resolver(py: Python<'_>) -> Resolver<'static> {
     }
 }
 
-/// The thread mode, and whether tracers' callbacks are charged too (a `+tracers` suffix).
-fn charge_mode(mode: &str) -> PyResult<(ThreadMode, bool)> {
-    match mode.strip_suffix("+tracers") {
-        Some(threads) => Ok((thread_mode(threads)?, true)),
-        None => Ok((thread_mode(mode)?, false)),
-    }
-}
-
-fn thread_mode(mode: &str) -> PyResult<ThreadMode> {
-    mode.parse()
-        .map_err(|e: heapgate_core::model::UnknownName| {
-            pyo3::exceptions::PyValueError::new_err(e.to_string())
-        })
-}
-
 /// Start tracking the calling thread's test.
 ///
 /// `entry_codes`: code objects of the test function; the calling thread is charged only while
 /// one of them runs, and its stacks end there (empty: charge the whole window).
 /// `boundary`: a frame below the test (its stacks never go past it).
-/// `mode`: 'current_thread', 'spawned' (default: threads started during the call count) or 'all';
-/// with '+tracers', what trace/profile/sys.monitoring callbacks allocate is charged too.
+/// `mode`: whose allocations are charged (default `ThreadMode.SPAWNED`: threads started during
+/// the call count too).
 /// `native`: also record native return addresses (hybrid stacks).
+/// `include_tracers`: also charge what trace/profile/sys.monitoring callbacks allocate.
 #[pyfunction]
-#[pyo3(signature = (entry_codes, boundary=None, mode="spawned", native=false))]
+#[pyo3(signature = (entry_codes, boundary=None, mode=results::PyThreadMode::Spawned, native=false, include_tracers=false))]
 fn start(
     entry_codes: Vec<Bound<'_, PyAny>>,
     boundary: Option<Bound<'_, PyAny>>,
-    mode: &str,
+    mode: results::PyThreadMode,
     native: bool,
+    include_tracers: bool,
 ) -> PyResult<()> {
-    let (mode, tracers) = charge_mode(mode)?;
     if entry_codes.len() > pyframes::MAX_ENTRY_CODES {
         return Err(pyo3::exceptions::PyValueError::new_err(format!(
             "at most {} entry code objects",
@@ -107,8 +93,8 @@ fn start(
     // A domain whose wrapper was taken out since the last test is wrapped again.
     pymem::rewrap_bypassed();
     pyframes::set_entry(&codes, boundary.as_ref().map(|b| b.as_ptr()));
-    capture::set_charge_tracers(tracers);
-    capture::start(mode, !codes.is_empty(), native).map_err(capture_error)
+    capture::set_charge_tracers(include_tracers);
+    capture::start(mode.into(), !codes.is_empty(), native).map_err(capture_error)
 }
 
 /// Stop tracking and return the test's `Report`.

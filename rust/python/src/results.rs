@@ -8,6 +8,7 @@ use std::sync::{Arc, OnceLock};
 use heapgate_core::capture::TestReport;
 use heapgate_core::model::{
     Allocator as CoreAllocator, LeakKinds as CoreLeakKinds, LeakTally as CoreLeakTally, SiteReport,
+    ThreadMode as CoreThreadMode, UnknownName,
 };
 use heapgate_core::record::{Capture, ProcessFacts, TestInfo};
 use heapgate_core::report::{peak_failure, FrameKind, ReportFrame, ResolvedCapture, TextOptions};
@@ -72,48 +73,208 @@ impl PyFrameKind {
 
 /// The API an allocation came through (`heapgate_core::model::Allocator`); `str()` gives the
 /// name users know it by (`malloc`, `PyObject_Malloc`, ...).
-#[pyclass(eq, hash, frozen, str, module = "heapgate._native", name = "Allocator")]
+#[pyclass(
+    eq,
+    eq_int,
+    hash,
+    frozen,
+    module = "heapgate._native",
+    name = "Allocator"
+)]
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct PyAllocator(CoreAllocator);
+pub(crate) enum PyAllocator {
+    /// `malloc`
+    #[pyo3(name = "MALLOC")]
+    Malloc,
+    /// `calloc`
+    #[pyo3(name = "CALLOC")]
+    Calloc,
+    /// `realloc`
+    #[pyo3(name = "REALLOC")]
+    Realloc,
+    /// `reallocarray`
+    #[pyo3(name = "REALLOCARRAY")]
+    Reallocarray,
+    /// `posix_memalign`
+    #[pyo3(name = "POSIX_MEMALIGN")]
+    PosixMemalign,
+    /// `aligned_alloc`
+    #[pyo3(name = "ALIGNED_ALLOC")]
+    AlignedAlloc,
+    /// `memalign`
+    #[pyo3(name = "MEMALIGN")]
+    Memalign,
+    /// `valloc`
+    #[pyo3(name = "VALLOC")]
+    Valloc,
+    /// `pvalloc`
+    #[pyo3(name = "PVALLOC")]
+    Pvalloc,
+    /// `mmap` / `mmap64`
+    #[pyo3(name = "MMAP")]
+    Mmap,
+    /// CPython's RAW domain (`PyMem_RawMalloc` and friends)
+    #[pyo3(name = "PY_RAW")]
+    PyRaw,
+    /// CPython's MEM domain (`PyMem_Malloc` and friends)
+    #[pyo3(name = "PY_MEM")]
+    PyMem,
+    /// CPython's OBJ domain (`PyObject_Malloc`: every Python object)
+    #[pyo3(name = "PY_OBJ")]
+    PyObj,
+}
+
+impl From<CoreAllocator> for PyAllocator {
+    fn from(v: CoreAllocator) -> Self {
+        match v {
+            CoreAllocator::Malloc => PyAllocator::Malloc,
+            CoreAllocator::Calloc => PyAllocator::Calloc,
+            CoreAllocator::Realloc => PyAllocator::Realloc,
+            CoreAllocator::Reallocarray => PyAllocator::Reallocarray,
+            CoreAllocator::PosixMemalign => PyAllocator::PosixMemalign,
+            CoreAllocator::AlignedAlloc => PyAllocator::AlignedAlloc,
+            CoreAllocator::Memalign => PyAllocator::Memalign,
+            CoreAllocator::Valloc => PyAllocator::Valloc,
+            CoreAllocator::Pvalloc => PyAllocator::Pvalloc,
+            CoreAllocator::Mmap => PyAllocator::Mmap,
+            CoreAllocator::PyRaw => PyAllocator::PyRaw,
+            CoreAllocator::PyMem => PyAllocator::PyMem,
+            CoreAllocator::PyObj => PyAllocator::PyObj,
+        }
+    }
+}
+
+impl From<PyAllocator> for CoreAllocator {
+    fn from(v: PyAllocator) -> Self {
+        match v {
+            PyAllocator::Malloc => CoreAllocator::Malloc,
+            PyAllocator::Calloc => CoreAllocator::Calloc,
+            PyAllocator::Realloc => CoreAllocator::Realloc,
+            PyAllocator::Reallocarray => CoreAllocator::Reallocarray,
+            PyAllocator::PosixMemalign => CoreAllocator::PosixMemalign,
+            PyAllocator::AlignedAlloc => CoreAllocator::AlignedAlloc,
+            PyAllocator::Memalign => CoreAllocator::Memalign,
+            PyAllocator::Valloc => CoreAllocator::Valloc,
+            PyAllocator::Pvalloc => CoreAllocator::Pvalloc,
+            PyAllocator::Mmap => CoreAllocator::Mmap,
+            PyAllocator::PyRaw => CoreAllocator::PyRaw,
+            PyAllocator::PyMem => CoreAllocator::PyMem,
+            PyAllocator::PyObj => CoreAllocator::PyObj,
+        }
+    }
+}
+
+fn unknown_name(e: UnknownName) -> PyErr {
+    pyo3::exceptions::PyValueError::new_err(e.to_string())
+}
 
 #[pymethods]
 impl PyAllocator {
     /// Every allocator, as the core lists them.
     #[staticmethod]
     fn all() -> Vec<PyAllocator> {
-        CoreAllocator::ALL.into_iter().map(PyAllocator).collect()
+        CoreAllocator::ALL
+            .into_iter()
+            .map(PyAllocator::from)
+            .collect()
     }
 
     /// The allocator named `name`; ValueError naming the accepted names otherwise.
     #[staticmethod]
     fn from_name(name: &str) -> PyResult<PyAllocator> {
-        name.parse()
-            .map(PyAllocator)
-            .map_err(|e: heapgate_core::model::UnknownName| {
-                pyo3::exceptions::PyValueError::new_err(e.to_string())
-            })
+        name.parse::<CoreAllocator>()
+            .map(PyAllocator::from)
+            .map_err(unknown_name)
     }
 
     /// The name users know it by.
     #[getter]
     fn name(&self) -> &'static str {
-        self.0.name()
+        CoreAllocator::from(*self).name()
     }
 
     /// True for CPython's allocator domains (Python objects and interpreter buffers).
     #[getter]
     fn is_python(&self) -> bool {
-        self.0.is_python()
+        CoreAllocator::from(*self).is_python()
     }
 
-    fn __repr__(&self) -> String {
-        format!("Allocator({:?})", self.0.name())
+    fn __str__(&self) -> &'static str {
+        self.name()
     }
 }
 
-impl std::fmt::Display for PyAllocator {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
+/// Whose allocations a tracked test is charged for (`heapgate_core::model::ThreadMode`);
+/// `str()` gives its name as the plugin and the capture file write it ('current_thread', ...).
+#[pyclass(
+    eq,
+    eq_int,
+    hash,
+    frozen,
+    from_py_object,
+    module = "heapgate._native",
+    name = "ThreadMode"
+)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum PyThreadMode {
+    /// Only the thread running the test's call.
+    #[pyo3(name = "CURRENT_THREAD")]
+    CurrentThread,
+    /// The test's thread plus every thread started during the call, and their descendants.
+    #[pyo3(name = "SPAWNED")]
+    Spawned,
+    /// Every thread in the process.
+    #[pyo3(name = "ALL")]
+    All,
+}
+
+impl From<CoreThreadMode> for PyThreadMode {
+    fn from(v: CoreThreadMode) -> Self {
+        match v {
+            CoreThreadMode::CurrentThread => PyThreadMode::CurrentThread,
+            CoreThreadMode::Spawned => PyThreadMode::Spawned,
+            CoreThreadMode::All => PyThreadMode::All,
+        }
+    }
+}
+
+impl From<PyThreadMode> for CoreThreadMode {
+    fn from(v: PyThreadMode) -> Self {
+        match v {
+            PyThreadMode::CurrentThread => CoreThreadMode::CurrentThread,
+            PyThreadMode::Spawned => CoreThreadMode::Spawned,
+            PyThreadMode::All => CoreThreadMode::All,
+        }
+    }
+}
+
+#[pymethods]
+impl PyThreadMode {
+    /// Every mode, as the core lists them.
+    #[staticmethod]
+    fn all() -> Vec<PyThreadMode> {
+        CoreThreadMode::ALL
+            .into_iter()
+            .map(PyThreadMode::from)
+            .collect()
+    }
+
+    /// The mode named `name`; ValueError naming the accepted names otherwise.
+    #[staticmethod]
+    fn from_name(name: &str) -> PyResult<PyThreadMode> {
+        name.parse::<CoreThreadMode>()
+            .map(PyThreadMode::from)
+            .map_err(unknown_name)
+    }
+
+    /// The mode's name.
+    #[getter]
+    fn name(&self) -> &'static str {
+        CoreThreadMode::from(*self).name()
+    }
+
+    fn __str__(&self) -> &'static str {
+        self.name()
     }
 }
 
@@ -272,7 +433,7 @@ impl Site {
     /// The API the memory came from (`str()`: `malloc`, `PyObject_Malloc`, ...).
     #[getter]
     fn allocator(&self) -> PyAllocator {
-        PyAllocator(self.site().allocator)
+        self.site().allocator.into()
     }
 
     /// Bytes held when the test's total was at its peak.
@@ -499,6 +660,7 @@ pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<LeakKinds>()?;
     m.add_class::<LeakTally>()?;
     m.add_class::<PyAllocator>()?;
+    m.add_class::<PyThreadMode>()?;
     m.add_class::<PyFrameKind>()?;
     Ok(())
 }
