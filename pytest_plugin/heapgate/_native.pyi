@@ -32,7 +32,6 @@ __all__ = [
     "scan_leaks",
     "has_gc_candidates",
     "clear_free_lists",
-    "FreeListsEmptiedCall",
     "format_size",
     "LeakStack",
     "limit_leaks_failure",
@@ -338,15 +337,6 @@ def has_gc_candidates() -> bool:
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
     native leaks). True when emptied directly, False when a full collection did it."""
-
-@final
-class FreeListsEmptiedCall:
-    """A test function that empties CPython's free lists as the first thing of each call (as
-    clear_free_lists()), then calls the function; other attributes are the function's."""
-
-    __wrapped__: Callable[..., object]
-    def __new__(cls, function: Callable[..., object]) -> FreeListsEmptiedCall: ...
-    def __call__(self, *args: object, **kwargs: object) -> object: ...
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 

@@ -241,25 +241,15 @@ class HeapgatePlugin:
 
     @pytest.hookimpl(hookwrapper=True, trylast=True)
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, None]:
-        # What CPython's free lists hold when the test's function starts was allocated before
-        # the test, and a leaked object revived from one would hide. pytest and pluggy free
-        # objects after any hook (a dict on 3.12), so the function itself is wrapped: the
-        # wrapper empties them as the first thing of the call.
+        # As close to the test's function as a hook gets: what CPython's free lists hold now
+        # was allocated before the test, and a leaked object revived from one would hide.
+        # (Wrapping the function to empty them as its call starts finds more such leaks on
+        # 3.12+, but then charges the test for Python objects the default mode takes from the
+        # free lists uncharged: peaks would differ between modes.)
         checks = pyfuncitem.stash.get(CHECKS, Checks())
-        if checks.native_leaks is None or _native is None or not _native.is_active():
-            yield
-            return
-        function = pyfuncitem.obj
-        if inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function):
-            # Left to the async plugin that runs it (it must recognise the function).
+        if checks.native_leaks is not None and _native is not None and _native.is_active():
             _native.clear_free_lists()
-            yield
-            return
-        pyfuncitem.obj = _native.FreeListsEmptiedCall(function)
-        try:
-            yield
-        finally:
-            pyfuncitem.obj = function
+        yield
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:

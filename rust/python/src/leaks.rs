@@ -5,7 +5,6 @@ use heapgate_core::capture::{self, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::capture_error;
 use crate::results::LeakKinds;
@@ -122,47 +121,6 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
-/// A test function that empties CPython's free lists (see [`clear_free_lists`]) as the first
-/// thing of each call, then calls the function. pytest and pluggy free objects between any
-/// hook and the function (seen on 3.12: a dict), which refill the free lists; an object the
-/// test then revives from one would be no new block. Called from C, so nothing else runs
-/// between the emptying and the function's first instruction.
-#[pyclass(frozen, module = "heapgate._native")]
-struct FreeListsEmptiedCall {
-    function: Py<PyAny>,
-}
-
-#[pymethods]
-impl FreeListsEmptiedCall {
-    #[new]
-    fn new(function: Py<PyAny>) -> Self {
-        FreeListsEmptiedCall { function }
-    }
-
-    #[pyo3(signature = (*args, **kwargs))]
-    fn __call__(
-        &self,
-        py: Python<'_>,
-        args: &Bound<'_, PyTuple>,
-        kwargs: Option<&Bound<'_, PyDict>>,
-    ) -> PyResult<Py<PyAny>> {
-        clear_free_lists(py);
-        self.function.bind(py).call(args, kwargs).map(Bound::unbind)
-    }
-
-    /// The function's own attributes (`__name__`, `__code__`, ...), for code that looks at
-    /// the test function while it runs (`request.function`).
-    fn __getattr__(&self, py: Python<'_>, name: &Bound<'_, PyString>) -> PyResult<Py<PyAny>> {
-        self.function.bind(py).getattr(name).map(Bound::unbind)
-    }
-
-    /// The function it calls.
-    #[getter]
-    fn __wrapped__(&self, py: Python<'_>) -> Py<PyAny> {
-        self.function.clone_ref(py)
-    }
-}
-
 /// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
 /// full collection before the leak scan free any of the test's blocks (and only if the scan
 /// runs: some live block has a native origin).
@@ -173,7 +131,6 @@ fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
 
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
-    m.add_class::<FreeListsEmptiedCall>()?;
     m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {
