@@ -51,7 +51,8 @@ def test_leak_kinds_are_typed_and_lost_is_their_sum():
     totals = _native.scan_leaks()
     report = _native.stop()
     assert isinstance(totals, LeakKinds)
-    assert totals.definitely_lost.bytes >= 4096 and totals.still_reachable.bytes >= 8192
+    # Definitely or possibly lost: a stale word may point inside the block (the scan is conservative).
+    assert totals.lost.bytes >= 4096 and totals.still_reachable.bytes >= 8192
     lost = totals.definitely_lost.bytes + totals.indirectly_lost.bytes + totals.possibly_lost.bytes
     assert totals.lost.bytes == lost
     kinds = report.leak_kinds
