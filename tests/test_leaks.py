@@ -456,6 +456,10 @@ def test_leaked_objects_from_cpython_free_lists_are_reported(run, pytester: pyte
     # 3.12: one of the five dicts is found still reachable in every run (a stale reference not
     # yet located; never a false leak): four of five are required there.
     exact = {"dict": 4} if sys.version_info[:2] == (3, 12) else {}
+    # One of the five lists can be one pytest dropped into the list free list between the last
+    # hook (which empties it) and the test function: a block from before the test, missed in
+    # every process (README, Known limits; issue 11). Four of five are required.
+    exact["list"] = 4
     pytester.makepyfile(test_free_lists=FREE_LIST_TESTS)
     found: dict[str, list[int]] = {}
     sizes: dict[str, int] = {}
