@@ -107,9 +107,6 @@ extern "C" fn scan_callback(
     }
 }
 
-/// Adds `scan_leaks()`: classify the tracked test's live blocks (call after `gc.collect()`,
-/// before `stop`). Returns the totals as `LeakKinds`; per site figures appear in the report's
-/// sites.
 /// Empty CPython's free lists (lists, dicts, tuples, floats) right before a test's call that
 /// is checked for native leaks: objects the call then creates are new blocks, so a leaked one
 /// is a candidate and cannot root what it points to. Returns True when the lists were emptied
@@ -129,6 +126,9 @@ fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
     capture::has_gc_candidates(crate::interpreter_modules(py)).map_err(capture_error)
 }
 
+/// Registers the leak functions; `scan_leaks()` classifies the tracked test's live blocks
+/// (call after `gc.collect()`, before `stop`) and returns the totals as `LeakKinds`; per site
+/// figures appear in the report's sites.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
     m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
