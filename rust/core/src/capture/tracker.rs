@@ -247,19 +247,50 @@ impl Tracker {
         self.last_path.truncate(shared);
         let mut node = self.last_path.last().copied().unwrap_or(ROOT);
         for key in outer_first.skip(shared) {
-            let frame = self.intern_frame(key, describe);
-            let next = self.nodes.len() as u32;
-            node = *self.node_index.entry((node, frame)).or_insert_with(|| {
-                self.nodes.push(TrieNode {
-                    parent: node,
-                    frame,
-                });
-                next
-            });
+            node = self.child(node, key, describe);
             self.last_stack.push(key);
             self.last_path.push(node);
         }
         node
+    }
+
+    /// Intern the frames `outer_first` below `start` (a node of this test's trie, or the root
+    /// 0), writing the node reached after each frame into `path` (as long as the frames).
+    /// Returns the last node (`start` when there are no frames).
+    pub fn intern_below<I>(
+        &mut self,
+        start: u32,
+        outer_first: I,
+        path: &mut [u32],
+        describe: &mut dyn FnMut(usize) -> CodeNames,
+    ) -> u32
+    where
+        I: IntoIterator<Item = FrameKey>,
+    {
+        let mut node = start;
+        for (key, slot) in outer_first.into_iter().zip(path) {
+            node = self.child(node, key, describe);
+            *slot = node;
+        }
+        node
+    }
+
+    /// The trie node for frame `key` called from `node`.
+    fn child(
+        &mut self,
+        node: u32,
+        key: FrameKey,
+        describe: &mut dyn FnMut(usize) -> CodeNames,
+    ) -> u32 {
+        let frame = self.intern_frame(key, describe);
+        let next = self.nodes.len() as u32;
+        *self.node_index.entry((node, frame)).or_insert_with(|| {
+            self.nodes.push(TrieNode {
+                parent: node,
+                frame,
+            });
+            next
+        })
     }
 
     fn intern_frame(&mut self, key: FrameKey, describe: &mut dyn FnMut(usize) -> CodeNames) -> u32 {
@@ -642,6 +673,31 @@ mod tests {
         };
         assert_eq!(functions(b), ["f4", "f2", "f1"]);
         assert_eq!(functions(d), ["f5", "f3", "f2", "f1"]);
+    }
+
+    #[test]
+    fn interning_below_a_known_prefix_gives_the_nodes_of_the_whole_stack() {
+        let mut t = Tracker::new();
+        let keys = |codes: &[usize]| -> Vec<FrameKey> {
+            codes
+                .iter()
+                .map(|c| FrameKey::Python { code: *c, line: 1 })
+                .collect()
+        };
+        let whole = node(&mut t, &[3, 2, 1]);
+        // Outermost first, as a thread's last stack keeps them: 1, 2, then 4 instead of 3.
+        let mut path = [0u32; 3];
+        let prefix = t.intern_below(ROOT, keys(&[1, 2]), &mut path[..2], &mut names);
+        assert_eq!(prefix, t.nodes[whole as usize].parent);
+        assert_eq!(path[1], prefix);
+        let other = t.intern_below(path[1], keys(&[4]), &mut path[2..], &mut names);
+        assert_eq!(other, node(&mut t, &[4, 2, 1]));
+        assert_eq!(path[2], other);
+        assert_eq!(
+            t.intern_below(path[1], keys(&[3]), &mut path[2..], &mut names),
+            whole
+        );
+        assert_eq!(t.intern_below(ROOT, keys(&[]), &mut [], &mut names), ROOT);
     }
 
     #[test]
