@@ -162,7 +162,7 @@ impl Recorder {
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
-        with_last_stack(|mut last| {
+        with_last_stack(|last| {
             let mut python = PythonStack::new();
             let previous = last
                 .as_deref()
@@ -174,13 +174,7 @@ impl Recorder {
             let mut keys = HybridKeys::new();
             let hybrid = self.hybrid_keys(&python, &mut keys);
             self.with_tracker(generation, |t| {
-                let node = self.node_for(
-                    t,
-                    generation,
-                    &python,
-                    hybrid.then_some(&keys),
-                    last.as_deref_mut(),
-                );
+                let node = self.node_for(t, generation, &python, hybrid.then_some(&keys), last);
                 t.on_alloc(addr, size as u64, allocator, node);
             });
         })
