@@ -1,6 +1,8 @@
 //! The leak scan, for `--native-leaks`: classify the tracked test's live blocks by
 //! reachability before tracking stops.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use heapgate_core::capture::{self, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
@@ -43,6 +45,9 @@ fn pool_layout() -> PoolLayout {
     }
 }
 
+/// Room for the spare-capacity ranges of [`stale_slots`], grown to what a scan needed.
+static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
+
 /// Interpreter memory that holds no references (the unused slots of its free-list arrays,
 /// the dead part of each thread's data stack, every list's spare capacity), as (start, end)
 /// ranges.
@@ -51,7 +56,8 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    let mut spare = vec![0usize; 4096];
+    // Sized as the last scan needed: every call walks all of the interpreter's containers.
+    let mut spare = vec![0usize; SPARE_WORDS.load(Ordering::Relaxed)];
     loop {
         // SAFETY: as above; it returns how many words all ranges need.
         let needed = unsafe { hg_py_list_spare_slots(spare.as_mut_ptr(), spare.len()) };
@@ -61,6 +67,7 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
         }
         // Lists may be made between the calls (none while we hold the GIL): leave room.
         spare.resize(needed + needed / 8, 0);
+        SPARE_WORDS.store(spare.len(), Ordering::Relaxed);
     }
     words.extend_from_slice(&spare);
     // Held tagged (the scan's convention): a spare range of a leaked list is an address inside
@@ -76,9 +83,8 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
-    let stale = stale_slots(py);
     let kinds = capture::scan_leaks(
-        &stale,
+        &mut || stale_slots(py),
         stack_from,
         registers,
         Some(pool_layout()),

@@ -43,10 +43,11 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 ///
 /// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
 /// block can be freed or unmapped while it is read (a thread that frees one waits).
-/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`:
-/// ranges that hold no references (the interpreter's unused free-list slots, lists' spare
+/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: gives
+/// the ranges that hold no references (the interpreter's unused free-list slots, lists' spare
 /// capacity), tagged or not (see `tagged`: a range inside a candidate, held untagged, would
-/// read as a pointer into it). `stack_from`: an
+/// read as a pointer into it); called only when memory is read (finding them may cost what
+/// the process holds, as walking every list does). `stack_from`: an
 /// address in the caller's frame; the calling thread's stack is scanned from there up, plus
 /// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
 ///
@@ -54,7 +55,7 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 pub fn scan_leaks(
-    stale: &[(usize, usize)],
+    stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
@@ -118,9 +119,9 @@ pub fn scan_leaks(
         *range = (tagged(range.0), tagged(range.1));
     }
     dead.extend(
-        stale
-            .iter()
-            .map(|(s, e)| (tagged(*s), tagged(*e)))
+        stale()
+            .into_iter()
+            .map(|(s, e)| (tagged(s), tagged(e)))
             .filter(|(s, e)| s < e),
     );
     dead.sort_unstable();
