@@ -1,6 +1,8 @@
 //! Reachability: which candidate blocks the roots reach, directly or through other blocks,
 //! and how each is classified. A one-hash page filter rejects most words before a lookup.
 
+use std::ops::ControlFlow;
+
 use super::super::tagged::{untagged, TAG};
 use super::LeakKind;
 
@@ -230,12 +232,16 @@ impl Scanner<'_> {
     }
 }
 
-/// Hands every root word to the visitor it is given.
-pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize])) + 'a;
+/// Hands every root word to the visitor it is given, until the visitor breaks: then no root
+/// read later could change a verdict (see [`classify`]).
+pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize]) -> ControlFlow<()>) + 'a;
 
 /// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
-/// to its argument (candidates' own words excluded: see [`mask_out_candidates`]);
-/// `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
+/// to its argument (candidates' own words excluded: see [`mask_out_candidates`]), and may
+/// stop when the argument breaks: once every candidate is reachable from the roots read so
+/// far (what they reach is followed after each batch), every verdict is final — further roots
+/// can only make blocks reachable, and a reachable block is reachable whatever else points
+/// into it. `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
 /// `values_tag`: see [`PoolLayout::values_tag`](super::PoolLayout::values_tag).
 pub fn classify(
     candidates: &[Candidate],
@@ -261,20 +267,30 @@ pub fn classify(
     };
     let mut reachable = vec![false; n];
     let mut interior = vec![false; n];
+    // Counted apart from `reachable`, which `reach` holds (the visitor below reads it).
+    let unreached = std::cell::Cell::new(n);
     let mut work = Vec::new();
     let mut reach = |i: usize, start: bool, work: &mut Vec<usize>| {
         if !start {
             interior[i] = true;
         } else if !reachable[i] {
             reachable[i] = true;
+            unreached.set(unreached.get() - 1);
             work.push(i);
         }
     };
-    roots(&mut |words| scanner.targets(words, |i, start| reach(i, start, &mut work)));
-    while let Some(i) = work.pop() {
-        let words = read_block(candidates[i].start(), candidates[i].len());
-        scanner.targets(&words, |j, start| reach(j, start, &mut work));
-    }
+    roots(&mut |words| {
+        scanner.targets(words, |i, start| reach(i, start, &mut work));
+        while let Some(i) = work.pop() {
+            let words = read_block(candidates[i].start(), candidates[i].len());
+            scanner.targets(&words, |j, start| reach(j, start, &mut work));
+        }
+        if unreached.get() == 0 {
+            ControlFlow::Break(())
+        } else {
+            ControlFlow::Continue(())
+        }
+    });
     // Among the unreachable: pointed to by another lost block → indirectly lost.
     let mut pointed = vec![false; n];
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -357,7 +373,7 @@ mod tests {
         roots: &[Region],
         heads: &[usize],
     ) -> Vec<LeakKind> {
-        let mut visit_roots = |visit: &mut dyn FnMut(&[usize])| {
+        let mut visit_roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
             for r in roots {
                 let (start, len) = (r.start.get(), r.end.get() - r.start.get());
                 let mut mask = vec![true; len / 8];
@@ -371,7 +387,9 @@ mod tests {
                     .filter(|(at, _)| *at >= start && *at < start + len && mask[(*at - start) / 8])
                     .map(|(_, w)| w)
                     .collect();
-                visit(&kept);
+                if visit(&kept).is_break() {
+                    return;
+                }
             }
         };
         classify(candidates, heads, 0, &mut visit_roots, &|s, l| {
