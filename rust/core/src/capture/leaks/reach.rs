@@ -397,6 +397,76 @@ mod tests {
         })
     }
 
+    /// Classify with roots handed over in `batches`, either honouring the visitor's break (as
+    /// the scan does) or reading every batch; returns the verdicts and the batches read.
+    fn classify_batches(
+        memory: &Memory,
+        candidates: &[Candidate],
+        batches: &[Vec<usize>],
+        stop: bool,
+    ) -> (Vec<LeakKind>, usize) {
+        let mut read = 0;
+        let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
+            for batch in batches {
+                read += 1;
+                if visit(batch).is_break() && stop {
+                    return;
+                }
+            }
+        };
+        let kinds = classify(candidates, &[], 0, &mut roots, &|s, l| memory.read(s, l));
+        (kinds, read)
+    }
+
+    #[test]
+    fn the_scan_stops_once_every_candidate_is_reachable_and_never_changes_a_verdict() {
+        // A small deterministic generator: 400 random address spaces of up to 12 blocks that
+        // point at each other (at their start, inside, or nowhere), with roots in 5 batches.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as usize
+        };
+        let mut stopped_early = 0;
+        for _ in 0..400 {
+            let count = 1 + next(12);
+            let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
+            let mut pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
+                0 => 0x77,
+                1 => blocks[next(count as u64)] + 8 * next(3),
+                2 => blocks[next(count as u64)] + 0x80, // far inside: possibly lost
+                _ => blocks[next(count as u64)],
+            };
+            let memory = Memory {
+                words: blocks
+                    .iter()
+                    .map(|b| (*b, (0..4).map(|_| pointer(&mut next)).collect()))
+                    .collect(),
+            };
+            let candidates: Vec<Candidate> =
+                blocks.iter().map(|b| Candidate::new(*b, 32, 0)).collect();
+            let batches: Vec<Vec<usize>> = (0..5)
+                .map(|_| (0..next(4)).map(|_| pointer(&mut next)).collect())
+                .collect();
+            let (full, read_all) = classify_batches(&memory, &candidates, &batches, false);
+            let (early, read) = classify_batches(&memory, &candidates, &batches, true);
+            assert_eq!(early, full, "{memory_words:?}", memory_words = memory.words);
+            assert_eq!(read_all, batches.len());
+            let reachable = full.iter().all(|k| *k == LeakKind::StillReachable);
+            assert!(
+                read == batches.len() || reachable,
+                "stopped with a verdict open"
+            );
+            if read < batches.len() {
+                stopped_early += 1;
+            }
+        }
+        // The generator does make scans that stop early (the test would prove nothing else).
+        assert!(stopped_early > 20, "{stopped_early}");
+    }
+
     #[test]
     fn the_page_filter_passes_every_word_inside_a_candidate_whatever_its_size() {
         for count in [1usize, 40, 5000] {
