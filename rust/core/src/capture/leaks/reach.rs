@@ -433,7 +433,7 @@ mod tests {
         for _ in 0..400 {
             let count = 1 + next(12);
             let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
-            let mut pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
+            let pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
                 0 => 0x77,
                 1 => blocks[next(count as u64)] + 8 * next(3),
                 2 => blocks[next(count as u64)] + 0x80, // far inside: possibly lost
