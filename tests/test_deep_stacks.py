@@ -38,3 +38,37 @@ def test_allocations_below_the_kept_depth_are_charged(run, pytester: pytest.Pyte
     # made at line 8; the list that holds it adds its own few bytes to the peak.
     assert 3_000_057 < peaks(result)["test_deep"] < 3_000_057 + 1024, out
     assert re.search(r"\(3000057 bytes\) in 2 allocations through PyObject_Malloc\n\s+down at test_deep\.py:8", out), out
+
+
+def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(run, pytester: pytest.Pytester) -> None:
+    # Consecutive allocations 41 frames deep that differ only in an outer frame's line (a
+    # thread's last Python stack is reused frame by frame from the outside in): each keeps
+    # its own. Python stacks only: with native stacks the object and its buffer are two sites.
+    pytester.makepyfile(
+        test_lines="""
+        import pytest
+
+        def leaf(depth, out, size):
+            if depth:
+                return leaf(depth - 1, out, size)
+            out.append(bytearray(size))
+
+        def outer(out):
+            for _ in range(50):
+                leaf(40, out, 100_000)
+                leaf(40, out, 200_000)
+
+        @pytest.mark.limit_memory(1)
+        def test_lines():
+            out = []
+            outer(out)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    # 50 bytearrays of each size: their objects (56 bytes) and buffers (size + 1).
+    leaves = r"\s+leaf at test_lines\.py:6\n(?:\s+leaf at test_lines\.py:5\n){40}"
+    for size, line in [(200_000, 11), (100_000, 10)]:
+        site = rf"\({50 * (size + 57)} bytes\) in 100 allocations through PyObject_Malloc\n"
+        assert re.search(site + leaves + rf"\s+outer at test_lines\.py:{line}\n", out), out

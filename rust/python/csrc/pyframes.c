@@ -27,6 +27,9 @@ typedef struct {
     uint32_t line;
     /* 1 on the outermost frame run by one C-level call of _PyEval_EvalFrameDefault. */
     uint32_t group_end;
+    /* What the line was computed from: the code's line table and the instruction offset. */
+    uintptr_t table;
+    int32_t offset;
 } hg_pyframe;
 
 static int is_entry(uintptr_t code, const uintptr_t *entry, int n_entry) {
@@ -49,13 +52,16 @@ struct hg_line_entry {
 };
 static __thread struct hg_line_entry hg_lines[HG_LINE_CACHE];
 
-static uint32_t line_at(PyCodeObject *code, int byte_offset) {
-    if (byte_offset < 0) return (uint32_t)code->co_firstlineno;
+static const void *line_table(PyCodeObject *code) {
 #if PY_VERSION_HEX >= 0x030A0000
-    const void *table = code->co_linetable;
+    return code->co_linetable;
 #else
-    const void *table = code->co_lnotab;
+    return code->co_lnotab;
 #endif
+}
+
+static uint32_t line_at(PyCodeObject *code, const void *table, int byte_offset) {
+    if (byte_offset < 0) return (uint32_t)code->co_firstlineno;
     size_t slot = (((uintptr_t)code >> 4) ^ ((uintptr_t)byte_offset * 0x9E3779B1u)) & (HG_LINE_CACHE - 1);
     struct hg_line_entry *e = &hg_lines[slot];
     if (e->code == code && e->table == table && e->offset == byte_offset) return e->line;
@@ -111,6 +117,9 @@ static int instrumenting(PyThreadState *ts, _PyInterpreterFrame *f) {
 }
 #endif
 
+static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
+                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame);
+
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
  * the `entry` code objects (included, *reached = 1), or at the thread's first frame. Writes at
  * most `max` frames (the innermost) but looks past them for the entry and the boundary.
@@ -118,9 +127,34 @@ static int instrumenting(PyThreadState *ts, _PyInterpreterFrame *f) {
  * counts those in tstate->tracing in 3.9-3.13 (in 3.12+ sys.monitoring callbacks, and settrace
  * and setprofile functions, which it runs through sys.monitoring); or when it instruments code
  * for them (3.12+). *tracer_frame is the size of a frame object CPython may be making for such
- * a callback right now (3.11), else 0. */
+ * a callback right now (3.11), else 0.
+ *
+ * `previous` holds the frames of an earlier walk of this thread, outermost first (n_previous
+ * of them): a deep stack mostly differs from the last one only in its inner frames. The
+ * outer frames this walk shares with it (same code, line table and instruction offset) take
+ * its lines instead of looking them up; *same_outer says how many they are. */
 int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
-               const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame) {
+               const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame,
+               const hg_pyframe *previous, int n_previous, int *same_outer) {
+    int n = walk_frames(out, max, entry, n_entry, boundary, reached, in_tracer, tracer_frame);
+    int same = 0;
+    while (same < n && same < n_previous) {
+        hg_pyframe *f = &out[n - 1 - same];
+        const hg_pyframe *p = &previous[same];
+        if (f->code != p->code || f->offset != p->offset || f->table != p->table) break;
+        f->line = p->line;
+        same++;
+    }
+    for (int i = n - 1 - same; i >= 0; i--) {
+        out[i].line = line_at((PyCodeObject *)out[i].code, (const void *)out[i].table, out[i].offset);
+    }
+    *same_outer = same;
+    return n;
+}
+
+/* hg_py_walk's walk: writes every field but the line. */
+static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
+                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame) {
     *reached = 0;
     *in_tracer = 0;
     *tracer_frame = 0;
@@ -164,7 +198,8 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
                          ? -1
                          : _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
         out[n].code = (uintptr_t)code;
-        out[n].line = line_at(code, offset);
+        out[n].table = (uintptr_t)line_table(code);
+        out[n].offset = offset;
 #if PY_VERSION_HEX >= 0x030C0000
         out[n].group_end = f->previous == NULL || f->previous->owner == FRAME_OWNED_BY_CSTACK;
 #else
@@ -198,7 +233,8 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
         int offset = f->f_lasti;
 #endif
         out[n].code = (uintptr_t)code;
-        out[n].line = line_at(code, offset);
+        out[n].table = (uintptr_t)line_table(code);
+        out[n].offset = offset;
         out[n].group_end = 1; /* before 3.11 every Python call is its own C-level call */
         n++;
         if (is_entry((uintptr_t)code, entry, n_entry)) {

@@ -17,6 +17,9 @@ extern "C" {
         reached: *mut c_int,
         in_tracer: *mut c_int,
         tracer_frame: *mut usize,
+        previous: *const PyFrameRef,
+        n_previous: c_int,
+        same_outer: *mut c_int,
     ) -> c_int;
     fn hg_py_frame_handle(frame: *mut ffi::PyObject) -> *const c_void;
     fn hg_py_eval_function(start: *mut usize, end: *mut usize) -> c_int;
@@ -48,7 +51,7 @@ pub fn set_entry(codes: &[*mut ffi::PyObject], boundary: Option<*mut ffi::PyObje
     BOUNDARY.store(handle as usize, Ordering::SeqCst);
 }
 
-fn walk(stack: &mut PythonStack) {
+fn walk(stack: &mut PythonStack, previous: &[PyFrameRef]) {
     let mut entry = [0usize; MAX_ENTRY_CODES];
     for (e, slot) in entry.iter_mut().zip(&ENTRY) {
         *e = slot.load(Ordering::Relaxed);
@@ -57,9 +60,10 @@ fn walk(stack: &mut PythonStack) {
     let mut reached: c_int = 0;
     let mut in_tracer: c_int = 0;
     let mut tracer_frame: usize = 0;
+    let mut same_outer: c_int = 0;
     let (buffer, capacity) = stack.buffer();
-    // SAFETY: the shim writes at most `capacity` frames into the stack's own buffer and
-    // reads only the calling thread's frames.
+    // SAFETY: the shim writes at most `capacity` frames into the stack's own buffer, reads
+    // only the calling thread's frames and the `previous` slice (its length is passed).
     let n = unsafe {
         hg_py_walk(
             buffer,
@@ -70,6 +74,9 @@ fn walk(stack: &mut PythonStack) {
             &mut reached,
             &mut in_tracer,
             &mut tracer_frame,
+            previous.as_ptr(),
+            previous.len().min(capacity) as c_int,
+            &mut same_outer,
         )
     };
     // SAFETY: the shim wrote the first `n` frames.
@@ -78,6 +85,7 @@ fn walk(stack: &mut PythonStack) {
     stack.complete = reached != 0;
     stack.in_tracer = in_tracer != 0;
     stack.tracer_frame_size = tracer_frame;
+    stack.same_outer = same_outer.max(0) as usize;
 }
 
 fn describe(code: usize) -> CodeNames {

@@ -65,6 +65,8 @@ mod tests {
                     code: *code,
                     line: *line,
                     group_end: u32::from(*end),
+                    table: 0,
+                    offset: 0,
                 },
                 FrameKey::Native(_) => unreachable!("python frames only"),
             })

@@ -1,6 +1,7 @@
 //! The Python stack as the Python layer reads it at allocation time: the capture layer knows
 //! no interpreter, only the [`PythonStackSource`] it is given.
 
+use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
 
@@ -21,6 +22,11 @@ pub struct PyFrameRef {
     /// Non-zero on the outermost frame run by one C-level call of the interpreter's
     /// frame-evaluation function (see [`hybrid::merge`](super::hybrid::merge)).
     pub group_end: u32,
+    /// The code object's line table when the line was read (a code object at the address of
+    /// a freed one has another).
+    pub table: usize,
+    /// The instruction offset the line was read at (-1: not started).
+    pub offset: i32,
 }
 
 impl PyFrameRef {
@@ -50,6 +56,9 @@ pub struct PythonStack {
     /// before the callback runs (3.11): the object's size. A Python allocation of exactly
     /// this size is that frame object.
     pub tracer_frame_size: usize,
+    /// How many of the outermost frames are those of the previous stack the walk was given
+    /// (same code, line table and offset, so the same keys).
+    pub same_outer: usize,
 }
 
 impl PythonStack {
@@ -63,6 +72,7 @@ impl PythonStack {
             complete: false,
             in_tracer: false,
             tracer_frame_size: 0,
+            same_outer: 0,
         }
     }
 
@@ -99,8 +109,10 @@ impl Default for PythonStack {
 /// the interpreter. Both functions must not allocate through the interpreter.
 #[derive(Clone, Copy)]
 pub struct PythonStackSource {
-    /// Fill the calling thread's current Python stack.
-    pub walk: fn(&mut PythonStack),
+    /// Fill the calling thread's current Python stack; the second argument is an earlier
+    /// stack of the thread, outermost frame first, whose outer frames the walk may reuse
+    /// (see [`PythonStack::same_outer`]).
+    pub walk: fn(&mut PythonStack, &[PyFrameRef]),
     /// The (function, filename) of a code object that is alive on the calling thread's stack.
     pub describe: fn(usize) -> CodeNames,
     /// The interpreter's frame-evaluation function, whose native frames run Python frames.
@@ -112,4 +124,60 @@ pub(super) static PYTHON: OnceLock<PythonStackSource> = OnceLock::new();
 /// Tell the capture layer how to read Python stacks (once per process).
 pub fn set_python_stack_source(source: PythonStackSource) {
     let _ = PYTHON.set(source);
+}
+
+/// The calling thread's last recorded Python stack, outermost frame first, with the trie node
+/// each of its prefixes was interned as in the tracked test `generation`. The next walk takes
+/// the lines of the outer frames it shares with it, and interning starts below them: an
+/// allocation deep in a recursion costs what its innermost frames changed, not its depth.
+pub(super) struct LastStack {
+    pub(super) generation: u64,
+    pub(super) len: usize,
+    pub(super) frames: [PyFrameRef; MAX_PYTHON_FRAMES],
+    pub(super) path: [u32; MAX_PYTHON_FRAMES],
+}
+
+impl LastStack {
+    /// The frames a walk in `generation` may reuse.
+    pub(super) fn frames_for(&self, generation: u64) -> &[PyFrameRef] {
+        if self.generation == generation {
+            &self.frames[..self.len]
+        } else {
+            &[]
+        }
+    }
+}
+
+const NO_FRAME: PyFrameRef = PyFrameRef {
+    code: 0,
+    line: 0,
+    group_end: 0,
+    table: 0,
+    offset: 0,
+};
+
+thread_local! {
+    // Const-initialised without a destructor: usable during thread start-up and tear-down.
+    static LAST_STACK: RefCell<LastStack> = const {
+        RefCell::new(LastStack {
+            generation: 0,
+            len: 0,
+            frames: [NO_FRAME; MAX_PYTHON_FRAMES],
+            path: [0; MAX_PYTHON_FRAMES],
+        })
+    };
+}
+
+/// Run `f` with the calling thread's [`LastStack`], or with `None` if it cannot be reached
+/// (thread tear-down).
+pub(super) fn with_last_stack<R>(f: impl FnOnce(Option<&mut LastStack>) -> R) -> R {
+    let mut f = Some(f);
+    let reached = LAST_STACK.try_with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => Some((f.take().expect("called once"))(Some(&mut last))),
+        Err(_) => None,
+    });
+    match reached.ok().flatten() {
+        Some(r) => r,
+        None => (f.take().expect("called once"))(None),
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use super::guard::Charge;
-use super::python::PYTHON;
+use super::python::{with_last_stack, LastStack, PYTHON};
 use super::session::{
     is_active, mode, session, sync_objects_if_changed, CHARGE_TRACERS, GENERATION, NATIVE,
     REQUIRE_ENTRY,
@@ -57,18 +57,24 @@ impl Recorder {
         tracers && !CHARGE_TRACERS.load(Ordering::Relaxed)
     }
 
-    fn walk_python(&self, stack: &mut PythonStack) {
+    /// Read the thread's Python stack; `previous` is an earlier stack of the thread,
+    /// outermost frame first, whose outer frames the walk may reuse.
+    fn walk_python(&self, stack: &mut PythonStack, previous: &[PyFrameRef]) {
         if let Some(python) = PYTHON.get() {
-            (python.walk)(stack);
+            (python.walk)(stack, previous);
         }
     }
 
     /// The allocation's hybrid stack into `keys` when native stacks are recorded; false
     /// when the stack is the Python frames alone.
+    #[inline]
     fn hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
-        if !NATIVE.load(Ordering::Relaxed) {
-            return false;
-        }
+        // Checked here, inlined: the unwind's buffers are not even set up without --native.
+        NATIVE.load(Ordering::Relaxed) && self.native_hybrid_keys(python, keys)
+    }
+
+    #[inline(never)]
+    fn native_hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
         let py = python.frames();
         // The test's frames run in this many interpreter calls: the unwind can stop there.
@@ -99,22 +105,54 @@ impl Recorder {
         }
     }
 
+    /// The trie node of the allocation's stack: the hybrid `keys` when native stacks are
+    /// recorded, else the Python frames. With `last` (the thread's last recorded stack, which
+    /// the walk was given), the Python frames it shares are not interned again, and `last`
+    /// becomes this stack.
     fn node_for(
         &self,
         tracker: &mut Tracker,
+        generation: u64,
         python: &PythonStack,
         keys: Option<&HybridKeys>,
+        last: Option<&mut LastStack>,
     ) -> u32 {
         let describe = PYTHON.get().map(|p| p.describe);
         let mut describe = |code| match describe {
             Some(d) => d(code),
             None => (String::from("??"), String::from("??")),
         };
-        match keys {
-            None => {
+        match (keys, last) {
+            (Some(keys), _) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            (None, None) => {
                 tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
             }
-            Some(keys) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            (None, Some(last)) => {
+                let frames = python.frames();
+                let n = frames.len();
+                let known = last.frames_for(generation).len();
+                // The walk reused these outer frames; frames further in whose line is the
+                // same (a loop's line at another instruction) have the same node too.
+                let walked_same = python.same_outer.min(known);
+                let mut same = walked_same;
+                while same < n.min(known) && frames[n - 1 - same].key() == last.frames[same].key() {
+                    same += 1;
+                }
+                let start = same.checked_sub(1).map_or(0, |i| last.path[i]);
+                let node = tracker.intern_below(
+                    start,
+                    frames[..n - same].iter().rev().map(PyFrameRef::key),
+                    &mut last.path[same..n],
+                    &mut describe,
+                );
+                let walked = frames[..n - walked_same].iter().rev();
+                for (slot, frame) in last.frames[walked_same..n].iter_mut().zip(walked) {
+                    *slot = *frame;
+                }
+                last.len = n;
+                last.generation = generation;
+                node
+            }
         }
     }
 
@@ -124,17 +162,22 @@ impl Recorder {
         let Some((generation, entry_rule)) = self.charged() else {
             return;
         };
-        let mut python = PythonStack::new();
-        self.walk_python(&mut python);
-        if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
-            return;
-        }
-        let mut keys = HybridKeys::new();
-        let hybrid = self.hybrid_keys(&python, &mut keys);
-        self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, hybrid.then_some(&keys));
-            t.on_alloc(addr, size as u64, allocator, node);
-        });
+        with_last_stack(|last| {
+            let mut python = PythonStack::new();
+            let previous = last
+                .as_deref()
+                .map_or(&[][..], |l| l.frames_for(generation));
+            self.walk_python(&mut python, previous);
+            if (entry_rule && !python.reached_entry) || self.observers(&python, size, allocator) {
+                return;
+            }
+            let mut keys = HybridKeys::new();
+            let hybrid = self.hybrid_keys(&python, &mut keys);
+            self.with_tracker(generation, |t| {
+                let node = self.node_for(t, generation, &python, hybrid.then_some(&keys), last);
+                t.on_alloc(addr, size as u64, allocator, node);
+            });
+        })
     }
 
     /// Record `len` bytes mapped at `addr`.
@@ -142,7 +185,7 @@ impl Recorder {
         sync_objects_if_changed();
         let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
-            self.walk_python(&mut python);
+            self.walk_python(&mut python, &[]);
             ((!entry_rule || python.reached_entry)
                 && !self.observers(&python, len, Allocator::Mmap))
             .then_some(generation)
@@ -155,7 +198,7 @@ impl Recorder {
         let mut keys = HybridKeys::new();
         let hybrid = self.hybrid_keys(&python, &mut keys);
         self.with_tracker(generation, |t| {
-            let node = self.node_for(t, &python, hybrid.then_some(&keys));
+            let node = self.node_for(t, generation, &python, hybrid.then_some(&keys), None);
             t.on_mmap(addr, len as u64, node);
         });
     }
@@ -176,7 +219,7 @@ impl Recorder {
     ) -> Option<usize> {
         let mut python = PythonStack::new();
         let counted = self.charged().and_then(|(generation, entry_rule)| {
-            self.walk_python(&mut python);
+            self.walk_python(&mut python, &[]);
             (!entry_rule || python.reached_entry).then_some(generation)
         });
         let mut hybrid = HybridKeys::new();
@@ -194,7 +237,13 @@ impl Recorder {
                 };
                 match (keys, tracked > 0) {
                     (Some(is_hybrid), true) => {
-                        let node = self.node_for(t, &python, is_hybrid.then_some(&hybrid));
+                        let node = self.node_for(
+                            t,
+                            generation,
+                            &python,
+                            is_hybrid.then_some(&hybrid),
+                            None,
+                        );
                         t.on_mmap(new, new_len as u64, node);
                     }
                     // Not ours, but it may replace (MREMAP_FIXED) a mapping that is.
