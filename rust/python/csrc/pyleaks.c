@@ -52,7 +52,8 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
  * a pre-header (3.11+: dict and weakref pointers before the GC head), and of 3.13's inline
  * values (objects whose size is not their basic size); then a str's layout: the offset of
  * its length and its state, the state's kind, compact and ascii bits, and the header sizes of
- * a compact ASCII and a compact non-ASCII str. Returns the number of words written. */
+ * a compact ASCII and a compact non-ASCII str; the address of PyBytes_Type and the offset of a
+ * bytes object's characters. Returns the number of words written. */
 size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
     PyASCIIObject probe;
     uint32_t kind = 0, compact = 0, ascii = 0;
@@ -95,6 +96,8 @@ size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
         ascii,
         sizeof(PyASCIIObject),
         sizeof(PyCompactUnicodeObject),
+        (uintptr_t)&PyBytes_Type,
+        offsetof(PyBytesObject, ob_sval),
     };
     size_t n = sizeof layout / sizeof layout[0];
     if (n > cap) return 0;

@@ -47,7 +47,7 @@ fn pool_layout() -> PoolLayout {
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
 fn object_layout() -> Option<ObjectLayout> {
-    let mut w = [0usize; 17];
+    let mut w = [0usize; 19];
     // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
     let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
     (n == w.len()).then_some(ObjectLayout {
@@ -68,6 +68,8 @@ fn object_layout() -> Option<ObjectLayout> {
         str_ascii_bit: w[14],
         str_ascii_header: w[15],
         str_compact_header: w[16],
+        bytes_type: w[17],
+        bytes_header: w[18],
     })
 }
 

@@ -64,6 +64,10 @@ pub struct ObjectLayout {
     pub str_ascii_header: usize,
     /// Header bytes of a compact non-ASCII str.
     pub str_compact_header: usize,
+    /// `&PyBytes_Type` (a bytes object is its header, `ob_size` bytes and a terminator).
+    pub bytes_type: usize,
+    /// Offset of a bytes object's characters.
+    pub bytes_header: usize,
 }
 
 /// A type object whose instances the scan can size: its basic size and flags.
@@ -117,9 +121,9 @@ impl ObjectLayout {
 
     /// Where the Python object in `block` (a pymalloc block of `size` bytes in use) ends, in
     /// bytes from the block's start, if the block holds one: its reference count (at most
-    /// 2^32: never an address) is followed by a type the scan can size (`types`: see
-    /// [`sized_type`](Self::sized_type)) whose flags put the object where it is found
-    /// (after no header, a GC head, or a pre-header and a GC head), and the object's size
+    /// 2^32: never an address) is followed by `str`, `bytes` or a type the scan can size
+    /// (`types`: see [`sized_type`](Self::sized_type)) whose flags put the object where it is
+    /// found (after no header, a GC head, or a pre-header and a GC head), and the object's size
     /// rounds up to exactly this block's size class. Anything else (a buffer, an object of
     /// another layout): `None`, and the block is read whole.
     pub fn object_end(
@@ -139,6 +143,12 @@ impl ObjectLayout {
                 return (header == 0)
                     .then(|| self.str_end(block))
                     .flatten()
+                    .and_then(fits);
+            }
+            if ty == self.bytes_type {
+                let length = *block.get(2).filter(|n| **n <= 4096)?;
+                return (header == 0)
+                    .then_some(self.bytes_header + length + 1)
                     .and_then(fits);
             }
             let t = types(ty)?;
@@ -313,6 +323,8 @@ mod tests {
             str_ascii_bit: 0x40,
             str_ascii_header: 40,
             str_compact_header: 56,
+            bytes_type: 0x7300,
+            bytes_header: 32,
         }
     }
 
@@ -390,5 +402,9 @@ mod tests {
         // Not compact: no size known.
         text[4] = 0x88;
         assert_eq!(o.object_end(&text, 64, &mut types), None);
+        // bytes of length 20: 32 + 21 bytes, in a 64-byte block.
+        let bytes = [1, 0x7300, 20, 0, 0, 0, 0, 0xdead];
+        assert_eq!(o.object_end(&bytes, 64, &mut types), Some(53));
+        assert_eq!(o.object_end(&bytes, 80, &mut types), None);
     }
 }
