@@ -1,6 +1,8 @@
 //! The leak scan, for `--native-leaks`: classify the tracked test's live blocks by
 //! reachability before tracking stops.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use heapgate_core::capture::{self, ObjectLayout, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
@@ -73,17 +75,29 @@ fn object_layout() -> Option<ObjectLayout> {
     })
 }
 
-/// Interpreter memory that holds no references (the unused slots of its free-list arrays,
-/// the dead part of each thread's data stack, every list's spare capacity), as (start, end)
-/// ranges.
+/// Room for the ranges of [`list_spare_slots`], grown to what a scan needed.
+static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
+
+/// Interpreter memory that holds no references and is quick to find (the unused slots of its
+/// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
+/// maps), as (start, end) ranges.
 fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    let mut spare = vec![0usize; 4096];
+    words.extend(readline_keymap_padding(_py));
+    tagged_pairs(words)
+}
+
+/// Every list's spare capacity, as (start, end) ranges: a walk of all the interpreter's
+/// containers, so asked for only when the scan reads the heap (where list buffers are).
+fn list_spare_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
+    // Sized as the last scan needed.
+    let mut spare = vec![0usize; SPARE_WORDS.load(Ordering::Relaxed)];
     loop {
-        // SAFETY: as above; it returns how many words all ranges need.
+        // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words
+        // and returns how many words all ranges need.
         let needed = unsafe { hg_py_list_spare_slots(spare.as_mut_ptr(), spare.len()) };
         if needed <= spare.len() {
             spare.truncate(needed);
@@ -91,13 +105,16 @@ fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
         }
         // Lists may be made between the calls (none while we hold the GIL): leave room.
         spare.resize(needed + needed / 8, 0);
+        SPARE_WORDS.store(spare.len(), Ordering::Relaxed);
     }
-    words.extend_from_slice(&spare);
-    words.extend(readline_keymap_padding(_py));
-    // Held tagged (the scan's convention): a spare range of a leaked list is an address inside
-    // that list's buffer, and must not read as a pointer to it.
+    tagged_pairs(spare)
+}
+
+/// Pairs of words as ranges, held tagged (the scan's convention): a spare range of a leaked
+/// list is an address inside that list's buffer, and must not read as a pointer to it.
+fn tagged_pairs(mut words: Vec<usize>) -> Vec<(usize, usize)> {
     const TAG: usize = 1 << (usize::BITS - 1);
-    for w in spare.iter_mut().chain(words.iter_mut()) {
+    for w in words.iter_mut() {
         *w |= TAG;
     }
     words
@@ -179,9 +196,9 @@ fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
-    let stale = stale_slots(py);
     let kinds = capture::scan_leaks(
-        &stale,
+        &stale_slots(py),
+        &mut || list_spare_slots(py),
         stack_from,
         registers,
         Some(pool_layout()),

@@ -253,7 +253,6 @@ where
 }
 
 /// The loader's counters now (read from the first object only).
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
 pub(crate) fn loader_counters() -> Option<LoaderCounters> {
     let mut counters = None;
     walk(|object| {

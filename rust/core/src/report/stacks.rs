@@ -2,6 +2,9 @@
 //! Python frames as recorded, and the interpreter's own frames hidden.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rustc_hash::FxHashMap;
 
 use crate::capture::Frame;
 use crate::symbolize::{ModuleMap, Symbolizer};
@@ -37,9 +40,21 @@ pub struct ReportFrame {
 }
 
 /// Which loaded objects are the interpreter (their frames are hidden between Python frames).
-#[derive(Clone, Debug, Default)]
+#[derive(Debug, Default)]
 pub struct InterpreterModules {
     paths: Vec<PathBuf>,
+    /// Answers given so far: resolving a path costs a system call per component, and every
+    /// native frame of every report asks.
+    known: Mutex<FxHashMap<PathBuf, bool>>,
+}
+
+impl Clone for InterpreterModules {
+    fn clone(&self) -> Self {
+        InterpreterModules {
+            paths: self.paths.clone(),
+            known: Mutex::new(self.known.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        }
+    }
 }
 
 impl InterpreterModules {
@@ -48,20 +63,29 @@ impl InterpreterModules {
         let paths = executable
             .map(|p| vec![p.canonicalize().unwrap_or_else(|_| p.to_path_buf())])
             .unwrap_or_default();
-        InterpreterModules { paths }
+        InterpreterModules {
+            paths,
+            known: Mutex::default(),
+        }
     }
 
     /// Is `module` part of the interpreter?
     pub fn contains(&self, module: &Path) -> bool {
+        let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&answer) = known.get(module) {
+            return answer;
+        }
         let is_libpython = module
             .file_name()
             .and_then(|n| n.to_str())
             .is_some_and(|n| n.starts_with("libpython") && n.contains(".so"));
-        is_libpython
+        let answer = is_libpython
             || self
                 .paths
                 .iter()
-                .any(|p| p == module || module.canonicalize().is_ok_and(|m| &m == p))
+                .any(|p| p == module || module.canonicalize().is_ok_and(|m| &m == p));
+        known.insert(module.to_path_buf(), answer);
+        answer
     }
 }
 

@@ -5,10 +5,11 @@ use std::ffi::OsStr;
 use std::ops::{ControlFlow, Range};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use object::{Object, ObjectSegment};
 
-use crate::capture::objects::{self, LoadedObject};
+use crate::capture::objects::{self, LoadedObject, LoaderCounters};
 
 use super::elf;
 use super::SymbolizeError;
@@ -106,6 +107,27 @@ impl ModuleMap {
         map
     }
 
+    /// [`ModuleMap::current_process`], built again only when the loader has loaded or unloaded
+    /// an object since the last call (its `dlpi_adds`/`dlpi_subs` counters moved): building it
+    /// reads every object's file, and a report with native stacks needs it for every test.
+    pub fn current_process_cached() -> Self {
+        static LAST: Mutex<Option<(LoaderCounters, ModuleMap)>> = Mutex::new(None);
+        let Some(counters) = objects::loader_counters() else {
+            return ModuleMap::current_process();
+        };
+        let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((seen, map)) = last.as_ref() {
+            if *seen == counters {
+                return map.clone();
+            }
+        }
+        // Counters read before the walk: an object loaded meanwhile moves them again, so the
+        // next call rebuilds.
+        let map = ModuleMap::current_process();
+        *last = Some((counters, map.clone()));
+        map
+    }
+
     /// [`ModuleMap::current_process`] without debuglinks (one file read per object): enough
     /// to say which object an address belongs to.
     pub fn current_process_objects() -> Self {
@@ -128,7 +150,7 @@ impl ModuleMap {
     /// during a test are still symbolized. An unloaded object whose addresses a loaded one
     /// now occupies is left out: the loaded one owns them.
     pub fn current_process_with(unloaded: Vec<Module>) -> Self {
-        let current = ModuleMap::current_process();
+        let current = ModuleMap::current_process_cached();
         if unloaded.is_empty() {
             return current;
         }

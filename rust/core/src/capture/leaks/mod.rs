@@ -19,10 +19,12 @@
 
 mod glibc;
 mod maps;
+mod order;
 mod origin;
 mod pymalloc;
 mod reach;
 
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -43,10 +45,13 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 ///
 /// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
 /// block can be freed or unmapped while it is read (a thread that frees one waits).
-/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`:
-/// ranges that hold no references (the interpreter's unused free-list slots, lists' spare
-/// capacity), tagged or not (see `tagged`: a range inside a candidate, held untagged, would
-/// read as a pointer into it). `stack_from`: an
+/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: ranges
+/// that hold no references (the interpreter's unused free-list slots), tagged or not (see
+/// `tagged`: a range inside a candidate, held untagged, would read as a pointer into it);
+/// `heap_stale` gives more such ranges that lie only in the heap or anonymous memory (lists'
+/// spare capacity), and is called only if the scan reads there: finding them may cost what
+/// the process holds. The scan reads loaded objects' data and the live stacks first and stops
+/// as soon as every candidate is reachable (see `order`). `stack_from`: an
 /// address in the caller's frame; the calling thread's stack is scanned from there up, plus
 /// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
 ///
@@ -55,6 +60,7 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 pub fn scan_leaks(
     stale: &[(usize, usize)],
+    heap_stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
@@ -86,52 +92,14 @@ pub fn scan_leaks(
     let mut scratch = scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())
         .ok_or(CaptureError::ScanMemory)?;
     let (scratch_start, scratch_end) = scratch.range();
-    let regions: Vec<Region> = {
-        let buffer = scratch.words();
-        let mut is_thread_stack = |start: usize, end: usize| {
-            let from = end.saturating_sub(std::mem::size_of_val(buffer)).max(start);
-            let words = &mut buffer[..(end - from) / std::mem::size_of::<usize>()];
-            let n = read_words(from, words);
-            n == words.len() && has_thread_control_block(words, end)
-        };
-        root_regions(&maps, stack_from, &stack_pointers, &mut is_thread_stack)
-    }
-    .into_iter()
-    .filter(|r| r.end.get() <= scratch_start || r.start.get() >= scratch_end)
-    .collect();
-    drop(maps);
-    // Free chunks of the main heap are no roots: walk its chunk headers to find them (a
-    // large free chunk is jumped over, never read).
-    let mut dead: Vec<(usize, usize)> = regions
-        .iter()
-        .find(|r| r.heap)
-        .and_then(|heap| {
-            let (start, end) = (heap.start.get(), heap.end.get());
-            let mut window = WindowReader::new(start, end)?;
-            glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
-        })
-        .unwrap_or_default();
-    // heapgate's own big tables (the live table alone is tens of MiB) are no roots.
-    dead.extend(scrub::big_blocks());
-    // Held tagged (see `tagged`), as are the stale ranges.
-    for range in dead.iter_mut() {
-        *range = (tagged(range.0), tagged(range.1));
-    }
-    dead.extend(
-        stale
-            .iter()
-            .map(|(s, e)| (tagged(*s), tagged(*e)))
-            .filter(|(s, e)| s < e),
-    );
-    dead.sort_unstable();
-    // Merged, so that ends are sorted too (the lookups search by end).
-    dead.dedup_by(|next, prev| {
-        let overlaps = next.0 <= prev.1;
-        if overlaps {
-            prev.1 = prev.1.max(next.1);
-        }
-        overlaps
-    });
+    let outside_scratch = |r: &Region| r.end.get() <= scratch_start || r.start.get() >= scratch_end;
+    // Read first (see `order`): loaded objects' data and live stacks. Which anonymous mapping
+    // is a thread stack does not matter for them (finding out reads each one's top).
+    let early: Vec<Region> = root_regions(&maps, stack_from, &stack_pointers, &mut |_, _| false)
+        .into_iter()
+        .filter(|r| order::is_early(r) && outside_scratch(r))
+        .collect();
+    let early_dead = merged_tagged(stale.to_vec());
     let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut mask = Vec::with_capacity(scratch.words().len());
     // Type objects seen where an object's type would be, sized once each (see `pool_mask`).
@@ -148,30 +116,52 @@ pub fn scan_leaks(
                 .flatten()
         })
     };
-    let mut roots = |visit: &mut dyn FnMut(&[usize])| {
+    let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
             explain_references(registers, &mask, 0, Region::new(0, 0, false), &candidates);
         }
-        visit(registers);
-        for region in &regions {
-            // Pools are read whole (their headers say which blocks are in use).
-            let grid = pools
-                .filter(|_| region.anonymous)
-                .map_or(4096, |p| p.pool_size);
-            for (from, to) in resident_ranges(pagemap.as_mut(), *region, grid) {
-                visit_region(
-                    *region,
-                    (from, to),
-                    &candidates,
-                    pools.as_ref(),
-                    &dead,
-                    (scratch.words(), &mut mask),
-                    &mut types,
-                    visit,
-                );
+        visit(registers)?;
+        let mut read = |regions: &[Region], dead: &[(usize, usize)], scratch: &mut [usize]| {
+            for region in regions {
+                // Pools are read whole (their headers say which blocks are in use).
+                let grid = pools
+                    .filter(|_| region.anonymous)
+                    .map_or(4096, |p| p.pool_size);
+                for (from, to) in resident_ranges(pagemap.as_mut(), *region, grid) {
+                    visit_region(
+                        *region,
+                        (from, to),
+                        &candidates,
+                        pools.as_ref(),
+                        dead,
+                        (&mut *scratch, &mut mask),
+                        &mut types,
+                        visit,
+                    )?;
+                }
             }
+            ControlFlow::Continue(())
+        };
+        read(&early, &early_dead, scratch.words())?;
+        // Not every candidate is reachable from there: the rest of memory, and what holds no
+        // references in it (found only now: this costs what the process holds).
+        let mut late: Vec<Region> = {
+            let buffer = scratch.words();
+            let mut is_thread_stack = |start: usize, end: usize| {
+                let from = end.saturating_sub(std::mem::size_of_val(buffer)).max(start);
+                let words = &mut buffer[..(end - from) / std::mem::size_of::<usize>()];
+                let n = read_words(from, words);
+                n == words.len() && has_thread_control_block(words, end)
+            };
+            root_regions(&maps, stack_from, &stack_pointers, &mut is_thread_stack)
         }
+        .into_iter()
+        .filter(|r| !order::is_early(r) && outside_scratch(r))
+        .collect();
+        order::sort_late(&mut late, &early);
+        let dead = merged_tagged(late_dead(&late, stale, heap_stale()));
+        read(&late, &dead, scratch.words())
     };
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
     let read_block = |start: usize, len: usize| -> Vec<usize> {
@@ -198,7 +188,18 @@ pub fn scan_leaks(
         &candidates,
         &gc_heads,
         pools.map_or(0, |p| p.values_tag),
-        &mut roots,
+        &mut |visit| {
+            if explain {
+                // Every reference is listed: read all roots.
+                let _ = roots(&mut |words| {
+                    let _ = visit(words);
+                    ControlFlow::Continue(())
+                });
+            } else {
+                // Stopped early when every candidate is reachable (see `classify`).
+                let _ = roots(visit);
+            }
+        },
         &read_block,
     );
     session.tracker.set_leak_kinds(
@@ -208,6 +209,47 @@ pub fn scan_leaks(
             .map(|(c, k)| (c.site, *k, c.size)),
     );
     Ok(session.tracker.leak_totals().unwrap_or_default())
+}
+
+/// Ranges of the late regions that hold no references: free chunks of the main heap (a large
+/// one is jumped over, never read), heapgate's own big tables (the live table alone is tens of
+/// MiB), and the interpreter's stale ranges.
+fn late_dead(
+    late: &[Region],
+    stale: &[(usize, usize)],
+    heap_stale: Vec<(usize, usize)>,
+) -> Vec<(usize, usize)> {
+    let mut dead: Vec<(usize, usize)> = late
+        .iter()
+        .find(|r| r.heap)
+        .and_then(|heap| {
+            let (start, end) = (heap.start.get(), heap.end.get());
+            let mut window = WindowReader::new(start, end)?;
+            glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
+        })
+        .unwrap_or_default();
+    dead.extend(scrub::big_blocks());
+    dead.extend_from_slice(stale);
+    dead.extend(heap_stale);
+    dead
+}
+
+/// `ranges` tagged (see `tagged`; any already tagged stay so), empty ones dropped, sorted and
+/// merged, so that ends are sorted too (the lookups search by end).
+fn merged_tagged(mut ranges: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    for range in ranges.iter_mut() {
+        *range = (tagged(range.0), tagged(range.1));
+    }
+    ranges.retain(|(s, e)| s < e);
+    ranges.sort_unstable();
+    ranges.dedup_by(|next, prev| {
+        let overlaps = next.0 <= prev.1;
+        if overlaps {
+            prev.1 = prev.1.max(next.1);
+        }
+        overlaps
+    });
+    ranges
 }
 
 /// Every live block of the tracked test, sorted by address, as a candidate. Heap blocks carry
@@ -304,8 +346,8 @@ fn visit_region(
     free: &[(usize, usize)],
     scratch: (&mut [usize], &mut Vec<bool>),
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
-    visit: &mut dyn FnMut(&[usize]),
-) {
+    visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>,
+) -> ControlFlow<()> {
     let (buffer, mask) = scratch;
     let word = std::mem::size_of::<usize>();
     // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
@@ -356,10 +398,11 @@ fn visit_region(
                     *w = 0;
                 }
             }
-            visit(words);
+            visit(words)?;
         }
         at = chunk_end;
     }
+    ControlFlow::Continue(())
 }
 
 /// Regions at least this big are read only where pages are resident (or swapped out):

@@ -24,7 +24,7 @@ pub(crate) struct NativeOrigins<'a> {
 impl<'a> NativeOrigins<'a> {
     /// Over the objects loaded now.
     pub(crate) fn new(interpreter: &'a InterpreterModules) -> NativeOrigins<'a> {
-        NativeOrigins::with_modules(ModuleMap::current_process_objects(), interpreter)
+        NativeOrigins::with_modules(ModuleMap::current_process_cached(), interpreter)
     }
 
     fn with_modules(modules: ModuleMap, interpreter: &'a InterpreterModules) -> NativeOrigins<'a> {

@@ -1,0 +1,55 @@
+//! The order roots are read in. A leak scan stops once every candidate is reachable (see
+//! `reach::classify`), so roots that most often point at a test's surviving blocks come first;
+//! the verdicts do not depend on the order, only the scan's cost does.
+//!
+//! On bitarray's suite, read in address order, the last reference found was almost always in
+//! the interpreter's static data (its type attribute cache, cached and interned objects), at
+//! 99% of the bytes read: loaded objects' data and the live stacks are a few MB, the heap and
+//! anonymous memory tens to hundreds.
+
+use super::maps::Region;
+
+/// Is `region` read first: memory of a loaded object (not anonymous, not the heap) or a live
+/// stack? Such memory holds no Python list's buffer and no free heap chunk (those come from
+/// the C library's heap and anonymous mappings), so it is masked with the interpreter's static
+/// stale ranges alone.
+pub fn is_early(region: &Region) -> bool {
+    !region.anonymous && !region.heap
+}
+
+/// Sort the regions read after the early ones: anonymous memory right after an early region
+/// (the part of a loaded object's `.bss` its file does not cover) first, then the rest, by
+/// address within each.
+pub fn sort_late(late: &mut [Region], early: &[Region]) {
+    let mut ends: Vec<usize> = early.iter().map(|r| r.end.get()).collect();
+    ends.sort_unstable();
+    late.sort_by_key(|r| {
+        let after_object = r.anonymous && ends.binary_search(&r.start.get()).is_ok();
+        (!after_object, r.start.get())
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn object_data_and_stacks_are_early_then_bss_then_the_rest() {
+        let mut heap = Region::new(0x2000, 0x9000, false);
+        heap.heap = true;
+        let regions = [
+            Region::new(0x1000, 0x2000, false), // an object's data
+            heap,
+            Region::new(0x10000, 0x20000, true),  // anonymous
+            Region::new(0x30000, 0x31000, false), // another object's data
+            Region::new(0x31000, 0x32000, true),  // its .bss
+            Region::new(0x40000, 0x41000, false), // a live stack
+        ];
+        let (early, mut late): (Vec<Region>, Vec<Region>) =
+            regions.iter().partition(|r| is_early(r));
+        let starts = |rs: &[Region]| rs.iter().map(|r| r.start.get()).collect::<Vec<_>>();
+        assert_eq!(starts(&early), [0x1000, 0x30000, 0x40000]);
+        sort_late(&mut late, &early);
+        assert_eq!(starts(&late), [0x31000, 0x2000, 0x10000]);
+    }
+}
