@@ -9,6 +9,7 @@
 #include <stdbool.h> /* 3.13's internal headers use bool without including it */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
  * 3.9-3.13; sizes come from the headers where CPython publishes them). */
@@ -42,6 +43,66 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
     *code_type = 0;
     *bytecode = 0;
 #endif
+}
+
+/* Where a Python object ends in its pymalloc block, for the leak scan: the words after it up to
+ * the block's end are slack, left by the block's previous occupant. Writes, in order: the
+ * addresses of PyType_Type, PyType_GenericAlloc and PyUnicode_Type; the offsets in a type
+ * object of tp_basicsize, tp_itemsize, tp_flags, tp_alloc; the type flags of a GC object, of
+ * a pre-header (3.11+: dict and weakref pointers before the GC head), and of 3.13's inline
+ * values (objects whose size is not their basic size); then a str's layout: the offset of
+ * its length and its state, the state's kind, compact and ascii bits, and the header sizes of
+ * a compact ASCII and a compact non-ASCII str; the address of PyBytes_Type and the offset of a
+ * bytes object's characters. Returns the number of words written. */
+size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
+    PyASCIIObject probe;
+    uint32_t kind = 0, compact = 0, ascii = 0;
+    memset(&probe, 0, sizeof probe);
+    probe.state.kind = 7;
+    memcpy(&kind, &probe.state, sizeof kind);
+    memset(&probe, 0, sizeof probe);
+    probe.state.compact = 1;
+    memcpy(&compact, &probe.state, sizeof compact);
+    memset(&probe, 0, sizeof probe);
+    probe.state.ascii = 1;
+    memcpy(&ascii, &probe.state, sizeof ascii);
+#if PY_VERSION_HEX >= 0x030C0000
+    uintptr_t preheader = Py_TPFLAGS_PREHEADER;
+#elif PY_VERSION_HEX >= 0x030B0000
+    uintptr_t preheader = Py_TPFLAGS_MANAGED_DICT;
+#else
+    uintptr_t preheader = 0;
+#endif
+#ifdef Py_TPFLAGS_INLINE_VALUES
+    uintptr_t inline_values = Py_TPFLAGS_INLINE_VALUES;
+#else
+    uintptr_t inline_values = 0;
+#endif
+    uintptr_t layout[] = {
+        (uintptr_t)&PyType_Type,
+        (uintptr_t)&PyType_GenericAlloc,
+        (uintptr_t)&PyUnicode_Type,
+        offsetof(PyTypeObject, tp_basicsize),
+        offsetof(PyTypeObject, tp_itemsize),
+        offsetof(PyTypeObject, tp_flags),
+        offsetof(PyTypeObject, tp_alloc),
+        Py_TPFLAGS_HAVE_GC,
+        preheader,
+        inline_values,
+        offsetof(PyASCIIObject, length),
+        offsetof(PyASCIIObject, state),
+        kind,
+        compact,
+        ascii,
+        sizeof(PyASCIIObject),
+        sizeof(PyCompactUnicodeObject),
+        (uintptr_t)&PyBytes_Type,
+        offsetof(PyBytesObject, ob_sval),
+    };
+    size_t n = sizeof layout / sizeof layout[0];
+    if (n > cap) return 0;
+    memcpy(out, layout, sizeof layout);
+    return n;
 }
 
 /* 3.12 keeps a managed-dict object's inline values behind a pointer stored as their address

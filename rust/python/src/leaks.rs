@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use heapgate_core::capture::{self, PoolLayout};
+use heapgate_core::capture::{self, ObjectLayout, PoolLayout};
 use libc::{c_int, c_uint, size_t};
 use pyo3::ffi;
 use pyo3::prelude::*;
@@ -20,6 +20,7 @@ extern "C" {
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
+    fn hg_py_object_layout(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_make_scan_function(
         module: *mut ffi::PyObject,
         callback: ScanCallback,
@@ -42,19 +43,50 @@ fn pool_layout() -> PoolLayout {
         code_type,
         code_bytecode,
         values_tag,
+        objects: object_layout(),
     }
+}
+
+/// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
+fn object_layout() -> Option<ObjectLayout> {
+    let mut w = [0usize; 19];
+    // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
+    let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
+    (n == w.len()).then_some(ObjectLayout {
+        type_type: w[0],
+        generic_alloc: w[1],
+        str_type: w[2],
+        basicsize_at: w[3],
+        itemsize_at: w[4],
+        flags_at: w[5],
+        alloc_at: w[6],
+        gc_flag: w[7],
+        preheader_flags: w[8],
+        inline_values_flag: w[9],
+        str_length_at: w[10],
+        str_state_at: w[11],
+        str_kind_bits: w[12],
+        str_compact_bit: w[13],
+        str_ascii_bit: w[14],
+        str_ascii_header: w[15],
+        str_compact_header: w[16],
+        bytes_type: w[17],
+        bytes_header: w[18],
+    })
 }
 
 /// Room for the ranges of [`list_spare_slots`], grown to what a scan needed.
 static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
-/// free-list arrays, the dead part of each thread's data stack), as (start, end) ranges.
+/// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
+/// maps), as (start, end) ranges.
 fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
+    words.extend(readline_keymap_padding(_py));
     tagged_pairs(words)
 }
 
@@ -89,6 +121,78 @@ fn tagged_pairs(mut words: Vec<usize>) -> Vec<(usize, usize)> {
         .chunks_exact(2)
         .map(|pair| (pair[0], pair[1]))
         .collect()
+}
+
+/// GNU readline's key maps (when the `readline` module is loaded): 257 entries of a type byte
+/// and a function pointer each, allocated without being cleared, so the 7 padding bytes after
+/// each type keep what the memory held before, seen to name the address of a leaked object.
+/// Returns the (start, end) word pairs of every entry's first word (type and padding: no
+/// reference), for the standard maps and every map bound under them.
+fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
+    const KEYMAP_SIZE: usize = 257; // readline 6.0 and later (ANYOTHERKEY is the last entry)
+    const ISKMAP: u8 = 1;
+    const ENTRY: usize = 16;
+    let Some(path) = py
+        .import("sys")
+        .and_then(|sys| sys.getattr("modules"))
+        .and_then(|m| m.get_item("readline"))
+        .and_then(|r| r.getattr("__file__"))
+        .and_then(|f| f.extract::<String>())
+        .ok()
+        .and_then(|p| std::ffi::CString::new(p).ok())
+    else {
+        return Vec::new();
+    };
+    // SAFETY: RTLD_NOLOAD only looks up the loaded module (no code runs); the handle is
+    // closed below. dlsym searches the module and the libraries it loaded (libreadline).
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Vec::new();
+    }
+    let symbol = |name: &std::ffi::CStr| {
+        // SAFETY: a valid handle and a NUL-terminated name.
+        unsafe { libc::dlsym(handle, name.as_ptr()) as usize }
+    };
+    let version = symbol(c"rl_readline_version");
+    // SAFETY: GNU readline's `int rl_readline_version` (0x0802 for 8.2) when found.
+    let gnu = version != 0 && unsafe { *(version as *const libc::c_int) } >= 0x0600;
+    let mut maps: Vec<usize> = if gnu {
+        [
+            c"emacs_standard_keymap",
+            c"emacs_meta_keymap",
+            c"emacs_ctlx_keymap",
+            c"vi_insertion_keymap",
+            c"vi_movement_keymap",
+        ]
+        .into_iter()
+        .map(symbol)
+        .filter(|a| *a != 0)
+        .collect()
+    } else {
+        Vec::new()
+    };
+    let mut seen = Vec::new();
+    let mut out = Vec::new();
+    while let Some(map) = maps.pop() {
+        if seen.contains(&map) || seen.len() >= 4096 || map % std::mem::size_of::<usize>() != 0 {
+            continue;
+        }
+        seen.push(map);
+        for i in 0..KEYMAP_SIZE {
+            let entry = map + i * ENTRY;
+            // SAFETY: a key map of readline's (a static map or one it bound under one), of
+            // KEYMAP_SIZE entries; the GIL holder is the only caller of readline.
+            let (kind, function) =
+                unsafe { (*(entry as *const u8), *((entry + 8) as *const usize)) };
+            if kind == ISKMAP && function != 0 {
+                maps.push(function);
+            }
+            out.extend([entry, entry + 8]);
+        }
+    }
+    // SAFETY: the handle from dlopen above.
+    unsafe { libc::dlclose(handle) };
+    out
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {

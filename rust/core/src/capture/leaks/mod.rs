@@ -28,7 +28,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-pub use pymalloc::PoolLayout;
+pub use pymalloc::{ObjectLayout, PoolLayout};
 
 use super::arch::has_thread_control_block;
 use super::session::{is_active, session};
@@ -37,7 +37,7 @@ use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker}
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
-use pymalloc::pool_mask;
+use pymalloc::{pool_mask, SizedType};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 
 /// Classify the tracked test's live blocks by reachability (definitely lost, indirectly
@@ -102,6 +102,20 @@ pub fn scan_leaks(
     let early_dead = merged_tagged(stale.to_vec());
     let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut mask = Vec::with_capacity(scratch.words().len());
+    // Type objects seen where an object's type would be, sized once each (see `pool_mask`).
+    let mut sized_types: std::collections::HashMap<usize, Option<SizedType>> =
+        std::collections::HashMap::new();
+    let mut types = |ty: usize| -> Option<SizedType> {
+        let objects = pools.and_then(|p| p.objects)?;
+        *sized_types.entry(ty).or_insert_with(|| {
+            let mut words = [0usize; 64];
+            let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
+            let words = words.get_mut(..len)?;
+            (read_words(ty, words) == len)
+                .then(|| objects.sized_type(words))
+                .flatten()
+        })
+    };
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
@@ -122,6 +136,7 @@ pub fn scan_leaks(
                         pools.as_ref(),
                         dead,
                         (&mut *scratch, &mut mask),
+                        &mut types,
                         visit,
                     )?;
                 }
@@ -320,7 +335,9 @@ fn usable_size(address: usize, size: u64, allocator: Allocator) -> usize {
 
 /// Hand the root words of `range` (within `region`) to `visit`, chunk by chunk: candidates'
 /// words left out, `free` ranges (sorted, tagged) skipped unread, and in pymalloc pools only
-/// the words of blocks in use. `scratch`: the copy buffer and a mask buffer, reused.
+/// the words of blocks in use, up to the end of the object they hold when `types` sizes it
+/// (see `pool_mask`). `scratch`: the copy buffer and a mask buffer, reused.
+#[allow(clippy::too_many_arguments)]
 fn visit_region(
     region: Region,
     range: (usize, usize),
@@ -328,6 +345,7 @@ fn visit_region(
     pools: Option<&PoolLayout>,
     free: &[(usize, usize)],
     scratch: (&mut [usize], &mut Vec<bool>),
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
     visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>,
 ) -> ControlFlow<()> {
     let (buffer, mask) = scratch;
@@ -364,7 +382,7 @@ fn visit_region(
             mask.clear();
             match pools
                 .filter(|_| region.anonymous)
-                .and_then(|layout| pool_mask(words, at, layout))
+                .and_then(|layout| pool_mask(words, at, layout, types))
             {
                 Some(pool) => mask.extend_from_slice(&pool),
                 None => mask.resize(len, true),

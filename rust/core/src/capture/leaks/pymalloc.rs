@@ -20,14 +20,186 @@ pub struct PoolLayout {
     /// What CPython subtracts from the address of an object's inline values before storing
     /// it (3.12 stores `values - 1`; 0 elsewhere): such a word references the values block.
     pub values_tag: usize,
+    /// Where a Python object ends in its block (`None`: unknown, blocks are read whole).
+    pub objects: Option<ObjectLayout>,
+}
+
+/// What the scan needs to find where a Python object ends in its pymalloc block: the words
+/// after its end are slack that the block's previous occupant left (a stale pointer there
+/// would hide a leak). Addresses and offsets of the running CPython (see the binding's shim).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectLayout {
+    /// `&PyType_Type`: the type of every type object whose instances are recognised.
+    pub type_type: usize,
+    /// `PyType_GenericAlloc`: instances of types allocating through it are `tp_basicsize`
+    /// bytes (plus the pre-header) when `tp_itemsize` is 0.
+    pub generic_alloc: usize,
+    /// `&PyUnicode_Type` (a str's size follows from its length and state).
+    pub str_type: usize,
+    /// Byte offset of `tp_basicsize` in a type object.
+    pub basicsize_at: usize,
+    /// Byte offset of `tp_itemsize`.
+    pub itemsize_at: usize,
+    /// Byte offset of `tp_flags`.
+    pub flags_at: usize,
+    /// Byte offset of `tp_alloc`.
+    pub alloc_at: usize,
+    /// Type flag: tracked by the cyclic GC (a 16-byte GC head before the object).
+    pub gc_flag: usize,
+    /// Type flags of a pre-header (3.11+: 16 more bytes before the GC head).
+    pub preheader_flags: usize,
+    /// Type flag of inline values after the basic size (3.13; 0 elsewhere).
+    pub inline_values_flag: usize,
+    /// Byte offset of a str's length.
+    pub str_length_at: usize,
+    /// Byte offset of a str's state (a 32-bit field).
+    pub str_state_at: usize,
+    /// The state's kind bits (1, 2 or 4 bytes per character).
+    pub str_kind_bits: usize,
+    /// The state's compact bit (characters right after the header).
+    pub str_compact_bit: usize,
+    /// The state's ascii bit.
+    pub str_ascii_bit: usize,
+    /// Header bytes of a compact ASCII str.
+    pub str_ascii_header: usize,
+    /// Header bytes of a compact non-ASCII str.
+    pub str_compact_header: usize,
+    /// `&PyBytes_Type` (a bytes object is its header, `ob_size` bytes and a terminator).
+    pub bytes_type: usize,
+    /// Offset of a bytes object's characters.
+    pub bytes_header: usize,
+}
+
+/// A type object whose instances the scan can size: its basic size and flags.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SizedType {
+    /// `tp_basicsize`.
+    pub basicsize: usize,
+    /// `tp_itemsize`: 0, or a pointer's size (an array of `ob_size` references follows the
+    /// basic size, as in a tuple).
+    pub itemsize: usize,
+    /// `tp_flags`.
+    pub flags: usize,
+}
+
+impl ObjectLayout {
+    /// The type object at `words` (its first words, read safely), if its instances are
+    /// `tp_basicsize` bytes after the pre-header plus `ob_size` pointers when it has items: a
+    /// type object (its type is `PyType_Type`), allocating through `PyType_GenericAlloc`, of
+    /// no item size or a pointer's, and no inline values. (An item size of 1, 2 or 4 is left
+    /// out: bytes, code and 3.12's ints count their items otherwise.)
+    pub fn sized_type(&self, words: &[usize]) -> Option<SizedType> {
+        let word = std::mem::size_of::<usize>();
+        let at = |offset: usize| words.get(offset / word).copied();
+        let (basicsize, itemsize) = (at(self.basicsize_at)?, at(self.itemsize_at)?);
+        let (flags, alloc) = (at(self.flags_at)?, at(self.alloc_at)?);
+        (at(word)? == self.type_type
+            && alloc == self.generic_alloc
+            && (itemsize == 0 || itemsize == word)
+            && flags & self.inline_values_flag == 0
+            && (2 * word..=4096).contains(&basicsize))
+        .then_some(SizedType {
+            basicsize,
+            itemsize,
+            flags,
+        })
+    }
+
+    /// Bytes of a type object to read for [`sized_type`](Self::sized_type).
+    pub fn type_bytes(&self) -> usize {
+        [
+            self.basicsize_at,
+            self.itemsize_at,
+            self.flags_at,
+            self.alloc_at,
+        ]
+        .into_iter()
+        .max()
+        .unwrap_or(0)
+            + std::mem::size_of::<usize>()
+    }
+
+    /// Where the Python object in `block` (a pymalloc block of `size` bytes in use) ends, in
+    /// bytes from the block's start, if the block holds one: its reference count (at most
+    /// 2^32: never an address) is followed by `str`, `bytes` or a type the scan can size
+    /// (`types`: see [`sized_type`](Self::sized_type)) whose flags put the object where it is
+    /// found (after no header, a GC head, or a pre-header and a GC head), and the object's size
+    /// rounds up to exactly this block's size class. Anything else (a buffer, an object of
+    /// another layout): `None`, and the block is read whole.
+    pub fn object_end(
+        &self,
+        block: &[usize],
+        size: usize,
+        types: &mut dyn FnMut(usize) -> Option<SizedType>,
+    ) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        let fits = |end: usize| (end.next_multiple_of(16) == size).then_some(end);
+        [0usize, 2, 4].into_iter().find_map(|header| {
+            let (refcount, ty) = (*block.get(header)?, *block.get(header + 1)?);
+            if refcount == 0 || refcount > u32::MAX as usize || ty % word != 0 || ty < 4096 {
+                return None;
+            }
+            if ty == self.str_type {
+                return (header == 0)
+                    .then(|| self.str_end(block))
+                    .flatten()
+                    .and_then(fits);
+            }
+            if ty == self.bytes_type {
+                let length = *block.get(2).filter(|n| **n <= 4096)?;
+                return (header == 0)
+                    .then_some(self.bytes_header + length + 1)
+                    .and_then(fits);
+            }
+            let t = types(ty)?;
+            let gc = t.flags & self.gc_flag != 0;
+            let preheader = t.flags & self.preheader_flags != 0;
+            let expected = match (gc, preheader) {
+                (false, false) => 0,
+                (true, false) => 2,
+                (true, true) => 4,
+                (false, true) => return None,
+            };
+            let items = match t.itemsize {
+                0 => 0,
+                _ => t.itemsize * (*block.get(header + 2)?).min(1 << 16),
+            };
+            (header == expected)
+                .then(|| fits(header * word + t.basicsize + items))
+                .flatten()
+        })
+    }
+
+    /// The end of a compact str (its characters and terminator after the header).
+    fn str_end(&self, block: &[usize]) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        let length = *block.get(self.str_length_at / word)?;
+        let state_word = *block.get(self.str_state_at / word)?;
+        let state = (state_word >> ((self.str_state_at % word) * 8)) & 0xffff_ffff;
+        let kind = (state & self.str_kind_bits) >> self.str_kind_bits.trailing_zeros();
+        if state & self.str_compact_bit == 0 || !matches!(kind, 1 | 2 | 4) || length > 4096 {
+            return None;
+        }
+        Some(if state & self.str_ascii_bit != 0 {
+            self.str_ascii_header + length + 1
+        } else {
+            self.str_compact_header + (length + 1) * kind
+        })
+    }
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
 /// in use, first word included (an object's is a reference count or a GC link, which is no
-/// pointer to a candidate's start, but a buffer's — a list's items — is a reference). Free
-/// blocks, never-used blocks and empty pools hold only stale data. `None` when the chunk is not
-/// a pymalloc pool.
-pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Vec<bool>> {
+/// pointer to a candidate's start, but a buffer's — a list's items — is a reference), up to
+/// the end of the Python object a block holds when its size is known (see
+/// [`ObjectLayout::object_end`]; `types` sizes a type object). Free blocks, never-used blocks
+/// and empty pools hold only stale data. `None` when the chunk is not a pymalloc pool.
+pub fn pool_mask(
+    words: &[usize],
+    base: usize,
+    layout: &PoolLayout,
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Option<Vec<bool>> {
     let word = std::mem::size_of::<usize>();
     if std::mem::size_of_val(words) != layout.pool_size
         || base % layout.pool_size != 0
@@ -82,6 +254,11 @@ pub fn pool_mask(words: &[usize], base: usize, layout: &PoolLayout) -> Option<Ve
         let mut last = ((layout.overhead + (i + 1) * size) / word).min(words.len());
         if layout.code_type != 0 && first + 1 < last && words[first + 1] == layout.code_type {
             last = last.min(first + layout.code_bytecode / word);
+        } else if let Some(end) = layout
+            .objects
+            .and_then(|o| o.object_end(&words[first..last], size, types))
+        {
+            last = last.min(first + end.div_ceil(word));
         }
         if first < last {
             mask[first..last].fill(true);
@@ -103,6 +280,7 @@ mod tests {
             code_type: 0xc0de,
             code_bytecode: 16,
             values_tag: 0,
+            objects: None,
         };
         let base = 0x10000;
         let mut words = vec![0usize; 32];
@@ -112,17 +290,121 @@ mod tests {
         words[1] = base + 48 + size; // freeblock -> block 1
         words[4] = 1usize << 32; // arenaindex 0, szidx 1
         words[5] = ((256 - size) << 32) | (48 + 4 * size); // maxnextoffset, nextoffset
-        let mask = pool_mask(&words, base, &layout).expect("a pool");
+        let mask = pool_mask(&words, base, &layout, &mut |_| None).expect("a pool");
         let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
         // blocks 0, 2, 3 at words 6.., 14.., 18..; each 4 words, all scanned (a PyMem buffer's
         // first word is a reference: a list's first item).
         assert_eq!(scanned, [6, 7, 8, 9, 14, 15, 16, 17, 18, 19, 20, 21]);
         // Block 2 is a code object: its words from the bytecode on hold no references.
         words[14 + 1] = 0xc0de;
-        let mask = pool_mask(&words, base, &layout).expect("a pool");
+        let mask = pool_mask(&words, base, &layout, &mut |_| None).expect("a pool");
         let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
         assert_eq!(scanned, [6, 7, 8, 9, 14, 15, 18, 19, 20, 21]);
         words[5] = 12345;
-        assert!(pool_mask(&words, base, &layout).is_none());
+        assert!(pool_mask(&words, base, &layout, &mut |_| None).is_none());
+    }
+
+    fn objects() -> ObjectLayout {
+        ObjectLayout {
+            type_type: 0x7000,
+            generic_alloc: 0x7100,
+            str_type: 0x7200,
+            basicsize_at: 32,
+            itemsize_at: 40,
+            flags_at: 48,
+            alloc_at: 56,
+            gc_flag: 1 << 14,
+            preheader_flags: 1 << 4,
+            inline_values_flag: 1 << 2,
+            str_length_at: 16,
+            str_state_at: 32,
+            str_kind_bits: 0x1c,
+            str_compact_bit: 0x20,
+            str_ascii_bit: 0x40,
+            str_ascii_header: 40,
+            str_compact_header: 56,
+            bytes_type: 0x7300,
+            bytes_header: 32,
+        }
+    }
+
+    #[test]
+    fn the_slack_after_a_sized_object_is_no_root() {
+        let o = objects();
+        // A type object: its type, then basic size 24, no item size, flags, generic alloc.
+        let float_type = [1, 0x7000, 0, 0, 24, 0, 0, 0x7100];
+        let sized = o.sized_type(&float_type).expect("a sized type");
+        assert_eq!(
+            sized,
+            SizedType {
+                basicsize: 24,
+                itemsize: 0,
+                flags: 0
+            }
+        );
+        assert_eq!(o.type_bytes(), 64);
+        // Not a type object, a custom allocator, an item size, inline values: not sized.
+        for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 4), (6, 1 << 2)] {
+            let mut t = float_type;
+            t[i] = v;
+            assert_eq!(o.sized_type(&t), None, "word {i}");
+        }
+        let gc_type = SizedType {
+            basicsize: 136,
+            itemsize: 0,
+            flags: 1 << 14,
+        };
+        let tuple_type = SizedType {
+            basicsize: 24,
+            itemsize: 8,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| match t {
+            0x8000 => Some(sized),
+            0x8100 => Some(gc_type),
+            0x8200 => Some(tuple_type),
+            _ => None,
+        };
+        // A tuple of 4 after its GC head: 16 + 24 + 32 bytes in an 80-byte block.
+        let mut tuple = [0usize; 10];
+        tuple[..5].copy_from_slice(&[0x9000, 0x9100, 1, 0x8200, 4]);
+        assert_eq!(o.object_end(&tuple, 80, &mut types), Some(72));
+        // A float (refcount, type, value) in a 32-byte block: its fourth word is slack.
+        assert_eq!(
+            o.object_end(&[1, 0x8000, 7, 0xdead], 32, &mut types),
+            Some(24)
+        );
+        // A GC object of 136 bytes after its 16-byte head, in a 160-byte block.
+        let mut function = [0usize; 20];
+        function[..4].copy_from_slice(&[0x9000, 0x9100, 3, 0x8100]);
+        assert_eq!(o.object_end(&function, 160, &mut types), Some(152));
+        // ... but not in a 176-byte block (a size that is not its class), nor at the wrong
+        // offset for its flags, nor behind an address where a reference count belongs.
+        assert_eq!(o.object_end(&function, 176, &mut types), None);
+        assert_eq!(o.object_end(&[1, 0x8100, 0, 0], 32, &mut types), None);
+        assert_eq!(
+            o.object_end(&[0x5555_0000_1000, 0x8000, 7, 0xdead], 32, &mut types),
+            None
+        );
+        // A list's item buffer whose second item is a type object: the first is an address.
+        assert_eq!(
+            o.object_end(&[0x7f00_0000_1000, 0x8000, 0, 0], 32, &mut types),
+            None
+        );
+        // A compact ASCII str of 20 characters: 40 + 21 bytes, in a 64-byte block.
+        let mut text = [0usize; 8];
+        text[..5].copy_from_slice(&[1, 0x7200, 20, 0, 0xe4]);
+        assert_eq!(o.object_end(&text, 64, &mut types), Some(61));
+        // A compact UCS-2 str of 3 characters: 56 + 8 bytes.
+        text[2] = 3;
+        text[4] = 0xa8;
+        assert_eq!(o.object_end(&text, 64, &mut types), Some(64));
+        // Not compact: no size known.
+        text[4] = 0x88;
+        assert_eq!(o.object_end(&text, 64, &mut types), None);
+        // bytes of length 20: 32 + 21 bytes, in a 64-byte block.
+        let bytes = [1, 0x7300, 20, 0, 0, 0, 0, 0xdead];
+        assert_eq!(o.object_end(&bytes, 64, &mut types), Some(53));
+        assert_eq!(o.object_end(&bytes, 80, &mut types), None);
     }
 }
