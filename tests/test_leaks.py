@@ -143,6 +143,13 @@ EXACT = ("-p", "no:logging")
 # checks of C-level leaks hold in every one of several fresh processes.
 RUNS = 3
 
+# Every test here judges the conservative scan, whose exactness depends on where the allocators
+# put the blocks of each fresh process: a stale word that names an address a leaked block now
+# occupies hides it (README, Known limits; issue 11). Under CI load the layout moves and a test
+# that needs exact counts in several processes can see one such miss; a rerun starts new
+# processes with a new layout. A scan that is wrong in every layout fails all three attempts.
+pytestmark = pytest.mark.flaky(reruns=2)
+
 # CPython 3.9 and 3.10 keep each code object's last frame for reuse (a "zombie frame"); its
 # value stack keeps stale slots from the previous run, which can name the address a leaked
 # block now occupies, and the conservative scan then sees that block as still reachable
