@@ -409,17 +409,8 @@ impl Tracker {
         let key = tagged(addr);
         // An address we still hold was freed behind our back (an untracked path): it is
         // replaced, and removed from the counts before the new block is added.
-        let fitted = fitted(size);
-        let block = HeapBlock {
-            size: fitted.unwrap_or(BIG),
-            site,
-        };
-        if let Some(old) = self.live.insert(key, block) {
-            let old = self.unpack(key, old);
+        if let Some(old) = self.insert_live(key, LiveBlock { size, site }) {
             self.remove(old);
-        }
-        if fitted.is_none() {
-            self.big_sizes.insert(key, size);
         }
         self.add(site, size);
     }
@@ -442,15 +433,27 @@ impl Tracker {
         s.current_count += 1;
         self.current += block.size;
         self.current_count += 1;
+        self.insert_live(key, block);
+    }
+
+    /// Put `block` in the live table at `key` (its size beside the table when too large for
+    /// a [`HeapBlock`]); returns the block it replaced there, if any.
+    #[inline]
+    fn insert_live(&mut self, key: usize, block: LiveBlock) -> Option<LiveBlock> {
         let fitted = fitted(block.size);
         let packed = HeapBlock {
             size: fitted.unwrap_or(BIG),
             site: block.site,
         };
-        self.live.insert(key, packed);
+        // The replaced block's size is taken from beside the table before this one's goes there.
+        let old = self
+            .live
+            .insert(key, packed)
+            .map(|old| self.unpack(key, old));
         if fitted.is_none() {
             self.big_sizes.insert(key, block.size);
         }
+        old
     }
 
     /// The block a live table entry taken out at `key` stands for.
