@@ -81,12 +81,12 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
 /// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
 /// maps), as (start, end) ranges.
-fn stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
+fn stale_slots(py: Python<'_>) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    words.extend(readline_keymap_padding(_py));
+    words.extend(readline_keymap_padding(py));
     tagged_pairs(words)
 }
 
