@@ -18,6 +18,7 @@
 //! a reference, and is ignored.
 
 mod glibc;
+mod late;
 mod maps;
 mod order;
 mod origin;
@@ -122,28 +123,33 @@ pub fn scan_leaks(
             explain_references(registers, &mask, 0, Region::new(0, 0, false), &candidates);
         }
         visit(registers)?;
-        let mut read = |regions: &[Region], dead: &[(usize, usize)], scratch: &mut [usize]| {
-            for region in regions {
-                // Pools are read whole (their headers say which blocks are in use).
-                let grid = pools
-                    .filter(|_| region.anonymous)
-                    .map_or(4096, |p| p.pool_size);
-                for (from, to) in resident_ranges(pagemap.as_mut(), *region, grid) {
-                    visit_region(
-                        *region,
-                        (from, to),
-                        &candidates,
-                        pools.as_ref(),
-                        dead,
-                        (&mut *scratch, &mut mask),
-                        &mut types,
-                        visit,
-                    )?;
-                }
-            }
-            ControlFlow::Continue(())
+        let mut read_range = |region: &Region,
+                              range: (usize, usize),
+                              dead: &[(usize, usize)],
+                              scratch: &mut [usize]| {
+            visit_region(
+                *region,
+                range,
+                &candidates,
+                pools.as_ref(),
+                dead,
+                (scratch, &mut mask),
+                &mut types,
+                visit,
+            )
         };
-        read(&early, &early_dead, scratch.words())?;
+        let mut resident = |region: &Region| {
+            // Pools are read whole (their headers say which blocks are in use).
+            let grid = pools
+                .filter(|_| region.anonymous)
+                .map_or(4096, |p| p.pool_size);
+            resident_ranges(pagemap.as_mut(), *region, grid)
+        };
+        for region in &early {
+            for range in resident(region) {
+                read_range(region, range, &early_dead, scratch.words())?;
+            }
+        }
         // Not every candidate is reachable from there: the rest of memory, and what holds no
         // references in it (found only now: this costs what the process holds).
         let mut late: Vec<Region> = {
@@ -160,8 +166,45 @@ pub fn scan_leaks(
         .filter(|r| !order::is_early(r) && outside_scratch(r))
         .collect();
         order::sort_late(&mut late, &early);
-        let dead = merged_tagged(late_dead(&late, stale, heap_stale()));
-        read(&late, &dead, scratch.words())
+        // What holds no references there, found only once a region it can lie in is reached
+        // (see `late`); loaded objects' `.bss` first, which holds none of them.
+        let mut always = scrub::big_blocks();
+        always.extend_from_slice(stale);
+        let statics = late::static_data();
+        let mut find_heap_free = heap_free_chunks;
+        let mut late_dead =
+            late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
+        let buffer_bytes = std::mem::size_of_val(scratch.words());
+        let mut rest: Vec<(&Region, Option<Vec<(usize, usize)>>)> = Vec::new();
+        for region in &late {
+            let chunk = chunk_bytes(region, pools.as_ref(), buffer_bytes);
+            let split = late::static_prefix_end(&statics, region, chunk);
+            if split == region.start.get() {
+                rest.push((region, None));
+                continue;
+            }
+            let ranges = resident(region);
+            for &(from, to) in &ranges {
+                if from < split {
+                    let dead = late_dead.for_static_data();
+                    read_range(region, (from, to.min(split)), dead, scratch.words())?;
+                }
+            }
+            let after: Vec<(usize, usize)> = ranges
+                .into_iter()
+                .filter(|(_, to)| *to > split)
+                .map(|(from, to)| (from.max(split), to))
+                .collect();
+            if !after.is_empty() {
+                rest.push((region, Some(after)));
+            }
+        }
+        for (region, ranges) in rest {
+            for range in ranges.unwrap_or_else(|| resident(region)) {
+                read_range(region, range, late_dead.for_region(region), scratch.words())?;
+            }
+        }
+        ControlFlow::Continue(())
     };
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
     let read_block = |start: usize, len: usize| -> Vec<usize> {
@@ -211,27 +254,12 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// Ranges of the late regions that hold no references: free chunks of the main heap (a large
-/// one is jumped over, never read), heapgate's own big tables (the live table alone is tens of
-/// MiB), and the interpreter's stale ranges.
-fn late_dead(
-    late: &[Region],
-    stale: &[(usize, usize)],
-    heap_stale: Vec<(usize, usize)>,
-) -> Vec<(usize, usize)> {
-    let mut dead: Vec<(usize, usize)> = late
-        .iter()
-        .find(|r| r.heap)
-        .and_then(|heap| {
-            let (start, end) = (heap.start.get(), heap.end.get());
-            let mut window = WindowReader::new(start, end)?;
-            glibc_free_chunks(&mut |addr| window.word_at(addr), start, end)
-        })
-        .unwrap_or_default();
-    dead.extend(scrub::big_blocks());
-    dead.extend_from_slice(stale);
-    dead.extend(heap_stale);
-    dead
+/// The free chunks of glibc's main heap `heap` (a large one is jumped over, never read).
+fn heap_free_chunks(heap: &Region) -> Vec<(usize, usize)> {
+    let (start, end) = (heap.start.get(), heap.end.get());
+    WindowReader::new(start, end)
+        .and_then(|mut window| glibc_free_chunks(&mut |addr| window.word_at(addr), start, end))
+        .unwrap_or_default()
 }
 
 /// `ranges` tagged (see `tagged`; any already tagged stay so), empty ones dropped, sorted and
@@ -352,11 +380,7 @@ fn visit_region(
     let word = std::mem::size_of::<usize>();
     // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
-    let chunk = match pools {
-        Some(layout) if region.anonymous => layout.pool_size,
-        _ => std::mem::size_of_val(buffer),
-    }
-    .min(std::mem::size_of_val(buffer));
+    let chunk = chunk_bytes(&region, pools, std::mem::size_of_val(buffer));
     let (start, end) = (range.0 & !(word - 1), range.1);
     let mut at = start;
     let mut next_free = free.partition_point(|(_, e)| untagged(*e) <= at);
@@ -403,6 +427,16 @@ fn visit_region(
         at = chunk_end;
     }
     ControlFlow::Continue(())
+}
+
+/// The bytes `visit_region` reads `region` by, with a copy buffer of `buffer_bytes`: chunks
+/// start on multiples of it, so a pool is always read whole.
+fn chunk_bytes(region: &Region, pools: Option<&PoolLayout>, buffer_bytes: usize) -> usize {
+    match pools {
+        Some(layout) if region.anonymous => layout.pool_size,
+        _ => buffer_bytes,
+    }
+    .min(buffer_bytes)
 }
 
 /// Regions at least this big are read only where pages are resident (or swapped out):
