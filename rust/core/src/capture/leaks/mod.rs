@@ -104,18 +104,38 @@ pub fn scan_leaks(
     let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut mask = Vec::with_capacity(scratch.words().len());
     // Type objects seen where an object's type would be, sized once each (see `pool_mask`).
-    let mut sized_types: std::collections::HashMap<usize, Option<SizedType>> =
-        std::collections::HashMap::new();
+    // Asked for every block of every pool read: the blocks of a pool mostly share one type, so
+    // the last answer is kept at hand.
+    let mut sized_types: rustc_hash::FxHashMap<usize, Option<SizedType>> =
+        rustc_hash::FxHashMap::default();
+    // Most words taken for a type are no address at all (the digits of an int): they are
+    // answered from the mappings, without a read or a place in the table.
+    let mut readable: Vec<(usize, usize)> = maps
+        .iter()
+        .filter(|m| m.perms.starts_with('r'))
+        .map(|m| (m.start.get(), m.end.get()))
+        .collect();
+    readable.sort_unstable();
+    let mut last_type: Option<(usize, Option<SizedType>)> = None;
     let mut types = |ty: usize| -> Option<SizedType> {
         let objects = pools.and_then(|p| p.objects)?;
-        *sized_types.entry(ty).or_insert_with(|| {
+        if let Some((_, sized)) = last_type.filter(|(seen, _)| *seen == ty) {
+            return sized;
+        }
+        let i = readable.partition_point(|(start, _)| *start <= ty);
+        if i == 0 || ty >= readable[i - 1].1 {
+            return None;
+        }
+        let sized = *sized_types.entry(ty).or_insert_with(|| {
             let mut words = [0usize; 64];
             let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
             let words = words.get_mut(..len)?;
             (read_words(ty, words) == len)
                 .then(|| objects.sized_type(words))
                 .flatten()
-        })
+        });
+        last_type = Some((ty, sized));
+        sized
     };
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
