@@ -195,7 +195,9 @@ pub fn scan_leaks(
         let mut late_dead =
             late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
         let buffer_bytes = std::mem::size_of_val(scratch.words());
-        let mut rest: Vec<(&Region, Option<Vec<(usize, usize)>>)> = Vec::new();
+        // The rest of each region: its resident ranges when found already.
+        type Resident = Option<Vec<(usize, usize)>>;
+        let mut rest: Vec<(&Region, Resident)> = Vec::new();
         for region in &late {
             let chunk = chunk_bytes(region, pools.as_ref(), buffer_bytes);
             let split = late::static_prefix_end(&statics, region, chunk);
