@@ -49,12 +49,13 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: ranges
 /// that hold no references (the interpreter's unused free-list slots), tagged or not (see
 /// `tagged`: a range inside a candidate, held untagged, would read as a pointer into it);
-/// `heap_stale` gives more such ranges that lie only in the heap or anonymous memory (lists'
-/// spare capacity), and is called only if the scan reads there: finding them may cost what
-/// the process holds. The scan reads loaded objects' data and the live stacks first and stops
-/// as soon as every candidate is reachable (see `order`). `stack_from`: an
-/// address in the caller's frame; the calling thread's stack is scanned from there up, plus
-/// `registers` (the caller's saved registers). `pools`: pymalloc's geometry, if known.
+/// `heap_stale` gives more such ranges that lie only in memory allocated at run time, never in
+/// a loaded object's static data (lists' spare capacity), and is called only if the scan reads
+/// such memory: finding them may cost what the process holds (see `late`). The scan reads
+/// loaded objects' data and the live stacks first and stops as soon as every candidate is
+/// reachable (see `order`). `stack_from`: an address in the caller's frame; the calling
+/// thread's stack is scanned from there up, plus `registers` (the caller's saved registers).
+/// `pools`: pymalloc's geometry, if known.
 ///
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
