@@ -6,15 +6,10 @@
 //!
 //! A kind of range is found before the first region it can lie in is read, so every region is
 //! read with exactly the ranges it would be read with had all been found first: the verdicts
-//! are those of the eager scan (a property test below checks this on real memory). Until the
-//! lists are found, memory is first only looked through for a word that points into a
-//! candidate ([`first_reference`]): memory before the first such word reaches nothing, so a
-//! test whose lost blocks nobody points to never has the lists looked for.
+//! are those of the eager scan (a property test below checks this on real memory).
 
-use super::super::tagged::untagged;
 use super::maps::Region;
 use super::merged_tagged;
-use super::reach::{mask_out_candidates, mask_out_ranges, Candidate};
 
 /// Static data of loaded objects: the writable `PT_LOAD` segments at their runtime addresses,
 /// to whole pages (the rest of a segment's last page is the object's mapping too), sorted.
@@ -77,25 +72,6 @@ impl<'a> LateDead<'a> {
         &self.merged
     }
 
-    /// Have the lists' ranges been found?
-    pub fn lists_found(&self) -> bool {
-        self.lists.is_some()
-    }
-
-    /// The ranges found so far, with the heap's free chunks when `region` is the heap, but
-    /// without looking for the lists: enough to tell where `region` may hold a reference (see
-    /// [`first_reference`]).
-    pub fn without_lists(&mut self, region: &Region) -> &[(usize, usize)] {
-        if region.heap && self.heap_free.is_none() {
-            self.heap_free = Some((self.find_heap_free)(region));
-            let mut all = self.always.clone();
-            all.extend(self.heap_free.iter().flatten());
-            all.extend(self.lists.iter().flatten());
-            self.merged = merged_tagged(all);
-        }
-        &self.merged
-    }
-
     /// The ranges to read `region` with (tagged, sorted, merged): every range that lies in
     /// it is among them.
     pub fn for_region(&mut self, region: &Region) -> &[(usize, usize)] {
@@ -132,67 +108,6 @@ pub fn static_prefix_end(statics: &[(usize, usize)], region: &Region, chunk: usi
     }
 }
 
-/// The first address of `range` from which a word could point into a candidate (`None`: no
-/// word can), on the grid of `chunk` bytes the scan reads by (or the range's start). Reads
-/// every word the scan could hand over — all but candidates' own and those inside `dead`
-/// (tagged, sorted) — through `read` (words at an address; the count read). Before the first
-/// such word the scan's roots can reach nothing, so reading from there on with every range
-/// found gives the verdicts of reading it all: the lists need not be looked for at all when
-/// the memory left holds no such word (a test that loses blocks nobody points to).
-pub fn first_reference(
-    range: (usize, usize),
-    chunk: usize,
-    dead: &[(usize, usize)],
-    candidates: &[Candidate],
-    buffer: &mut [usize],
-    read: &mut dyn FnMut(usize, &mut [usize]) -> usize,
-) -> Option<usize> {
-    let word = std::mem::size_of::<usize>();
-    let (first, last) = (candidates.first()?, candidates.last()?);
-    let (lo, hi) = (
-        first.start_address(),
-        last.start_address() + last.size as usize,
-    );
-    let end = range.1;
-    let mut at = range.0 & !(word - 1);
-    let mut mask = Vec::with_capacity(buffer.len());
-    while at < end {
-        // Inside a dead range: nothing there is handed over.
-        let i = dead.partition_point(|(_, e)| untagged(*e) <= at);
-        if let Some(&(s, e)) = dead.get(i) {
-            if untagged(s) <= at {
-                at = untagged(e).next_multiple_of(word);
-                continue;
-            }
-        }
-        let len = (end.min(at + std::mem::size_of_val(buffer)) - at) / word;
-        if len == 0 {
-            break;
-        }
-        let words = &mut buffer[..len];
-        // An unreadable part is handed over by no one either.
-        let n = read(at, words);
-        mask.clear();
-        mask.resize(n, true);
-        mask_out_candidates(&mut mask, at, candidates);
-        mask_out_ranges(&mut mask, at, dead);
-        let hit = words[..n].iter().zip(&mask).position(|(w, keep)| {
-            *keep && (lo..hi).contains(w) && {
-                let c = candidates.partition_point(|c| c.start_address() <= *w);
-                c > 0 && {
-                    let c = &candidates[c - 1];
-                    *w < c.start_address() + c.size as usize
-                }
-            }
-        });
-        if let Some(k) = hit {
-            return Some(((at + k * word) / chunk * chunk).max(range.0));
-        }
-        at += len * word;
-    }
-    None
-}
-
 /// Does one of the sorted `ranges` hold all of `region`?
 fn within(ranges: &[(usize, usize)], region: &Region) -> bool {
     let (start, end) = (region.start.get(), region.end.get());
@@ -211,22 +126,13 @@ mod tests {
     /// The root words `visit_region` hands over for `range` of `region` read with `dead`, in
     /// the chunks it hands them over in.
     fn visited(region: Region, range: (usize, usize), dead: &[(usize, usize)]) -> Vec<Vec<usize>> {
-        visited_with(region, range, dead, &[])
-    }
-
-    fn visited_with(
-        region: Region,
-        range: (usize, usize),
-        dead: &[(usize, usize)],
-        candidates: &[Candidate],
-    ) -> Vec<Vec<usize>> {
         let mut scratch = vec![0usize; 512];
         let mut mask = Vec::new();
         let mut chunks = Vec::new();
         let _ = visit_region(
             region,
             range,
-            candidates,
+            &[],
             None,
             dead,
             (&mut scratch, &mut mask),
@@ -339,92 +245,6 @@ mod tests {
         // The generator does split regions (the test would prove less otherwise).
         assert!(split_inside > 30, "{split_inside}");
     }
-    #[test]
-    fn memory_before_the_first_word_into_a_candidate_holds_no_reference() {
-        const CHUNK: usize = 4096;
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: usize| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n as u64) as usize
-        };
-        // Candidate blocks in one buffer, a region of words in another (some in the region
-        // are candidates too).
-        let blocks = vec![0usize; 1024];
-        let mut memory = vec![0usize; 4096];
-        let region_at = memory.as_ptr() as usize;
-        let region = Region::new(region_at, region_at + 8 * memory.len(), true);
-        let (mut none, mut later) = (0, 0);
-        for _ in 0..300 {
-            let mut candidates: Vec<Candidate> = (0..1 + next(6))
-                .map(|i| {
-                    Candidate::new(
-                        blocks.as_ptr() as usize + i * 1024,
-                        64 + 8 * next(8) as u64,
-                        0,
-                    )
-                })
-                .collect();
-            if next(2) == 0 {
-                let at = region_at + 8 * next(4000);
-                candidates.push(Candidate::new(at, 8 * (1 + next(16)) as u64, 1));
-            }
-            candidates.sort_by_key(|c| c.start_address());
-            candidates.dedup_by(|b, a| b.start_address() < a.start_address() + a.size as usize);
-            // Mostly no pointers at all, else a few.
-            memory.iter_mut().for_each(|w| *w = 7);
-            for _ in 0..[0, 1, 3][next(3)] {
-                let c = &candidates[next(candidates.len())];
-                memory[next(4096)] = c.start_address() + 8 * next(c.size as usize / 8);
-            }
-            let dead = merged_tagged(
-                (0..next(4))
-                    .map(|_| {
-                        let from = region_at + 8 * next(4096);
-                        (from, from + 8 * (1 + next(600)))
-                    })
-                    .collect(),
-            );
-            let into = |chunks: Vec<Vec<usize>>| {
-                let mut hits: Vec<usize> = chunks
-                    .into_iter()
-                    .flatten()
-                    .filter(|w| {
-                        candidates.iter().any(|c| {
-                            c.start_address() <= *w && *w < c.start_address() + c.size as usize
-                        })
-                    })
-                    .collect();
-                hits.sort_unstable();
-                hits
-            };
-            let range = (region.start.get(), region.end.get());
-            let eager = into(visited_with(region, range, &dead, &candidates));
-            let mut buffer = vec![0usize; 512];
-            let probed = first_reference(
-                range,
-                CHUNK,
-                &dead,
-                &candidates,
-                &mut buffer,
-                &mut super::super::read_words,
-            );
-            let lazy = match probed {
-                None => Vec::new(),
-                Some(from) => {
-                    assert!(from == range.0 || from % CHUNK == 0);
-                    into(visited_with(region, (from, range.1), &dead, &candidates))
-                }
-            };
-            assert_eq!(lazy, eager, "from {probed:?}");
-            none += usize::from(probed.is_none());
-            later += usize::from(probed.is_some_and(|f| f > range.0));
-        }
-        // Both outcomes are exercised.
-        assert!(none > 30 && later > 30, "{none} {later}");
-    }
-
     #[test]
     fn a_region_is_static_data_only_inside_one_segment() {
         let statics = [(0x1000, 0x3000), (0x5000, 0x6000)];

@@ -224,27 +224,7 @@ pub fn scan_leaks(
         }
         for (region, ranges) in rest {
             for range in ranges.unwrap_or_else(|| resident(region)) {
-                // Until the lists are found, memory where no word points into a candidate is
-                // only looked through (see `late::first_reference`).
-                let from = if late_dead.lists_found() {
-                    range.0
-                } else {
-                    let chunk = chunk_bytes(region, pools.as_ref(), buffer_bytes);
-                    let dead = late_dead.without_lists(region);
-                    let Some(from) = late::first_reference(
-                        range,
-                        chunk,
-                        dead,
-                        &candidates,
-                        scratch.words(),
-                        &mut read_words,
-                    ) else {
-                        continue;
-                    };
-                    from
-                };
-                let dead = late_dead.for_region(region);
-                read_range(region, (from, range.1), dead, scratch.words())?;
+                read_range(region, range, late_dead.for_region(region), scratch.words())?;
             }
         }
         ControlFlow::Continue(())
