@@ -520,7 +520,7 @@ fn explain_references(
                 .map(|w| format!("{w:#x}"))
                 .collect();
             explain(format!(
-                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}{}",
                 c.start_address(),
                 c.size,
                 w,
@@ -528,10 +528,42 @@ fn explain_references(
                 around.join(" "),
                 region.start.get(),
                 region.end.get(),
-                if region.anonymous { " (anonymous)" } else { "" }
+                if region.anonymous { " (anonymous)" } else { "" },
+                if region.heap {
+                    heap_chunk_of(region, at + i * word)
+                } else {
+                    String::new()
+                }
             ));
         }
     }
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr` (walked from
+/// the heap's start), and whether the next chunk says it is in use.
+fn heap_chunk_of(heap: Region, addr: usize) -> String {
+    let word = std::mem::size_of::<usize>();
+    let mut chunk = heap.start.get();
+    let mut size_of = |chunk: usize| {
+        let mut w = [0usize];
+        (read_words(chunk + word, &mut w) == 1).then_some(w[0])
+    };
+    while let Some(size) = size_of(chunk) {
+        let next = chunk + (size & !7);
+        if size & !7 == 0 || next > heap.end.get() {
+            break;
+        }
+        if addr < next {
+            let in_use = size_of(next).map(|s| s & 1 == 1);
+            return format!(
+                " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x})",
+                size & !7,
+                addr - chunk
+            );
+        }
+        chunk = next;
+    }
+    " (no chunk)".to_string()
 }
 
 /// What `HEAPGATE_EXPLAIN_LEAKS=1` found in the last leak scan, for the test's report (the
