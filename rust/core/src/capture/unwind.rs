@@ -2,7 +2,7 @@
 //! the test are reached.
 //!
 //! On x86-64 the walk is framehop's CFI unwinder over each loaded object's `.eh_frame_hdr`
-//! and `.eh_frame` (read in place, never copied), with a per-thread rule cache: a frame seen
+//! and `.eh_frame` (read in place, never copied), with per-thread rule caches: a frame seen
 //! before costs one cache lookup. Each thread keeps its own handle on the shared table of
 //! objects, so threads take no common lock; an address outside every known object (a library
 //! loaded since) rebuilds the table once. libgcc's `_Unwind_Backtrace` remains for other
