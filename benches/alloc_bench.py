@@ -131,18 +131,26 @@ def versions(python: Path, env: dict[str, str]) -> dict[str, str]:
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
                          env=env)
     info = json.loads(out.stdout)
+    commit = heapgate_commit()
+    if commit:
+        info["heapgate_commit"] = commit
+    return info
+
+
+def heapgate_commit() -> str | None:
+    """The checkout's short commit, "+dirty" if its tracked files changed; None outside git."""
     rev = subprocess.run(
         ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True, text=True
     )
-    if rev.returncode == 0:
-        dirty = subprocess.run(
-            # --no-optional-locks: read only, never refresh the index of a repo others work in.
-            ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain",
-             "--untracked-files=no"],
-            capture_output=True, text=True,
-        ).stdout.strip()
-        info["heapgate_commit"] = rev.stdout.strip() + ("+dirty" if dirty else "")
-    return info
+    if rev.returncode != 0:
+        return None
+    dirty = subprocess.run(
+        # --no-optional-locks: read only, never refresh the index of a repo others work in.
+        ["git", "--no-optional-locks", "-C", str(REPO), "status", "--porcelain",
+         "--untracked-files=no"],
+        capture_output=True, text=True,
+    ).stdout.strip()
+    return rev.stdout.strip() + ("+dirty" if dirty else "")
 
 
 def native_hash(python: Path, env: dict[str, str]) -> str:

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alloc_bench import DEFAULT_VENV, HERE, ensure_venv, native_hash, snapshot_heapgate, versions  # noqa: E402
+from alloc_bench import DEFAULT_VENV, HERE, ensure_venv, heapgate_commit, native_hash, snapshot_heapgate, versions  # noqa: E402
 
 FLAT = ["--heapgate-most-allocations=0"]
 # mode -> pytest arguments; each mode disables the other tracker.
@@ -117,7 +117,8 @@ def main() -> int:
         if args.save_snapshot.exists():
             ap.error(f"--save-snapshot: {args.save_snapshot} already exists")
         snapshot_heapgate(args.save_snapshot)
-        commit = versions(Path(sys.executable), dict(os.environ)).get("heapgate_commit", "?")
+        # Only heapgate and git are needed here: the running interpreter may lack pytest-memray.
+        commit = heapgate_commit() or "?"
         (args.save_snapshot / "COMMIT").write_text(commit + "\n")
         log(f"saved heapgate {commit} to {args.save_snapshot}")
         return 0

@@ -40,10 +40,13 @@ def test_allocations_below_the_kept_depth_are_charged(run, pytester: pytest.Pyte
     assert re.search(r"\(3000057 bytes\) in 2 allocations through PyObject_Malloc\n\s+down at test_deep\.py:8", out), out
 
 
-def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(run, pytester: pytest.Pytester) -> None:
+@pytest.mark.parametrize("flags", [(), ("--heapgate-native",)], ids=["python", "native"])
+def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(
+    run, pytester: pytest.Pytester, flags: tuple[str, ...]
+) -> None:
     # Consecutive allocations 41 frames deep that differ only in an outer frame's line (a
-    # thread's last Python stack is reused frame by frame from the outside in): each keeps
-    # its own. Python stacks only: with native stacks the object and its buffer are two sites.
+    # thread's last Python stack is reused frame by frame from the outside in, by the walk
+    # and, without native stacks, by the interning): each keeps its own.
     pytester.makepyfile(
         test_lines="""
         import pytest
@@ -64,11 +67,14 @@ def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(run, pyteste
             outer(out)
         """
     )
-    result = run()
+    result = run(*flags)
     result.assert_outcomes(failed=1)
     out = result.stdout.str()
-    # 50 bytearrays of each size: their objects (56 bytes) and buffers (size + 1).
+    # 50 bytearrays of each size: their objects (56 bytes) and buffers (size + 1), one site
+    # with Python stacks, two with native ones (another native caller each).
     leaves = r"\s+leaf at test_lines\.py:6\n(?:\s+leaf at test_lines\.py:5\n){40}"
     for size, line in [(200_000, 11), (100_000, 10)]:
-        site = rf"\({50 * (size + 57)} bytes\) in 100 allocations through PyObject_Malloc\n"
-        assert re.search(site + leaves + rf"\s+outer at test_lines\.py:{line}\n", out), out
+        sites = [(50 * (size + 57), 100)] if not flags else [(50 * (size + 1), 50), (50 * 56, 50)]
+        for size_sum, count in sites:
+            site = rf"\({size_sum} bytes\) in {count} allocations through PyObject_Malloc\n"
+            assert re.search(site + leaves + rf"\s+outer at test_lines\.py:{line}\n", out), out

@@ -386,6 +386,44 @@ def test_list_items_are_references_and_spare_capacity_is_not(run, pytester: pyte
         assert found == {"definitely lost": 56, "indirectly lost": 16, "possibly lost": 0}, found
 
 
+GENERATOR_SLOTS = """
+import hgleak
+
+
+def keeper():
+    while True:
+        o = yield
+        (lambda *a: None)(1, 2, 3, o)  # o's address stays in a value-stack slot above the top
+        del o
+
+
+parked = keeper()  # made before the test: its frame is no candidate, it is read as a root
+next(parked)
+
+
+def test_a_parked_generator_keeps_no_reference():
+    leaked = hgleak.make_object("list")
+    hgleak.leak_reference(leaked)
+    parked.send(leaked)
+"""
+
+
+@exact_scan
+def test_slots_above_a_suspended_generators_top_are_no_references(run, pytester: pytest.Pytester) -> None:
+    # A suspended generator's value-stack slots above its saved top keep the addresses of what
+    # it popped (pluggy's hook wrappers are generators): CPython's own collector never visits
+    # them, and they hid this leak in every process before the scan left them out (3.11+).
+    pytester.makepyfile(test_generator_slots=GENERATOR_SLOTS)
+    results = [run("--native-leaks", *plugins) for plugins in ((), EXACT, EXACT)]
+    reported = [r for r in results if r.parseoutcomes().get("failed")]
+    for r in reported:
+        found = kinds(r, "test_a_parked_generator_keeps_no_reference")
+        # The list (GC head and object: 56 bytes) definitely lost, its 2-item buffer hanging off it.
+        assert found == {"definitely lost": 56, "indirectly lost": 16, "possibly lost": 0}, found
+    # Other stale words can still hide it in a process (README, Known limits): most report it.
+    assert len(reported) >= 2, [r.stdout.str()[-800:] for r in results]
+
+
 @exact_scan
 def test_a_suppression_removes_exactly_its_stack(run, pytester: pytest.Pytester) -> None:
     pytester.makepyfile(

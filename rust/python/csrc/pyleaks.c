@@ -335,15 +335,89 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
 }
 #endif
 
-/* Each list's spare capacity, ob_item[size, allocated): pop(), del and slice assignment leave
- * the addresses of the items they removed there, which would hide those items if they were
- * leaked. Lists are found on the cyclic GC's generation lists (every list is tracked).
+/* Slots of Python containers that hold no references, found on the cyclic GC's generation lists:
+ * - each list's spare capacity, ob_item[size, allocated): pop(), del and slice assignment leave
+ *   the addresses of the items they removed there, which would hide those items if they were
+ *   leaked (every list is tracked);
+ * - 3.11+: the slots (locals, then the value stack) above the saved top of a suspended
+ *   generator's or coroutine's frame, all slots of one that finished (its frame is cleared
+ *   without zeroing them), and those of a frame object that outlived its frame above the top
+ *   it was copied with (the copy stops there; the rest is whatever the allocation held). The
+ *   cyclic GC visits exactly the slots below the top (`_PyFrame_Traverse`), so the rest are
+ *   dead. A running frame's saved top is stale (CPython updates it only when the frame
+ *   suspends or calls a Python function inline), so running frames and the threads' data
+ *   stacks are left alone. pluggy's hook wrappers are generators: their dead slots keep
+ *   addresses that the test's objects may reuse.
  * Writes (start, end) pairs into `out` while they fit in `cap` words; returns the number of
  * words all pairs need (call again with a larger buffer when that is more than `cap`). */
 #include "internal/pycore_interp.h"
 #include "internal/pycore_gc.h"
 
-size_t hg_py_list_spare_slots(uintptr_t *out, size_t cap) {
+#if PY_VERSION_HEX >= 0x030B0000
+#include "internal/pycore_frame.h"
+
+#if PY_VERSION_HEX >= 0x030D0000
+#define HG_FRAME_CODE(frame) ((frame)->f_executable)
+#else
+#define HG_FRAME_CODE(frame) ((PyObject *)(frame)->f_code)
+#endif
+
+/* The number of slots (locals, then the value stack) of a frame, from its code; -1 if unknown. */
+static Py_ssize_t hg_frame_slot_count(_PyInterpreterFrame *frame) {
+    PyObject *code = HG_FRAME_CODE(frame);
+    if (code == NULL || !PyCode_Check(code)) return -1;
+    return (Py_ssize_t)((PyCodeObject *)code)->co_nlocalsplus +
+           ((PyCodeObject *)code)->co_stacksize;
+}
+
+/* [start, end) of a frame's slots above its saved top (all of them when `cleared`); 0 when
+ * the top is out of range. Only for frames that do not run (see above). */
+static int hg_frame_dead_slots(_PyInterpreterFrame *frame, int cleared, uintptr_t *start,
+                               uintptr_t *end) {
+    Py_ssize_t slots = hg_frame_slot_count(frame);
+    Py_ssize_t top = cleared ? 0 : frame->stacktop;
+    if (slots <= 0 || top < 0 || top >= slots) return 0;
+    *start = (uintptr_t)(frame->localsplus + top);
+    *end = (uintptr_t)(frame->localsplus + slots);
+    return 1;
+}
+
+/* As above, for a frame held inside an object (generators, coroutines, frame objects: CPython
+ * sizes them for the frame's code, with the slots starting at the type's basic size; their
+ * header is not variable-sized, so the count comes from the code). */
+static int hg_frame_slots_above(PyObject *op, _PyInterpreterFrame *frame, int cleared,
+                                uintptr_t *start, uintptr_t *end) {
+    PyTypeObject *type = Py_TYPE(op);
+    if ((char *)frame->localsplus != (char *)op + type->tp_basicsize ||
+        type->tp_itemsize != sizeof(PyObject *))
+        return 0;
+    return hg_frame_dead_slots(frame, cleared, start, end);
+}
+
+static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) {
+    if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
+        PyGenObject *gen = (PyGenObject *)op;
+        int8_t state = gen->gi_frame_state;
+#if PY_VERSION_HEX >= 0x030D0000
+        int suspended = state == FRAME_CREATED || FRAME_STATE_SUSPENDED(state);
+#else
+        int suspended = state == FRAME_CREATED || state == FRAME_SUSPENDED;
+#endif
+        if (!suspended && state != FRAME_CLEARED) return 0;
+        return hg_frame_slots_above(op, (_PyInterpreterFrame *)gen->gi_iframe,
+                                    state == FRAME_CLEARED, start, end);
+    }
+    if (PyFrame_Check(op)) {
+        PyFrameObject *f = (PyFrameObject *)op;
+        /* Only a frame object that owns its frame (the frame has returned) has a saved top. */
+        if (f->f_frame != (_PyInterpreterFrame *)f->_f_frame_data) return 0;
+        return hg_frame_slots_above(op, f->f_frame, 0, start, end);
+    }
+    return 0;
+}
+#endif
+
+size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     struct _gc_runtime_state *gc = &interp->gc;
     size_t n = 0;
@@ -353,6 +427,17 @@ size_t hg_py_list_spare_slots(uintptr_t *out, size_t cap) {
         for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
              p = (PyGC_Head *)p->_gc_next) {
             PyObject *op = (PyObject *)(p + 1);
+#if PY_VERSION_HEX >= 0x030B0000
+            uintptr_t start, end;
+            if (hg_frame_stale_slots(op, &start, &end)) {
+                if (n + 2 <= cap) {
+                    out[n] = start;
+                    out[n + 1] = end;
+                }
+                n += 2;
+                continue;
+            }
+#endif
             if (!PyList_Check(op)) continue;
             PyListObject *list = (PyListObject *)op;
             if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
@@ -365,3 +450,4 @@ size_t hg_py_list_spare_slots(uintptr_t *out, size_t cap) {
     }
     return n;
 }
+

@@ -16,7 +16,7 @@ type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObj
 extern "C" {
     fn hg_py_clear_free_lists() -> c_int;
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
-    fn hg_py_list_spare_slots(out: *mut usize, cap: size_t) -> size_t;
+    fn hg_py_container_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
@@ -75,7 +75,7 @@ fn object_layout() -> Option<ObjectLayout> {
     })
 }
 
-/// Room for the ranges of [`list_spare_slots`], grown to what a scan needed.
+/// Room for the ranges of [`container_stale_slots`], grown to what a scan needed.
 static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
@@ -90,15 +90,16 @@ fn stale_slots(py: Python<'_>) -> Vec<(usize, usize)> {
     tagged_pairs(words)
 }
 
-/// Every list's spare capacity, as (start, end) ranges: a walk of all the interpreter's
-/// containers, so asked for only when the scan reads the heap (where list buffers are).
-fn list_spare_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
+/// Every list's spare capacity and the dead slots of generators' and frame objects' frames
+/// that do not run, as (start, end) ranges: a walk of all the interpreter's containers, so
+/// asked for only when the scan reads the heap and anonymous memory (where they are).
+fn container_stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     // Sized as the last scan needed.
     let mut spare = vec![0usize; SPARE_WORDS.load(Ordering::Relaxed)];
     loop {
         // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words
         // and returns how many words all ranges need.
-        let needed = unsafe { hg_py_list_spare_slots(spare.as_mut_ptr(), spare.len()) };
+        let needed = unsafe { hg_py_container_stale_slots(spare.as_mut_ptr(), spare.len()) };
         if needed <= spare.len() {
             spare.truncate(needed);
             break;
@@ -198,7 +199,7 @@ fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
     let kinds = capture::scan_leaks(
         &stale_slots(py),
-        &mut || list_spare_slots(py),
+        &mut || container_stale_slots(py),
         stack_from,
         registers,
         Some(pool_layout()),

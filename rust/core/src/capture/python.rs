@@ -133,6 +133,9 @@ pub fn set_python_stack_source(source: PythonStackSource) {
 pub(super) struct LastStack {
     pub(super) generation: u64,
     pub(super) len: usize,
+    /// Whether `path` holds the trie nodes of `frames` (false when the stack was interned as
+    /// part of a hybrid one: only the frames are kept, for the walk).
+    pub(super) interned: bool,
     pub(super) frames: [PyFrameRef; MAX_PYTHON_FRAMES],
     pub(super) path: [u32; MAX_PYTHON_FRAMES],
 }
@@ -145,6 +148,35 @@ impl LastStack {
         } else {
             &[]
         }
+    }
+
+    /// How many of the outer frames have their trie node in `path` for `generation`.
+    pub(super) fn interned_for(&self, generation: u64) -> usize {
+        if self.interned {
+            self.frames_for(generation).len()
+        } else {
+            0
+        }
+    }
+
+    /// Keep the frames of `stack` (walked in `generation` from this stack's frames) for the
+    /// next walk only, without nodes. The outer frames the walk shared are already here.
+    pub(super) fn keep_frames(&mut self, stack: &PythonStack, generation: u64) {
+        let frames = stack.frames();
+        let n = frames.len();
+        let same = stack
+            .same_outer
+            .min(self.frames_for(generation).len())
+            .min(n);
+        for (slot, frame) in self.frames[same..n]
+            .iter_mut()
+            .zip(frames[..n - same].iter().rev())
+        {
+            *slot = *frame;
+        }
+        self.len = n;
+        self.generation = generation;
+        self.interned = false;
     }
 }
 
@@ -162,6 +194,7 @@ thread_local! {
         RefCell::new(LastStack {
             generation: 0,
             len: 0,
+            interned: false,
             frames: [NO_FRAME; MAX_PYTHON_FRAMES],
             path: [0; MAX_PYTHON_FRAMES],
         })

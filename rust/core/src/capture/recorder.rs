@@ -123,14 +123,21 @@ impl Recorder {
             None => (String::from("??"), String::from("??")),
         };
         match (keys, last) {
-            (Some(keys), _) => tracker.intern_stack(keys.iter().copied(), &mut describe),
+            (Some(keys), last) => {
+                // The hybrid stack is interned whole; the Python frames are still kept for the
+                // next walk, which takes the lines of the outer frames it shares with them.
+                if let Some(last) = last {
+                    last.keep_frames(python, generation);
+                }
+                tracker.intern_stack(keys.iter().copied(), &mut describe)
+            }
             (None, None) => {
                 tracker.intern_stack(python.frames().iter().map(PyFrameRef::key), &mut describe)
             }
             (None, Some(last)) => {
                 let frames = python.frames();
                 let n = frames.len();
-                let known = last.frames_for(generation).len();
+                let known = last.interned_for(generation);
                 // The walk reused these outer frames; frames further in whose line is the
                 // same (a loop's line at another instruction) have the same node too.
                 let walked_same = python.same_outer.min(known);
@@ -151,6 +158,7 @@ impl Recorder {
                 }
                 last.len = n;
                 last.generation = generation;
+                last.interned = true;
                 node
             }
         }

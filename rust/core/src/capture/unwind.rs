@@ -2,7 +2,7 @@
 //! the test are reached.
 //!
 //! On x86-64 the walk is framehop's CFI unwinder over each loaded object's `.eh_frame_hdr`
-//! and `.eh_frame` (read in place, never copied), with a per-thread rule cache: a frame seen
+//! and `.eh_frame` (read in place, never copied), with per-thread rule caches: a frame seen
 //! before costs one cache lookup. Each thread keeps its own handle on the shared table of
 //! objects, so threads take no common lock; an address outside every known object (a library
 //! loaded since) rebuilds the table once. libgcc's `_Unwind_Backtrace` remains for other
@@ -213,13 +213,27 @@ mod cfi {
     struct Local {
         objects: Arc<Objects>,
         generation: u64,
-        cache: Box<Cache>,
+        caches: Box<[Cache; RULE_CACHES]>,
         /// One past the highest address of this thread's stack.
         stack_end: usize,
     }
 
     thread_local! {
         static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
+    }
+
+    /// framehop's rule cache is direct-mapped: 509 slots, an address's slot is the address
+    /// modulo 509. Two frames of one stack that share a slot evict each other on every walk,
+    /// and each then costs a full CFI evaluation in gimli (with the 30-odd frames of a stack,
+    /// about even odds for some pair; which pair depends on the build's code layout). Frames
+    /// are spread over several caches by the next bits of the address, so such a pair
+    /// shares a cache only one time in [`RULE_CACHES`].
+    const RULE_CACHES: usize = 4;
+    const FRAMEHOP_CACHE_SLOTS: usize = 509;
+
+    #[inline]
+    fn rule_cache_for(lookup: usize) -> usize {
+        (lookup / FRAMEHOP_CACHE_SLOTS) % RULE_CACHES
     }
 
     /// Drop the table if objects were unloaded since it was made; the next unwind reads the
@@ -287,7 +301,7 @@ mod cfi {
                         local.insert(Local {
                             objects,
                             generation,
-                            cache: Box::default(),
+                            caches: Box::default(),
                             stack_end: stack_end(sp as usize),
                         })
                     }
@@ -329,7 +343,7 @@ mod cfi {
             let next = local.objects.unwinder.unwind_frame(
                 address,
                 &mut regs,
-                &mut local.cache,
+                &mut local.caches[rule_cache_for(lookup)],
                 &mut read_stack,
             );
             match next

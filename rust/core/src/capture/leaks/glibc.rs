@@ -2,7 +2,8 @@
 
 /// The free memory of glibc's main heap `[base, end)` (`base`: the heap's first byte, where
 /// its first chunk starts), read a word at a time through `word_at` (None: unreadable): chunks
-/// in bins (the next chunk's PREV_INUSE bit is clear), the top chunk, and the chunks the main
+/// in bins (the next chunk's PREV_INUSE bit is clear), the top chunk (also when its size runs
+/// past `end`: the heap grew since the mappings were read), and the chunks the main
 /// thread's tcache holds (the heap's first chunk; their links are mangled with safe-linking,
 /// glibc 2.32+). Only chunk headers are read, so a large free chunk costs one jump. `None`
 /// when the words do not walk as a heap: then nothing is masked. Free memory keeps whatever
@@ -24,15 +25,18 @@ pub fn glibc_free_chunks(
     let mut chunk = base;
     let mut previous: Option<usize> = None;
     let mut chunks = 0usize;
+    let mut top = None;
     while chunk + 2 * word <= end {
         let size_field = at(chunk + word)?;
         let size = size_field & !7;
         if size < 4 * word || size % (2 * word) != 0 || chunk + size > end {
-            // The top chunk's size may run to the end; anything else means this is no heap.
-            return (chunks > 0 && chunk + size >= end).then(|| {
-                free.push((chunk, end));
-                free
-            });
+            // The top chunk's size may run past the end (the heap grew after the mappings
+            // were read); anything else means this is no heap.
+            if chunks == 0 || chunk.saturating_add(size) < end {
+                return None;
+            }
+            top = Some(chunk);
+            break;
         }
         if let Some(prev) = previous {
             if size_field & PREV_INUSE == 0 {
@@ -44,8 +48,10 @@ pub fn glibc_free_chunks(
         chunks += 1;
     }
     // The last chunk is the top: free space at the end of the heap.
-    if let Some(prev) = previous {
-        free.push((prev, end.min(chunk)));
+    match (top, previous) {
+        (Some(top), _) => free.push((top, end)),
+        (None, Some(prev)) => free.push((prev, end.min(chunk))),
+        (None, None) => {}
     }
     // The main thread's tcache: counts (u16 x 64) then entries (64 pointers) in the first chunk.
     if at(base + word).map(|s| s & !7) == Some(TCACHE_STRUCT) {
@@ -63,7 +69,10 @@ pub fn glibc_free_chunks(
                 if size < 4 * word || chunk + size > end {
                     break;
                 }
-                free.push((chunk + 2 * word, chunk + size));
+                // Up to the next chunk's first word too: glibc writes a chunk's size there only
+                // when it frees the chunk into a bin, and a tcache chunk is part of no bin, so
+                // that word is the free chunk's last (dead) word of user data.
+                free.push((chunk + 2 * word, chunk + size + word));
                 let Some(mangled) = at(entry) else { break };
                 entry = (entry >> 12) ^ mangled;
                 if entry == 0 {
@@ -109,10 +118,17 @@ mod tests {
         let end = base + words.len() * 8;
         let free =
             glibc_free_chunks(&mut words_reader(&words, base), base, end).expect("walks as a heap");
-        assert_eq!(free, vec![(a + 16, a + 0x30), (b, c), (top, top + 0x100)]);
+        // The tcache chunk's user data runs into the next chunk's first word.
+        assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, top + 0x100)]);
         let mut mask = vec![true; words.len()];
         mask_out_ranges(&mut mask, base, &free);
         assert!(mask[(a - base) / 8 + 1] && !mask[(a - base) / 8 + 2] && !mask[(b - base) / 8]);
+        // The heap grew after its mapping was read: the top runs past the end, and the tcache
+        // is still walked (it was not, and a stale pointer in a tcache chunk hid a leak).
+        let short = top + 0x80;
+        let free = glibc_free_chunks(&mut words_reader(&words, base), base, short)
+            .expect("walks as a heap");
+        assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, short)]);
         assert!(glibc_free_chunks(&mut words_reader(&[0, 3, 5], 0x1000), 0x1000, 0x1018).is_none());
     }
 }

@@ -577,7 +577,7 @@ fn explain_references(
                 .map(|w| format!("{w:#x}"))
                 .collect();
             explain(format!(
-                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}",
+                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}{}",
                 c.start_address(),
                 c.size,
                 w,
@@ -585,10 +585,56 @@ fn explain_references(
                 around.join(" "),
                 region.start.get(),
                 region.end.get(),
-                if region.anonymous { " (anonymous)" } else { "" }
+                if region.anonymous { " (anonymous)" } else { "" },
+                if region.heap {
+                    heap_chunk_of(region, at + i * word)
+                } else {
+                    String::new()
+                }
             ));
         }
     }
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr`, and
+/// whether the next chunk says it is in use. The heap's chunks are walked once per heap extent
+/// (a walk per reference would cost what the heap holds, each time).
+fn heap_chunk_of(heap: Region, addr: usize) -> String {
+    type Chunks = ((usize, usize), Vec<(usize, usize)>);
+    static CHUNKS: Mutex<Option<Chunks>> = Mutex::new(None);
+    let word = std::mem::size_of::<usize>();
+    let (start, end) = (heap.start.get(), heap.end.get());
+    let mut cache = CHUNKS.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.as_ref().map(|(extent, _)| *extent) != Some((start, end)) {
+        // (chunk, its size field)
+        let mut chunks = Vec::new();
+        if let Some(mut window) = WindowReader::new(start, end) {
+            let mut chunk = start;
+            while let Some(size) = window.word_at(chunk + word) {
+                let next = chunk + (size & !7);
+                if size & !7 == 0 || next > end {
+                    break;
+                }
+                chunks.push((chunk, size));
+                chunk = next;
+            }
+        }
+        *cache = Some(((start, end), chunks));
+    }
+    let chunks = cache.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
+    let i = chunks.partition_point(|(c, _)| *c <= addr);
+    let Some(&(chunk, size)) = i.checked_sub(1).and_then(|i| chunks.get(i)) else {
+        return " (no chunk)".to_string();
+    };
+    if addr >= chunk + (size & !7) {
+        return " (no chunk)".to_string();
+    }
+    let in_use = chunks.get(i).map(|(_, next_size)| next_size & 1 == 1);
+    format!(
+        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x})",
+        size & !7,
+        addr - chunk
+    )
 }
 
 /// What `HEAPGATE_EXPLAIN_LEAKS=1` found in the last leak scan, for the test's report (the

@@ -258,7 +258,10 @@ pub fn pool_mask(
             .objects
             .and_then(|o| o.object_end(&words[first..last], size, types))
         {
-            last = last.min(first + end.div_ceil(word));
+            // A word the object ends inside holds no whole field of it (its pointers are
+            // word-aligned), only its last bytes — a str's terminator — and the slack after
+            // them: a stale pointer whose low byte the terminator overwrote was seen there.
+            last = last.min(first + end / word);
         }
         if first < last {
             mask[first..last].fill(true);
@@ -402,6 +405,30 @@ mod tests {
         // Not compact: no size known.
         text[4] = 0x88;
         assert_eq!(o.object_end(&text, 64, &mut types), None);
+        // In a pool, the str's words are read up to its last whole word: the word holding its
+        // last characters and terminator holds no field of it, only bytes of the previous
+        // occupant (a pointer whose low byte the terminator overwrote was seen there).
+        text[2] = 20;
+        text[4] = 0xe4;
+        text[7] = 0x7f00_0000_1200;
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+            code_type: 0,
+            code_bytecode: 0,
+            values_tag: 0,
+            objects: Some(o),
+        };
+        let base = 0x10000;
+        let mut pool = vec![0usize; 32];
+        pool[0] = 1; // one block in use
+        pool[4] = 3usize << 32; // szidx 3: 64-byte blocks
+        pool[5] = ((256 - 64) << 32) | (48 + 64); // maxnextoffset, nextoffset
+        pool[6..14].copy_from_slice(&text);
+        let mask = pool_mask(&pool, base, &layout, &mut types).expect("a pool");
+        let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
+        assert_eq!(scanned, (6..13).collect::<Vec<_>>());
         // bytes of length 20: 32 + 21 bytes, in a 64-byte block.
         let bytes = [1, 0x7300, 20, 0, 0, 0, 0, 0xdead];
         assert_eq!(o.object_end(&bytes, 64, &mut types), Some(53));
