@@ -1,8 +1,9 @@
 //! The ranges of the late regions (see `order`) that hold no references, each kind found only
 //! when the scan first reaches a region it can lie in. Finding them costs what the process
-//! holds — free chunks: a walk of glibc's whole main heap; lists' spare capacity: a walk of
-//! every container CPython's GC tracks — while most scans that go past the early regions stop
-//! in the first late ones, the `.bss` of loaded objects, where neither can lie.
+//! holds — free chunks: a walk of glibc's whole main heap; lists' spare capacity and other
+//! containers' stale slots: a walk of every container CPython's GC tracks — while most scans
+//! that go past the early regions stop in the first late ones, the `.bss` of loaded objects,
+//! where neither can lie.
 //!
 //! A kind of range is found before the first region it can lie in is read, so every region is
 //! read with exactly the ranges it would be read with had all been found first: the verdicts
@@ -36,8 +37,9 @@ pub struct LateDead<'a> {
     /// Free chunks of the C library's main heap, which lie in its `[heap]` region only.
     heap_free: Option<Vec<(usize, usize)>>,
     find_heap_free: &'a mut dyn FnMut(&Region) -> Vec<(usize, usize)>,
-    /// Lists' spare capacity: parts of list buffers, which the interpreter allocates from the
-    /// heap (`PyMem_Malloc`), so never in a loaded object's static data.
+    /// Containers' stale slots (lists' spare capacity, dead slots of generators' and frame
+    /// objects' frames): parts of list buffers and of those objects, which the interpreter
+    /// allocates at run time, so never in a loaded object's static data.
     lists: Option<Vec<(usize, usize)>>,
     find_lists: &'a mut dyn FnMut() -> Vec<(usize, usize)>,
     /// See [`static_data`].
