@@ -134,13 +134,36 @@ pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usiz
         eval_budget,
     };
     #[cfg(target_arch = "x86_64")]
-    if cfi::unwind(&mut walk) {
+    if cfi::unwind(&mut |ip, _| walk.visit(ip)) {
         return;
     }
     // SAFETY: the callback only writes into `walk`, which outlives the call.
     unsafe {
         _Unwind_Backtrace(visit_frame, &mut walk as *mut Walk as *mut c_void);
     }
+}
+
+/// Where the innermost interpreter frame (`eval`) of the calling thread's stack ends: the
+/// stack pointer of the frame that called it, so `[return, that)` spans the interpreter's
+/// C frame and the calls below it. None without unwind tables for the stack.
+pub fn above_innermost_eval_frame(eval: CodeRange) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (mut in_eval, mut top) = (false, None);
+        let walked = cfi::unwind(&mut |ip, sp| {
+            if in_eval {
+                top = Some(sp);
+                return false;
+            }
+            in_eval = eval.contains(ip);
+            true
+        });
+        if walked {
+            return top;
+        }
+    }
+    let _ = eval;
+    None
 }
 
 /// Drop the unwind tables if an object was unloaded since they were made (they may refer
@@ -164,7 +187,7 @@ mod cfi {
     use libc::c_void;
 
     use super::objects::{self, LoadedObject};
-    use super::{ControlFlow, Walk};
+    use super::ControlFlow;
 
     /// Bytes of a loaded object, read in place.
     #[derive(Clone, Copy, Default)]
@@ -266,10 +289,10 @@ mod cfi {
         (objects, GENERATION.load(Ordering::SeqCst))
     }
 
-    /// Walk the calling thread's stack into `walk`; false if this thread cannot (its
+    /// Walk the calling thread's stack into `visit`; false if this thread cannot (its
     /// thread-local state is being torn down), for the caller to fall back.
     #[inline(never)]
-    pub(super) fn unwind(walk: &mut Walk) -> bool {
+    pub(super) fn unwind(visit: &mut impl FnMut(usize, usize) -> bool) -> bool {
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads this function's own instruction, stack and frame pointers.
         unsafe {
@@ -306,13 +329,21 @@ mod cfi {
                         })
                     }
                 };
-                walk_frames(local, walk, ip, sp, bp);
+                walk_frames(local, visit, ip, sp, bp);
                 true
             })
             .unwrap_or(false)
     }
 
-    fn walk_frames(local: &mut Local, walk: &mut Walk, ip: u64, sp: u64, bp: u64) {
+    /// `visit` gets each frame's address and its stack pointer (the bottom of its frame); it
+    /// returns false to end the walk.
+    fn walk_frames(
+        local: &mut Local,
+        visit: &mut impl FnMut(usize, usize) -> bool,
+        ip: u64,
+        sp: u64,
+        bp: u64,
+    ) {
         let (low, high) = (sp as usize, local.stack_end);
         // Only this thread's stack above the walk's start is ever read.
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
@@ -336,7 +367,7 @@ mod cfi {
                     return; // code outside every object: no tables to go on
                 }
             }
-            if !first && !walk.visit(address.address() as usize) {
+            if !first && !visit(address.address() as usize, regs.sp() as usize) {
                 return;
             }
             first = false;

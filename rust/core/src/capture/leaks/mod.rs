@@ -57,6 +57,26 @@ use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 /// thread's stack is scanned from there up, plus `registers` (the caller's saved registers).
 /// `pools`: pymalloc's geometry, if known.
 ///
+/// The most a skipped interpreter frame (and the calls between it and the scan) may span:
+/// beyond that the unwind is not trusted and the whole stack above the scan is read.
+const EVAL_FRAME_SPAN: usize = 16 * 1024;
+
+/// Where the calling thread's stack roots start. Not at the scan's own entry, but above the
+/// interpreter's C frame that calls it (it runs heapgate's hook code, whose Python values all
+/// live in its frame object, which is scanned): that frame was laid over stack the test's call
+/// had just used, and its never-written slots keep the test's stale addresses (seen hiding
+/// free-list leaks in most of the processes that missed one).
+fn live_stack_start(entry: usize) -> usize {
+    let eval = super::python::PYTHON
+        .get()
+        .map(|p| p.eval_function)
+        .unwrap_or_default();
+    match super::unwind::above_innermost_eval_frame(eval) {
+        Some(top) if top > entry && top - entry <= EVAL_FRAME_SPAN => top,
+        _ => entry,
+    }
+}
+
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
@@ -89,6 +109,7 @@ pub fn scan_leaks(
         .map(|text| parse_maps(&text))
         .unwrap_or_default();
     let stack_pointers = blocked_thread_stack_pointers();
+    let stack_from = live_stack_start(stack_from);
     // Copies of memory made while reading must not be read back as roots: they live in a
     // private mapping left out of the regions.
     let mut scratch = scrub::Scratch::new(64 * 1024 / std::mem::size_of::<usize>())
