@@ -144,8 +144,8 @@ pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usiz
 }
 
 /// Where the innermost interpreter frame (`eval`) of the calling thread's stack ends: the
-/// stack pointer of the frame that called it, so `[return, that)` spans the interpreter's
-/// C frame and the calls below it. None without unwind tables for the stack.
+/// stack pointer of the frame that called it (that frame and the calls below it lie beneath
+/// this address). None without unwind tables for the stack.
 pub fn above_innermost_eval_frame(eval: CodeRange) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {

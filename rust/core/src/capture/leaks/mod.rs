@@ -41,29 +41,14 @@ use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
 use pymalloc::{pool_mask, SizedType};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 
-/// Classify the tracked test's live blocks by reachability (definitely lost, indirectly
-/// lost, still reachable); the result appears in the next [`stop`](super::stop)'s report.
-///
-/// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
-/// block can be freed or unmapped while it is read (a thread that frees one waits).
-/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: ranges
-/// that hold no references (the interpreter's unused free-list slots), tagged or not (see
-/// `tagged`: a range inside a candidate, held untagged, would read as a pointer into it);
-/// `heap_stale` gives more such ranges that lie only in memory allocated at run time, never in
-/// a loaded object's static data (lists' spare capacity), and is called only if the scan reads
-/// such memory: finding them may cost what the process holds (see `late`). The scan reads
-/// loaded objects' data and the live stacks first and stops as soon as every candidate is
-/// reachable (see `order`). `stack_from`: an address in the caller's frame; the calling
-/// thread's stack is scanned from there up, plus `registers` (the caller's saved registers).
-/// `pools`: pymalloc's geometry, if known.
-///
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
 /// beyond that the unwind is not trusted and the whole stack above the scan is read.
 const EVAL_FRAME_SPAN: usize = 16 * 1024;
 
 /// Where the calling thread's stack roots start. Not at the scan's own entry, but above the
 /// interpreter's C frame that calls it (it runs heapgate's hook code, whose Python values all
-/// live in its frame object, which is scanned): that frame was laid over stack the test's call
+/// live in its frame object, which is scanned; the registers it saved are its callers', the
+/// interpreter resuming the hook wrapper for pluggy): that frame was laid over stack the test's call
 /// had just used, and its never-written slots keep the test's stale addresses (seen hiding
 /// free-list leaks in most of the processes that missed one).
 fn live_stack_start(entry: usize) -> usize {
@@ -77,6 +62,24 @@ fn live_stack_start(entry: usize) -> usize {
     }
 }
 
+/// Classify the tracked test's live blocks by reachability (definitely lost, indirectly
+/// lost, still reachable); the result appears in the next [`stop`](super::stop)'s report.
+///
+/// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
+/// block can be freed or unmapped while it is read (a thread that frees one waits).
+/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: ranges
+/// that hold no references (the interpreter's unused free-list slots), tagged or not (see
+/// `tagged`: a range inside a candidate, held untagged, would read as a pointer into it);
+/// `heap_stale` gives more such ranges that lie only in memory allocated at run time, never in
+/// a loaded object's static data (lists' spare capacity), and is called only if the scan reads
+/// such memory: finding them may cost what the process holds (see `late`). The scan reads
+/// loaded objects' data and the live stacks first and stops as soon as every candidate is
+/// reachable (see `order`). `stack_from`: an address in the caller's frame; the calling
+/// thread's stack is scanned from there up (from above the interpreter frame that calls the
+/// scan, when it is found: see [`live_stack_start`]), plus `registers` (the caller's saved
+/// registers).
+/// `pools`: pymalloc's geometry, if known.
+///
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
