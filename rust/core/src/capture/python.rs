@@ -159,9 +159,10 @@ impl LastStack {
         }
     }
 
-    /// Keep the frames of `stack` (walked in `generation` from this stack's frames) for the
-    /// next walk only, without nodes. The outer frames the walk shared are already here.
-    pub(super) fn keep_frames(&mut self, stack: &PythonStack, generation: u64) {
+    /// Become `stack` (walked in `generation` from this stack's frames) for the next walk;
+    /// `interned`: whether `path` now holds its trie nodes. The outer frames the walk shared
+    /// are already here.
+    pub(super) fn remember(&mut self, stack: &PythonStack, generation: u64, interned: bool) {
         let frames = stack.frames();
         let n = frames.len();
         let same = stack
@@ -176,7 +177,7 @@ impl LastStack {
         }
         self.len = n;
         self.generation = generation;
-        self.interned = false;
+        self.interned = interned;
     }
 }
 

@@ -127,7 +127,7 @@ impl Recorder {
                 // The hybrid stack is interned whole; the Python frames are still kept for the
                 // next walk, which takes the lines of the outer frames it shares with them.
                 if let Some(last) = last {
-                    last.keep_frames(python, generation);
+                    last.remember(python, generation, false);
                 }
                 tracker.intern_stack(keys.iter().copied(), &mut describe)
             }
@@ -152,13 +152,7 @@ impl Recorder {
                     &mut last.path[same..n],
                     &mut describe,
                 );
-                let walked = frames[..n - walked_same].iter().rev();
-                for (slot, frame) in last.frames[walked_same..n].iter_mut().zip(walked) {
-                    *slot = *frame;
-                }
-                last.len = n;
-                last.generation = generation;
-                last.interned = true;
+                last.remember(python, generation, true);
                 node
             }
         }
