@@ -250,8 +250,8 @@ class HeapgatePlugin:
             yield
             return
         _native.clear_free_lists()
-        # 3.11+: later hooks free objects into the free lists (on 3.12 pytest's own call of the
-        # function, a dict, while pushing its frame): the call empties them again right before.
+        # 3.12+: pytest's call of the function frees a dict it built into the free list while
+        # pushing the function's frame; the lists are emptied again right before that instead.
         function = pyfuncitem.obj
         on_call = _native.empty_free_lists_on_call(function, True)
         try:

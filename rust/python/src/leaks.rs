@@ -240,12 +240,11 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
-/// 3.11+: make `function` (a plain Python function) empty the free lists as each of its calls
+/// 3.12+: make `function` (a plain Python function) empty the free lists as each of its calls
 /// starts, right before its frame is pushed (`on`), or stop it (`on` false). Returns True when
 /// done; False when the function was left alone (other versions, other callables, another
-/// vectorcall installed). Hooks after heapgate's last one free objects into the free lists
-/// (pytest's own call of the test function, on 3.12, a dict it built, while pushing the frame),
-/// and the test's first such object would be one of them.
+/// vectorcall installed). pytest's own call of the test function otherwise frees a dict it
+/// built into the dict free list while pushing the frame, and the test's first dict is that one.
 #[pyfunction]
 fn empty_free_lists_on_call(function: &Bound<'_, PyAny>, on: bool) -> bool {
     // SAFETY: the GIL is held (the bound reference); the shim checks the object's type
