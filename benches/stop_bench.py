@@ -48,7 +48,7 @@ def run_once(fill: Callable[[list[bytearray]], None]) -> dict[str, float]:
     report = _native.stop()
     t2 = time.perf_counter()
     facts: dict[str, str | None] = {"python_version": "", "platform": "", "executable": None, "rootdir": None}
-    report.record("bench::stop", "passed", None, None, "current_thread", facts)
+    report.record("bench::stop", "passed", None, None, _native.ThreadMode.CURRENT_THREAD, False, facts)
     t3 = time.perf_counter()
     sites = report.sites
     t4 = time.perf_counter()

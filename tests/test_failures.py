@@ -47,7 +47,7 @@ def test_every_failure_in_order_with_the_warmup_note(tmp_path):
     test = Judged(report, checks, passed=True, previous_peak=1000, baseline_peak=(1000, "--heapgate-compare b.json"), warmup=2)
     failure = judge(test, policy)
     expected = [
-        report.peak_failure(200_000, str(checks.thread_mode), str(tmp_path), max_frames=2),
+        report.peak_failure(200_000, checks.thread_mode, False, str(tmp_path), max_frames=2),
         "Test uses more memory than its previous run (--fail-on-increase)\\n"
         f"  previous peak 1000B (1000 bytes), now {format_size(report.peak_bytes)} ({report.peak_bytes} bytes): "
         f"+{format_size(report.peak_bytes - 1000)}",

@@ -16,7 +16,7 @@ from .markers import Checks
 if TYPE_CHECKING:
     from ._native import Report
 
-__all__ = ["Failure", "Judged", "Policy", "charge_mode", "judge"]
+__all__ = ["Failure", "Judged", "Policy", "judge"]
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,6 @@ class Failure:
     scan_notes: Optional[str] = None
 
 
-def charge_mode(checks: Checks, include_tracers: bool) -> str:
-    """Whose allocations the test is charged for, as the failure text and the capture file
-    write it: the thread mode's name, with ``+tracers`` when what tracers' callbacks allocate
-    is charged too (--heapgate-include-tracers)."""
-    return str(checks.thread_mode) + ("+tracers" if include_tracers else "")
-
-
 def judge(test: Judged, policy: Policy) -> Failure:
     """Every failed memory check's text, in a fixed order, joined by blank lines."""
     from . import _native
@@ -79,8 +72,9 @@ def judge(test: Judged, policy: Policy) -> Failure:
         failures.append(report.interpreter_problem)
     lm = checks.limit_memory
     if lm is not None and report.peak_bytes > lm.limit:
-        mode = charge_mode(checks, policy.include_tracers)
-        failures.append(report.peak_failure(lm.limit, mode, rootpath, max_frames=frames))
+        failures.append(
+            report.peak_failure(lm.limit, checks.thread_mode, policy.include_tracers, rootpath, max_frames=frames)
+        )
     if lm is not None and test.passed and test.previous_peak is not None:
         failures.append(_native.fail_on_increase_failure(test.previous_peak, report.peak_bytes))
     ll = checks.limit_leaks

@@ -30,7 +30,7 @@ from . import __version__
 from .artifacts import ArtifactDir, DirError, Written, process_facts
 from .baseline import Baseline, BaselineError, Entry
 from .baseline import save as save_baseline
-from .failures import Judged, Policy, charge_mode, judge
+from .failures import Judged, Policy, judge
 from .leakcheck import Suppression, SuppressionError, load_suppressions
 from .markers import MARKERS, Checks, MarkerError, checks_for
 from .repeat import warm_up
@@ -154,9 +154,6 @@ class HeapgatePlugin:
         # Native leaks are judged by where memory came from: that needs native stacks.
         native = self.native or checks.native_leaks is not None
         _native.start(codes, boundary, checks.thread_mode, native, self.settings.include_tracers)
-
-    def _charge_mode(self, checks: Checks) -> str:
-        return charge_mode(checks, self.settings.include_tracers)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> None:
@@ -315,7 +312,8 @@ class HeapgatePlugin:
             outcome,
             result.failure,
             lm.limit if lm else None,
-            self._charge_mode(checks),
+            checks.thread_mode,
+            self.settings.include_tracers,
             self.facts,
             limit_leaks=checks.limit_leaks.limit if checks.limit_leaks else None,
             native_leaks=checks.native_leaks.limit if checks.native_leaks else None,

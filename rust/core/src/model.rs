@@ -137,11 +137,12 @@ named_enum!(Allocator, "allocator");
 
 /// Whose allocations a tracked test is charged for. Named as the plugin and the capture file
 /// name it (`current_thread`, `spawned`, `all`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum ThreadMode {
     /// Only the thread running the test's call (pytest-memray's `current_thread_only=True`).
     CurrentThread,
     /// The test's thread plus every thread started during the call, and their descendants.
+    #[default]
     Spawned,
     /// Every thread in the process.
     All,
@@ -166,6 +167,66 @@ impl ThreadMode {
 }
 
 named_enum!(ThreadMode, "thread mode");
+
+/// Whose allocations a test was charged for: its threads, and whether what trace, profile and
+/// `sys.monitoring` callbacks allocate counted too (`--heapgate-include-tracers`). The capture
+/// file and the JSON report write it as the thread mode's name with a `+tracers` suffix when
+/// tracers counted (`spawned`, `all+tracers`), and a reader accepts nothing else.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Charge {
+    /// Whose threads.
+    pub threads: ThreadMode,
+    /// True when tracers' callbacks were charged too.
+    pub tracers: bool,
+}
+
+impl Charge {
+    const TRACERS_SUFFIX: &'static str = "+tracers";
+}
+
+impl fmt::Display for Charge {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.threads.name())?;
+        if self.tracers {
+            f.write_str(Charge::TRACERS_SUFFIX)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for Charge {
+    type Err = UnknownName;
+
+    fn from_str(s: &str) -> Result<Self, UnknownName> {
+        let (threads, tracers) = match s.strip_suffix(Charge::TRACERS_SUFFIX) {
+            Some(threads) => (threads, true),
+            None => (s, false),
+        };
+        let threads = threads.parse::<ThreadMode>().map_err(|_| UnknownName {
+            what: "charge rule",
+            value: s.to_string(),
+            expected: format!(
+                "{}, each optionally followed by {}",
+                ThreadMode::ALL.map(|v| v.name()).join(", "),
+                Charge::TRACERS_SUFFIX
+            ),
+        })?;
+        Ok(Charge { threads, tracers })
+    }
+}
+
+impl Serialize for Charge {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Charge {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// A frame of a recorded stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -422,6 +483,35 @@ mod tests {
         }
         let err = "malloc2".parse::<Allocator>().unwrap_err().to_string();
         assert!(err.starts_with("unknown allocator \"malloc2\" (expected one of: malloc, calloc"));
+    }
+
+    #[test]
+    fn a_charge_is_written_as_its_mode_and_tracers_suffix_and_read_back_strictly() {
+        for threads in ThreadMode::ALL {
+            for tracers in [false, true] {
+                let charge = Charge { threads, tracers };
+                let text = charge.to_string();
+                assert_eq!(text.ends_with("+tracers"), tracers);
+                assert_eq!(text.parse::<Charge>(), Ok(charge));
+            }
+        }
+        assert_eq!(Charge::default().to_string(), "spawned");
+        for bad in [
+            "",
+            "+tracers",
+            "spawned+",
+            "spawned+tracers+tracers",
+            "threads",
+        ] {
+            let err = bad.parse::<Charge>().unwrap_err().to_string();
+            assert_eq!(
+                err,
+                format!(
+                    "unknown charge rule {bad:?} (expected one of: current_thread, spawned, all, \
+                     each optionally followed by +tracers)"
+                )
+            );
+        }
     }
 
     #[test]

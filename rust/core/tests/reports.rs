@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use heapgate_core::model::{
-    Allocator, Frame, LeakKinds, LeakTally, SiteCounts, TestReport, Totals,
+    Allocator, Charge, Frame, LeakKinds, LeakTally, SiteCounts, TestReport, ThreadMode, Totals,
 };
 use heapgate_core::record::{Capture, Limits, ProcessFacts, TestInfo};
 use heapgate_core::report::{
@@ -111,7 +111,7 @@ fn fixed_capture() -> Capture {
                 limit_memory: Some(5 << 20),
                 limit_leaks: None,
                 native_leaks: Some(0),
-                thread_mode: "spawned".into(),
+                charge: Charge::default(),
             },
             failure: None,
         },
@@ -143,7 +143,7 @@ fn failure_text() {
             5 << 20,
             c,
             r,
-            "spawned",
+            Charge::default(),
             &TextOptions {
                 rootpath: Some(Path::new("/proj")),
                 ..TextOptions::default()
@@ -160,7 +160,10 @@ fn failure_text_with_few_frames() {
             5 << 20,
             c,
             r,
-            "current_thread",
+            Charge {
+                threads: ThreadMode::CurrentThread,
+                tracers: false,
+            },
             &TextOptions {
                 rootpath: None,
                 max_sites: 1,

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 
 use heapgate_core::capture::TestReport;
 use heapgate_core::model::{
-    Allocator as CoreAllocator, LeakKinds as CoreLeakKinds, LeakTally as CoreLeakTally, SiteReport,
-    ThreadMode as CoreThreadMode, UnknownName,
+    Allocator as CoreAllocator, Charge, LeakKinds as CoreLeakKinds, LeakTally as CoreLeakTally,
+    SiteReport, ThreadMode as CoreThreadMode, UnknownName,
 };
 use heapgate_core::record::{Capture, ProcessFacts, TestInfo};
 use heapgate_core::report::{peak_failure, FrameKind, ReportFrame, ResolvedCapture, TextOptions};
@@ -599,13 +599,17 @@ impl Report {
         self.totals().leak_kinds.map(LeakKinds)
     }
 
-    /// The failure text of a test whose peak exceeded `limit` (report/text.rs).
-    #[pyo3(signature = (limit, mode="spawned", rootpath=None, max_sites=5, max_frames=None))]
+    /// The failure text of a test whose peak exceeded `limit` (report/text.rs); its charge
+    /// rule says whose allocations counted: `thread_mode`'s threads, and tracers' callbacks when
+    /// `include_tracers`.
+    #[pyo3(signature = (limit, thread_mode=PyThreadMode::Spawned, include_tracers=false, rootpath=None, max_sites=5, max_frames=None))]
+    #[allow(clippy::too_many_arguments)]
     fn peak_failure(
         &self,
         py: Python<'_>,
         limit: u64,
-        mode: &str,
+        thread_mode: PyThreadMode,
+        include_tracers: bool,
         rootpath: Option<PathBuf>,
         max_sites: usize,
         max_frames: Option<usize>,
@@ -616,7 +620,7 @@ impl Report {
                 limit,
                 &self.data,
                 &resolver,
-                mode,
+                charge(thread_mode, include_tracers),
                 &TextOptions {
                     rootpath: rootpath.as_deref(),
                     max_sites,
@@ -629,8 +633,8 @@ impl Report {
     /// This report as a capture of test `nodeid` (see records.rs).
     /// `failure`: the failure text the test reported, if a memory check failed. Limits in
     /// bytes: `limit` is `limit_memory`'s, `limit_leaks` per location, `native_leaks` of lost
-    /// native memory.
-    #[pyo3(signature = (nodeid, outcome, failure, limit, mode, facts, limit_leaks=None, native_leaks=None))]
+    /// native memory. `thread_mode` and `include_tracers` say whose allocations were charged.
+    #[pyo3(signature = (nodeid, outcome, failure, limit, thread_mode, include_tracers, facts, limit_leaks=None, native_leaks=None))]
     #[allow(clippy::too_many_arguments)]
     fn record(
         &self,
@@ -638,7 +642,8 @@ impl Report {
         outcome: String,
         failure: Option<String>,
         limit: Option<u64>,
-        mode: String,
+        thread_mode: PyThreadMode,
+        include_tracers: bool,
         facts: records::Facts,
         limit_leaks: Option<u64>,
         native_leaks: Option<u64>,
@@ -647,9 +652,17 @@ impl Report {
             limit_memory: limit,
             limit_leaks,
             native_leaks,
-            thread_mode: mode,
+            charge: charge(thread_mode, include_tracers),
         };
         records::Record::from_live(&self.data, nodeid, outcome, failure, limits, facts)
+    }
+}
+
+/// Whose allocations a test was charged for, from the plugin's two settings.
+fn charge(thread_mode: PyThreadMode, include_tracers: bool) -> Charge {
+    Charge {
+        threads: thread_mode.into(),
+        tracers: include_tracers,
     }
 }
 

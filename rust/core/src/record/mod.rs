@@ -22,7 +22,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::model::{Frame, SiteReport, TestReport, Totals, TrieNode};
+use crate::model::{Charge, Frame, SiteReport, TestReport, Totals, TrieNode};
 use crate::symbolize::{Module, ModuleMap};
 
 /// The 8 bytes every capture file starts with.
@@ -122,8 +122,10 @@ pub struct Limits {
     pub limit_leaks: Option<u64>,
     /// `--native-leaks`' limit in bytes of lost native memory.
     pub native_leaks: Option<u64>,
-    /// Whose allocations were charged: `spawned`, `current_thread` or `all`.
-    pub thread_mode: String,
+    /// Whose allocations were charged (stored under its old name, `thread_mode`: the value
+    /// was always the charge rule's text).
+    #[serde(rename = "thread_mode")]
+    pub charge: Charge,
 }
 
 /// Which test, under which limits, with which outcome.

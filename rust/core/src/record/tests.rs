@@ -3,7 +3,7 @@
 use proptest::prelude::*;
 
 use super::*;
-use crate::model::{Allocator, Frame, SiteCounts, TestReport, Totals};
+use crate::model::{Allocator, Charge, Frame, SiteCounts, TestReport, Totals};
 
 fn py(function: &str, line: u32) -> Frame {
     Frame::Python {
@@ -92,7 +92,7 @@ fn capture() -> Capture {
                 limit_memory: Some(1 << 20),
                 limit_leaks: None,
                 native_leaks: Some(0),
-                thread_mode: "spawned".into(),
+                charge: Charge::default(),
             },
             failure: None,
         },

@@ -181,7 +181,7 @@ impl TestEntry {
                     limit,
                     capture,
                     resolver,
-                    &c.test.limits.thread_mode,
+                    c.test.limits.charge,
                     &TextOptions {
                         rootpath: root,
                         ..TextOptions::default()

@@ -40,5 +40,5 @@ pub use session::{SessionTest, TestNotes};
 pub use stacks::{resolve_stack, FrameKind, InterpreterModules, ReportFrame};
 pub use text::{
     capture_text, escape_html, format_frame, format_size, frame_label, peak_failure, show_path,
-    thread_rule_text, TextOptions,
+    TextOptions,
 };

@@ -3,6 +3,7 @@
 use std::path::{Component, Path, PathBuf};
 
 use super::{FrameKind, ReportFrame, ResolvedCapture, Resolver};
+use crate::model::{Charge, ThreadMode};
 
 /// How much of a capture the failure text shows.
 #[derive(Clone, Copy, Debug)]
@@ -26,32 +27,26 @@ impl Default for TextOptions<'_> {
     }
 }
 
-/// One line saying whose allocations were charged, for a thread mode (`spawned`,
-/// `current_thread`, `all`).
-pub fn thread_rule_text(mode: &str) -> &'static str {
-    match mode {
-        "current_thread" => {
+/// One line saying whose allocations were charged, for a thread mode.
+fn thread_rule_text(threads: ThreadMode) -> &'static str {
+    match threads {
+        ThreadMode::CurrentThread => {
             "allocations of the test's own thread while the test function ran (current_thread_only=True)"
         }
-        "all" => "allocations of every thread during the test call (all_threads=True)",
-        _ => "allocations of the test's thread while the test function ran, and of threads it started (default)",
+        ThreadMode::All => "allocations of every thread during the test call (all_threads=True)",
+        ThreadMode::Spawned => "allocations of the test's thread while the test function ran, and of threads it started (default)",
     }
 }
 
-/// The charge rule of a failure text: whose allocations (`mode` is a thread mode, with a
-/// `+tracers` suffix when what trace, profile and `sys.monitoring` callbacks allocate was
-/// charged too, `--heapgate-include-tracers`), and whether observers' memory counted.
-pub fn charge_rule_text(mode: &str) -> String {
-    match mode.strip_suffix("+tracers") {
-        Some(threads) => format!(
-            "{}; also memory that trace, profile or sys.monitoring callbacks allocate (--heapgate-include-tracers)",
-            thread_rule_text(threads)
-        ),
-        None => format!(
-            "{}; not memory that trace, profile or sys.monitoring callbacks allocate (coverage, profilers, debuggers)",
-            thread_rule_text(mode)
-        ),
-    }
+/// The charge rule of a failure text: whose allocations, and whether what trace, profile and
+/// `sys.monitoring` callbacks allocate counted (`--heapgate-include-tracers`).
+pub fn charge_rule_text(charge: Charge) -> String {
+    let tracers = if charge.tracers {
+        "also memory that trace, profile or sys.monitoring callbacks allocate (--heapgate-include-tracers)"
+    } else {
+        "not memory that trace, profile or sys.monitoring callbacks allocate (coverage, profilers, debuggers)"
+    };
+    format!("{}; {tracers}", thread_rule_text(charge.threads))
 }
 
 /// `10.0MiB`-style text for a byte count: binary prefixes, one decimal (the plugin's
@@ -117,7 +112,7 @@ pub fn peak_failure(
     limit: u64,
     capture: &ResolvedCapture,
     resolver: &Resolver<'_>,
-    mode: &str,
+    charge: Charge,
     options: &TextOptions<'_>,
 ) -> String {
     let totals = &capture.capture().result.totals;
@@ -132,7 +127,7 @@ pub fn peak_failure(
             totals.peak_bytes,
             plural(totals.peak_count, "live allocation")
         ),
-        format!("  charged: {}", charge_rule_text(mode)),
+        format!("  charged: {}", charge_rule_text(charge)),
         "Top locations at the peak (allocating frame first):".to_string(),
     ];
     lines.extend(location_lines(capture, resolver, options));
@@ -207,13 +202,7 @@ pub fn capture_text(
     match (c.test.memory_failed, c.test.limits.limit_memory) {
         // The peak failed: rendered again, symbolized on this machine.
         (true, Some(limit)) if c.result.totals.peak_bytes > limit => {
-            return peak_failure(
-                limit,
-                capture,
-                resolver,
-                &c.test.limits.thread_mode,
-                options,
-            );
+            return peak_failure(limit, capture, resolver, c.test.limits.charge, options);
         }
         // Another check failed (leaks, growth, baseline): the text the test reported.
         (true, _) if c.test.failure.is_some() => {
@@ -240,10 +229,7 @@ pub fn capture_text(
             plural(c.result.totals.peak_count, "live allocation"),
             c.result.totals.leaked_bytes
         ),
-        format!(
-            "  charged: {}",
-            charge_rule_text(&c.test.limits.thread_mode)
-        ),
+        format!("  charged: {}", charge_rule_text(c.test.limits.charge)),
         "Top locations at the peak (allocating frame first):".to_string(),
     ];
     lines.extend(location_lines(capture, resolver, options));
