@@ -25,6 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -130,7 +131,7 @@ def versions(python: Path, env: dict[str, str]) -> dict[str, str]:
     )
     out = subprocess.run([str(python), "-c", code], capture_output=True, text=True, check=True,
                          env=env)
-    info = json.loads(out.stdout)
+    info: dict[str, str] = json.loads(out.stdout)
     commit = heapgate_commit()
     if commit:
         info["heapgate_commit"] = commit
@@ -198,11 +199,11 @@ _MR_HEAD = re.compile(r"Allocation results for test_workloads\.py::(\w+) at the 
 _MR_PEAK = re.compile(r"Total memory allocated: (\S+)")
 
 
-def tracker_reports(mode: str, stdout: str) -> dict[str, dict]:
+def tracker_reports(mode: str, stdout: str) -> dict[str, dict[str, Any]]:
     """What each tracker printed about each test in its end-of-session summary: a check that
     it really recorded the workload. heapgate: peak and number of allocations during the call;
     pytest-memray: peak ("Total memory allocated" at its high watermark)."""
-    seen: dict[str, dict] = {}
+    seen: dict[str, dict[str, Any]] = {}
     if mode.startswith("heapgate"):
         for m in _HG_ROW.finditer(stdout):
             seen[m.group(3)] = {"peak": m.group(1), "allocations": int(m.group(2))}
@@ -214,7 +215,7 @@ def tracker_reports(mode: str, stdout: str) -> dict[str, dict]:
     return seen
 
 
-def run_once(python: Path, workdir: Path, env: dict[str, str], mode: str, timeout: float) -> dict:
+def run_once(python: Path, workdir: Path, env: dict[str, str], mode: str, timeout: float) -> dict[str, Any]:
     out = workdir / f"result-{mode}.json"
     if out.exists():
         out.unlink()
@@ -287,8 +288,8 @@ def main() -> int:
 
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
-    runs: list[dict] = []
-    problems: list[dict] = []
+    runs: list[dict[str, Any]] = []
+    problems: list[dict[str, Any]] = []
     with tmp:
         (workdir / "suite").mkdir()
         build_suite(python, workdir / "suite")
@@ -311,10 +312,10 @@ def main() -> int:
                         + "\n".join("    | " + l for l in (res.get("stdout", "") + res.get("stderr", "")).splitlines()[-30:]))
 
     # Medians per mode and workload, of the loop time and of the call phase's duration.
-    summary: dict[str, dict] = {}
+    summary: dict[str, dict[str, Any]] = {}
     for mode in modes:
         ok = [r for r in runs if r["mode"] == mode and r["ok"]]
-        per: dict[str, dict] = {}
+        per: dict[str, dict[str, Any]] = {}
         for w in [WARMUP, *WORKLOADS]:
             loops = [r["tests"][w]["loop_s"] for r in ok]
             calls = [r["tests"][w]["call_s"] for r in ok]
@@ -327,7 +328,7 @@ def main() -> int:
             }
         summary[mode] = per
 
-    ratios: dict[str, dict] = {}
+    ratios: dict[str, dict[str, Any]] = {}
     for w in WORKLOADS:
         ratios[w] = {}
         for a, b in RATIOS:
@@ -337,19 +338,19 @@ def main() -> int:
                     ratios[w][f"{a}/{b} ({kind})"] = x / y if y else float("nan")
 
     # Overhead per allocation event, using heapgate's own count of allocations in the test.
-    per_alloc: dict[str, dict] = {}
+    per_alloc: dict[str, dict[str, Any]] = {}
     for w in WORKLOADS:
         hg_counts = [n for m in modes if m.startswith("heapgate")
                      for n in summary[m][w]["tracker_allocations"]]
         if not hg_counts:
             continue
-        allocs = int(median(hg_counts))
-        per_alloc[w] = {"allocations_seen_by_heapgate": allocs}
+        seen = int(median(hg_counts))
+        per_alloc[w] = {"allocations_seen_by_heapgate": seen}
         for mode in modes:
             if mode == "plain":
                 continue
             extra = summary[mode][w]["loop_median_s"] - summary["plain"][w]["loop_median_s"]
-            per_alloc[w][f"{mode}_ns_per_alloc"] = extra / allocs * 1e9
+            per_alloc[w][f"{mode}_ns_per_alloc"] = extra / seen * 1e9
 
     # ---- the table
     width = 17

@@ -4,11 +4,14 @@ named by $HEAPGATE_BENCH_OUT when the session ends. Runs after the call, so it t
 
 import json
 import os
+from typing import Any
 
-_results = []
+import pytest
+
+_results: list[dict[str, Any]] = []
 
 
-def pytest_runtest_logreport(report):
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
     if report.when == "call":
         props = dict(report.user_properties)
         _results.append(
@@ -21,7 +24,7 @@ def pytest_runtest_logreport(report):
         )
 
 
-def pytest_sessionfinish(session):
+def pytest_sessionfinish(session: pytest.Session) -> None:
     out = os.environ.get("HEAPGATE_BENCH_OUT")
     if out:
         with open(out, "w") as f:

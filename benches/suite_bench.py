@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from alloc_bench import DEFAULT_VENV, HERE, ensure_venv, heapgate_commit, native_hash, snapshot_heapgate, versions  # noqa: E402
@@ -75,7 +76,7 @@ def build_suite(python: Path, workdir: Path) -> list[str]:
     return re.findall(r"^def (test_\w+)", (HERE / "suite_tests.py").read_text(), re.M)
 
 
-def run_once(python: Path, workdir: Path, env: dict[str, str], mode: str, tests: list[str], timeout: float) -> dict:
+def run_once(python: Path, workdir: Path, env: dict[str, str], mode: str, tests: list[str], timeout: float) -> dict[str, Any]:
     out = workdir / f"result-{mode.replace(':', '-')}.json"
     out.unlink(missing_ok=True)
     cmd = [str(python), "-m", "pytest", "-q", "-p", "no:cacheprovider", *MODES[mode.removeprefix(BASELINE)], "test_suite.py"]
@@ -150,7 +151,7 @@ def main() -> int:
             envs[BASELINE + m] = before_env
     started = datetime.datetime.now().astimezone()
     load_before = os.getloadavg()
-    runs: list[dict] = []
+    runs: list[dict[str, Any]] = []
     with tmp:
         (workdir / "suite").mkdir()
         tests = build_suite(python, workdir / "suite")

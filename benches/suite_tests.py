@@ -8,6 +8,7 @@ its workload alone as the user property "loop_s"; the conftest adds pytest's cal
 
 import threading
 import time
+from typing import Callable, Optional
 
 import cmalloc
 
@@ -15,7 +16,7 @@ C_BLOCKS = 2_097_152
 THREAD_LISTS = 150_000
 
 
-def test_00_warmup(record_property):
+def test_00_warmup(record_property: Callable[[str, object], None]) -> None:
     # A tracker's one-time setup (heapgate patches every loaded object at its first tracked
     # test) lands here, not in the workloads.
     t0 = time.perf_counter()
@@ -25,7 +26,7 @@ def test_00_warmup(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_dicts_and_lists(record_property):
+def test_dicts_and_lists(record_property: Callable[[str, object], None]) -> None:
     # 600,000 small dicts and 600,000 small lists in six rounds of 100,000 each, each
     # round's containers live together.
     t0 = time.perf_counter()
@@ -37,7 +38,7 @@ def test_dicts_and_lists(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_bytearrays_kept(record_property):
+def test_bytearrays_kept(record_property: Callable[[str, object], None]) -> None:
     t0 = time.perf_counter()
     kept = [bytearray(64) for _ in range(1_000_000)]
     assert len(kept) == 1_000_000
@@ -45,20 +46,20 @@ def test_bytearrays_kept(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_c_blocks_live(record_property):
+def test_c_blocks_live(record_property: Callable[[str, object], None]) -> None:
     # 2,097,152 C mallocs of 64 bytes held live together, then freed.
     t0 = time.perf_counter()
     cmalloc.malloc_hold(C_BLOCKS, 64)
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def _leaf_allocations(depth):
+def _leaf_allocations(depth: int) -> list[bytearray]:
     if depth:
         return _leaf_allocations(depth - 1)
     return [bytearray(32) for _ in range(200_000)]
 
 
-def test_deep_recursion(record_property):
+def test_deep_recursion(record_property: Callable[[str, object], None]) -> None:
     # Every allocation is made 150 Python frames below the test.
     t0 = time.perf_counter()
     kept = _leaf_allocations(150)
@@ -67,21 +68,21 @@ def test_deep_recursion(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def _make_lists(n, out, index):
+def _make_lists(n: int, out: list[Optional[list[list[int]]]], index: int) -> None:
     out[index] = [[i] for i in range(n)]
 
 
-def _lists_in_threads(threads, per_thread):
-    out = [None] * threads
+def _lists_in_threads(threads: int, per_thread: int) -> None:
+    out: list[Optional[list[list[int]]]] = [None] * threads
     workers = [threading.Thread(target=_make_lists, args=(per_thread, out, i)) for i in range(threads)]
     for w in workers:
         w.start()
     for w in workers:
         w.join()
-    assert sum(len(x) for x in out) == threads * per_thread
+    assert sum(len(x or ()) for x in out) == threads * per_thread
 
 
-def test_lists_one_thread(record_property):
+def test_lists_one_thread(record_property: Callable[[str, object], None]) -> None:
     # The same 600,000 lists as the four-thread test, made by one started thread: the pair
     # gives the per-event cost of one thread against four.
     t0 = time.perf_counter()
@@ -89,13 +90,13 @@ def test_lists_one_thread(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_lists_four_threads(record_property):
+def test_lists_four_threads(record_property: Callable[[str, object], None]) -> None:
     t0 = time.perf_counter()
     _lists_in_threads(4, THREAD_LISTS)
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_big_import(record_property):
+def test_big_import(record_property: Callable[[str, object], None]) -> None:
     # numpy (dozens of extension objects loaded) and a slice of the standard library.
     t0 = time.perf_counter()
     import asyncio  # noqa: F401
@@ -110,7 +111,7 @@ def test_big_import(record_property):
     record_property("loop_s", time.perf_counter() - t0)
 
 
-def test_numpy_churn(record_property):
+def test_numpy_churn(record_property: Callable[[str, object], None]) -> None:
     import numpy as np
 
     t0 = time.perf_counter()

@@ -141,38 +141,10 @@ fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
         .and_then(|r| r.getattr("__file__"))
         .and_then(|f| f.extract::<String>())
         .ok()
-        .and_then(|p| std::ffi::CString::new(p).ok())
     else {
         return Vec::new();
     };
-    // SAFETY: RTLD_NOLOAD only looks up the loaded module (no code runs); the handle is
-    // closed below. dlsym searches the module and the libraries it loaded (libreadline).
-    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
-    if handle.is_null() {
-        return Vec::new();
-    }
-    let symbol = |name: &std::ffi::CStr| {
-        // SAFETY: a valid handle and a NUL-terminated name.
-        unsafe { libc::dlsym(handle, name.as_ptr()) as usize }
-    };
-    let version = symbol(c"rl_readline_version");
-    // SAFETY: GNU readline's `int rl_readline_version` (0x0802 for 8.2) when found.
-    let gnu = version != 0 && unsafe { *(version as *const libc::c_int) } >= 0x0600;
-    let mut maps: Vec<usize> = if gnu {
-        [
-            c"emacs_standard_keymap",
-            c"emacs_meta_keymap",
-            c"emacs_ctlx_keymap",
-            c"vi_insertion_keymap",
-            c"vi_movement_keymap",
-        ]
-        .into_iter()
-        .map(symbol)
-        .filter(|a| *a != 0)
-        .collect()
-    } else {
-        Vec::new()
-    };
+    let mut maps = standard_keymaps(path);
     let mut seen = Vec::new();
     let mut out = Vec::new();
     while let Some(map) = maps.pop() {
@@ -192,9 +164,62 @@ fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
             out.extend([entry, entry + 8]);
         }
     }
+    out
+}
+
+/// The addresses of GNU readline's standard key maps, for the `readline` module loaded from
+/// `path` (empty for another readline). Looked up once per path: CPython never unloads an
+/// extension module, nor its libraries (a lookup through the loader cost about as much as the
+/// walk of the maps, for every scan). The maps bound under them can change: they are walked
+/// every time.
+fn standard_keymaps(path: String) -> Vec<usize> {
+    static FOUND: std::sync::Mutex<Option<(String, Vec<usize>)>> = std::sync::Mutex::new(None);
+    let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
+    match found.as_ref() {
+        Some((seen, maps)) if *seen == path => maps.clone(),
+        _ => {
+            let maps = lookup_standard_keymaps(&path);
+            *found = Some((path, maps.clone()));
+            maps
+        }
+    }
+}
+
+fn lookup_standard_keymaps(path: &str) -> Vec<usize> {
+    let Ok(path) = std::ffi::CString::new(path) else {
+        return Vec::new();
+    };
+    // SAFETY: RTLD_NOLOAD only looks up the loaded module (no code runs); the handle is
+    // closed below. dlsym searches the module and the libraries it loaded (libreadline).
+    let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
+    if handle.is_null() {
+        return Vec::new();
+    }
+    let symbol = |name: &std::ffi::CStr| {
+        // SAFETY: a valid handle and a NUL-terminated name.
+        unsafe { libc::dlsym(handle, name.as_ptr()) as usize }
+    };
+    let version = symbol(c"rl_readline_version");
+    // SAFETY: GNU readline's `int rl_readline_version` (0x0802 for 8.2) when found.
+    let gnu = version != 0 && unsafe { *(version as *const libc::c_int) } >= 0x0600;
+    let maps: Vec<usize> = if gnu {
+        [
+            c"emacs_standard_keymap",
+            c"emacs_meta_keymap",
+            c"emacs_ctlx_keymap",
+            c"vi_insertion_keymap",
+            c"vi_movement_keymap",
+        ]
+        .into_iter()
+        .map(symbol)
+        .filter(|a| *a != 0)
+        .collect()
+    } else {
+        Vec::new()
+    };
     // SAFETY: the handle from dlopen above.
     unsafe { libc::dlclose(handle) };
-    out
+    maps
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {

@@ -7,7 +7,7 @@ use std::sync::MutexGuard;
 
 use super::elf_got;
 use super::guard::{Charge, Guard};
-use super::session::{session, Session, ACTIVE};
+use super::session::{session, SessionGuard, ACTIVE};
 
 thread_local! {
     /// The locks held by the forking thread between the prepare and parent/child handlers.
@@ -16,7 +16,7 @@ thread_local! {
 
 struct ForkLocks {
     _patch: MutexGuard<'static, Option<elf_got::LoadedObjects>>,
-    _session: MutexGuard<'static, Option<Session>>,
+    _session: SessionGuard,
 }
 
 pub(super) extern "C" fn fork_prepare() {

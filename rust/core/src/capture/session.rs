@@ -1,8 +1,10 @@
 //! The process's tracking state: which test is tracked (one at a time), whose allocations it
 //! is charged for, and the hooks' installation in every loaded object.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::cell::UnsafeCell;
+use std::ops::{Deref, DerefMut};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::OnceLock;
 
 use super::fork::{fork_child, fork_parent, fork_prepare};
 use super::guard::Charge;
@@ -22,12 +24,99 @@ pub(super) struct Session {
     pub(super) tracker: Tracker,
 }
 
-static SESSION: Mutex<Option<Session>> = Mutex::new(None);
+/// The lock around the session, taken once per recorded event by whichever thread records.
+///
+/// Released by a plain store: a `std` mutex releases with an atomic swap (to learn whether to
+/// wake a waiter), which on x86-64 is a full barrier that waits for the event's writes to the
+/// live table (cache misses at millions of live blocks) to complete before the hook can
+/// return. A waiter therefore cannot be woken: it spins briefly (holders keep the lock for
+/// one event, a few hundred nanoseconds), then yields, then sleeps in short naps, so a leak
+/// scan that holds the lock for seconds costs the waiting threads no CPU.
+pub(super) struct SessionLock {
+    locked: AtomicU32,
+    session: UnsafeCell<Option<Session>>,
+}
 
-pub(super) fn session() -> MutexGuard<'static, Option<Session>> {
-    // A panic while the lock was held cannot leave the tables half-updated in a way that
-    // matters more than losing the test's numbers; keep going.
-    SESSION.lock().unwrap_or_else(|e| e.into_inner())
+// SAFETY: the session is only reached through a `SessionGuard`, which exists on one thread at
+// a time (the `locked` flag, taken with acquire and released with release ordering).
+unsafe impl Sync for SessionLock {}
+
+/// Exclusive access to the session while held.
+pub(super) struct SessionGuard(());
+
+static SESSION: SessionLock = SessionLock {
+    locked: AtomicU32::new(0),
+    session: UnsafeCell::new(None),
+};
+
+impl SessionLock {
+    #[inline]
+    fn try_lock(&self) -> bool {
+        self.locked
+            .compare_exchange_weak(0, 1, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+    }
+
+    #[inline]
+    fn lock(&self) -> SessionGuard {
+        if !self.try_lock() {
+            self.lock_contended();
+        }
+        SessionGuard(())
+    }
+
+    #[cold]
+    fn lock_contended(&self) {
+        let mut attempts = 0u32;
+        loop {
+            if self.locked.load(Ordering::Relaxed) == 0 && self.try_lock() {
+                return;
+            }
+            attempts += 1;
+            if attempts < 64 {
+                std::hint::spin_loop();
+            } else if attempts < 96 {
+                std::thread::yield_now();
+            } else {
+                // A long hold (a leak scan, a report): nap instead of burning a CPU.
+                let nap = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000,
+                };
+                // SAFETY: nanosleep reads the timespec and may write nothing (null remainder).
+                unsafe { libc::nanosleep(&nap, std::ptr::null_mut()) };
+            }
+        }
+    }
+}
+
+impl Deref for SessionGuard {
+    type Target = Option<Session>;
+    fn deref(&self) -> &Option<Session> {
+        // SAFETY: the guard holds the lock.
+        unsafe { &*SESSION.session.get() }
+    }
+}
+
+impl DerefMut for SessionGuard {
+    fn deref_mut(&mut self) -> &mut Option<Session> {
+        // SAFETY: the guard holds the lock, and is borrowed mutably.
+        unsafe { &mut *SESSION.session.get() }
+    }
+}
+
+impl Drop for SessionGuard {
+    #[inline]
+    fn drop(&mut self) {
+        SESSION.locked.store(0, Ordering::Release);
+    }
+}
+
+/// Lock the session. A panic while it was held cannot leave the tables half-updated in a way
+/// that matters more than losing the test's numbers; the lock is released by unwinding.
+#[inline]
+pub(super) fn session() -> SessionGuard {
+    SESSION.lock()
 }
 
 /// True while a test is tracked. The hooks' one branch.
