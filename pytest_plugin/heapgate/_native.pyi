@@ -32,6 +32,7 @@ __all__ = [
     "scan_leaks",
     "has_gc_candidates",
     "clear_free_lists",
+    "empty_free_lists_on_call",
     "format_size",
     "LeakStack",
     "limit_leaks_failure",
@@ -339,6 +340,11 @@ def has_gc_candidates() -> bool:
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
     native leaks). True when emptied directly, False when a full collection did it."""
+
+def empty_free_lists_on_call(function: object, on: bool) -> bool:
+    """3.12+: make a plain Python function empty the dict free lists as each of its calls
+    starts, right before its frame is pushed (on=True), or stop it (on=False). False when left
+    alone."""
 
 # --- symbolizer (rust/python/src/symbols.rs): heapgate addr2line / doctor ---
 

@@ -240,13 +240,22 @@ class HeapgatePlugin:
     def pytest_pyfunc_call(self, pyfuncitem: pytest.Function) -> Generator[None, Any, None]:
         # As close to the test's function as a hook gets: what CPython's free lists hold now
         # was allocated before the test, and a leaked object revived from one would hide.
-        # (Wrapping the function to empty them as its call starts finds more such leaks on
-        # 3.12+, but then charges the test for Python objects the default mode takes from the
-        # free lists uncharged: peaks would differ between modes.)
+        # (A Python wrapper around the function was tried: its own call's objects were charged
+        # to the test, and the test's function was no longer a function.)
         checks = pyfuncitem.stash.get(CHECKS, Checks())
-        if checks.native_leaks is not None and _native is not None and _native.is_active():
-            _native.clear_free_lists()
-        yield
+        if checks.native_leaks is None or _native is None or not _native.is_active():
+            yield
+            return
+        _native.clear_free_lists()
+        # 3.12+: pytest's call of the function frees a dict it built into the free list while
+        # pushing the function's frame; the dict lists are emptied again right before that.
+        function = pyfuncitem.obj
+        on_call = _native.empty_free_lists_on_call(function, True)
+        try:
+            yield
+        finally:
+            if on_call:
+                _native.empty_free_lists_on_call(function, False)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_runtest_teardown(self, item: pytest.Item) -> None:

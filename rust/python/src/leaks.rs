@@ -15,6 +15,7 @@ type ScanCallback = extern "C" fn(usize, *const usize, usize) -> *mut ffi::PyObj
 
 extern "C" {
     fn hg_py_clear_free_lists() -> c_int;
+    fn hg_py_empty_free_lists_on_call(function: *mut ffi::PyObject, on: c_int) -> c_int;
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_container_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
@@ -264,6 +265,18 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
+/// 3.12+: make `function` (a plain Python function) empty the dict free lists as each of its
+/// calls starts, right before its frame is pushed (`on`), or stop it (`on` false). Returns True when
+/// done; False when the function was left alone (other versions, other callables, another
+/// vectorcall installed). pytest's own call of the test function otherwise frees a dict it
+/// built into the dict free list while pushing the frame, and the test's first dict is that one.
+#[pyfunction]
+fn empty_free_lists_on_call(function: &Bound<'_, PyAny>, on: bool) -> bool {
+    // SAFETY: the GIL is held (the bound reference); the shim checks the object's type
+    // before it touches a function's fields.
+    unsafe { hg_py_empty_free_lists_on_call(function.as_ptr(), c_int::from(on)) != 0 }
+}
+
 /// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
 /// full collection before the leak scan free any of the test's blocks (and only if the scan
 /// runs: some live block has a native origin).
@@ -277,6 +290,7 @@ fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
 /// figures appear in the report's sites.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
+    m.add_function(wrap_pyfunction!(empty_free_lists_on_call, m)?)?;
     m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {
