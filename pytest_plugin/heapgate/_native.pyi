@@ -342,7 +342,7 @@ def clear_free_lists() -> bool:
     native leaks). True when emptied directly, False when a full collection did it."""
 
 def empty_free_lists_on_call(function: object, on: bool) -> bool:
-    """3.12+: make a plain Python function empty the dict free lists as each of its calls
+    """3.12: make a plain Python function empty the dict free lists as each of its calls
     starts, right before its frame is pushed (on=True), or stop it (on=False). False when left
     alone."""
 

@@ -247,7 +247,7 @@ class HeapgatePlugin:
             yield
             return
         _native.clear_free_lists()
-        # 3.12+: pytest's call of the function frees a dict it built into the free list while
+        # 3.12: pytest's call of the function frees a dict it built into the free list while
         # pushing the function's frame; the dict lists are emptied again right before that.
         function = pyfuncitem.obj
         on_call = _native.empty_free_lists_on_call(function, True)

@@ -346,7 +346,7 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
 }
 #endif
 
-/* 3.12+: empty the dict free lists again as each call of a test function starts. pytest calls
+/* 3.12: empty the dict free lists again as each call of a test function starts. pytest calls
  * it as `testfunction(**testargs)`, after the last hook heapgate has, with a dict it has just
  * built, which 3.12's inlined call frees into the dict free list while pushing the function's
  * frame: the test's first dict was that one, no new block, and a leaked one was missed (in
@@ -359,7 +359,7 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
  * there too missed more leaked tuples (4 of 40 processes, against 1 of 80 without).
  * `on`: install (1) or restore (0). Returns 1 when done, 0 when the function was left alone
  * (no plain Python function, or another vectorcall than the expected one). */
-#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
 static PyObject *hg_emptying_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                         PyObject *kwnames) {
     hg_clear_dict_free_lists();
@@ -375,8 +375,8 @@ int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
     return 1;
 }
 #else
-/* Nothing to do before 3.12 (above). The free-threaded build empties the lists with a full
- * collection, too slow for every call. */
+/* Nothing to do before 3.12 (above). 3.13 does not export `_PyFunction_Vectorcall`, the call
+ * this needs to make (the module would not load); not measured there. */
 int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
     (void)function;
     (void)on;

@@ -265,7 +265,7 @@ fn clear_free_lists(_py: Python<'_>) -> bool {
     unsafe { hg_py_clear_free_lists() != 0 }
 }
 
-/// 3.12+: make `function` (a plain Python function) empty the dict free lists as each of its
+/// 3.12: make `function` (a plain Python function) empty the dict free lists as each of its
 /// calls starts, right before its frame is pushed (`on`), or stop it (`on` false). Returns True when
 /// done; False when the function was left alone (other versions, other callables, another
 /// vectorcall installed). pytest's own call of the test function otherwise frees a dict it
