@@ -19,7 +19,8 @@ pub struct UnknownName {
     pub expected: String,
 }
 
-/// Implements `Display`, `FromStr` and serde (as the name) for an enum with `ALL` and `name()`.
+/// Implements `Display`, `FromStr` and serde (as the name: [`serde_as_text`]) for an enum with
+/// `ALL` and `name()`.
 macro_rules! named_enum {
     ($type:ty, $what:literal) => {
         impl fmt::Display for $type {
@@ -43,16 +44,24 @@ macro_rules! named_enum {
             }
         }
 
+        serde_as_text!($type);
+    };
+}
+
+/// Implements serde for a type as its `Display` text, read back with its `FromStr` (whose
+/// error is the decode error).
+macro_rules! serde_as_text {
+    ($type:ty) => {
         impl Serialize for $type {
             fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                serializer.serialize_str(self.name())
+                serializer.collect_str(self)
             }
         }
 
         impl<'de> Deserialize<'de> for $type {
             fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let name = String::deserialize(deserializer)?;
-                name.parse().map_err(serde::de::Error::custom)
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(serde::de::Error::custom)
             }
         }
     };
@@ -215,18 +224,7 @@ impl FromStr for Charge {
     }
 }
 
-impl Serialize for Charge {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Charge {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(deserializer)?;
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+serde_as_text!(Charge);
 
 /// A frame of a recorded stack.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
