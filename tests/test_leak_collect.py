@@ -88,8 +88,14 @@ def test_garbage_in_the_oldest_generation_is_collected_before_the_scan(run, pyte
     text = result.stdout.str()
     for test in ("test_leak_behind_a_promoted_cycle", "test_leak_held_only_by_old_garbage"):
         section = text.split(f"_ {test} _", 1)[1]
-        m = re.search(r"definitely lost: (\d+) bytes", section)
-        assert m and int(m.group(1)) == 4096, section[:2000]
+        # Lost, whichever kind: a stale word elsewhere that points into the buffer (seen: old
+        # pointers in unwritten bytes of a live 0x200-byte heap chunk and of a pymalloc block,
+        # with CI=true's longer pytest output) makes it "possibly lost", still counted. The
+        # shortcut's failure is different: the leak read as still reachable (not counted).
+        definitely = re.search(r"definitely lost: (\d+) bytes", section)
+        possibly = re.search(r"possibly lost \(only interior pointers found\): (\d+) bytes", section)
+        assert definitely and possibly, section[:2000]
+        assert int(definitely.group(1)) + int(possibly.group(1)) == 4096, section[:2000]
         assert "holder_init" in section.split("Lost memory by location", 1)[1][:2000]
     # The buffer of the cycle that the full collection freed is neither lost nor still reachable.
     assert "test_a_promoted_garbage_cycle_frees_its_buffer PASSED" in text
