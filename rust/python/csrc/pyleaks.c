@@ -346,37 +346,49 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
 }
 #endif
 
-/* 3.12: empty the dict free lists again as each call of a test function starts. pytest calls
+/* 3.12+: empty the dict free lists again as each call of a test function starts. pytest calls
  * it as `testfunction(**testargs)`, after the last hook heapgate has, with a dict it has just
  * built, which 3.12's inlined call frees into the dict free list while pushing the function's
  * frame: the test's first dict was that one, no new block, and a leaked one was missed (in
- * every process). A function whose vectorcall is not the interpreter's takes the ordinary
- * call instead, which keeps that dict alive until the call returns and reaches
- * `hg_emptying_vectorcall` right before the frame is pushed: nothing is freed in between.
- * Only the dict lists: emptying the others there too made the test's own objects new blocks
- * that the default mode takes from the lists (a METH_VARARGS call's argument tuple: a peak
- * 48 bytes higher than without --native-leaks). 3.11's call keeps that dict alive; emptying
- * there too missed more leaked tuples (4 of 40 processes, against 1 of 80 without).
+ * every process; on 3.13 too). A function whose vectorcall is not the interpreter's takes the
+ * ordinary call instead, which keeps that dict alive until the call returns and reaches
+ * `hg_emptying_vectorcall` right before the frame is pushed: nothing is freed in between. It
+ * then calls the function's own vectorcall, kept while the swap lasts (3.13 does not export
+ * `_PyFunction_Vectorcall`, so it cannot be named). Only the dict lists: emptying the others
+ * there too made the test's own objects new blocks that the default mode takes from the lists
+ * (a METH_VARARGS call's argument tuple: a peak 48 bytes higher than without --native-leaks).
+ * 3.11's call keeps that dict alive; emptying there too missed more leaked tuples (4 of 40
+ * processes, against 1 of 80 without).
  * `on`: install (1) or restore (0). Returns 1 when done, 0 when the function was left alone
- * (no plain Python function, or another vectorcall than the expected one). */
-#if PY_VERSION_HEX >= 0x030C0000 && PY_VERSION_HEX < 0x030D0000
+ * (no plain Python function, another swap in place, or not the function swapped). */
+#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+/* The swapped function's own vectorcall (one test function's call at a time; the GIL is held). */
+static vectorcallfunc hg_function_vectorcall;
+
 static PyObject *hg_emptying_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                         PyObject *kwnames) {
     hg_clear_dict_free_lists();
-    return _PyFunction_Vectorcall(callable, args, nargsf, kwnames);
+    return hg_function_vectorcall(callable, args, nargsf, kwnames);
 }
 
 int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
     if (!PyFunction_Check(function)) return 0;
     PyFunctionObject *f = (PyFunctionObject *)function;
-    vectorcallfunc expected = on ? _PyFunction_Vectorcall : hg_emptying_vectorcall;
-    if (f->vectorcall != expected) return 0;
-    PyFunction_SetVectorcall(f, on ? hg_emptying_vectorcall : _PyFunction_Vectorcall);
+    if (on) {
+        if (hg_function_vectorcall != NULL || f->vectorcall == NULL ||
+            f->vectorcall == hg_emptying_vectorcall)
+            return 0;
+        hg_function_vectorcall = f->vectorcall;
+        PyFunction_SetVectorcall(f, hg_emptying_vectorcall);
+        return 1;
+    }
+    if (f->vectorcall != hg_emptying_vectorcall || hg_function_vectorcall == NULL) return 0;
+    PyFunction_SetVectorcall(f, hg_function_vectorcall);
+    hg_function_vectorcall = NULL;
     return 1;
 }
 #else
-/* Nothing to do before 3.12 (above). 3.13 does not export `_PyFunction_Vectorcall`, the call
- * this needs to make (the module would not load); not measured there. */
+/* Nothing to do before 3.12 (above). */
 int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
     (void)function;
     (void)on;
