@@ -504,9 +504,9 @@ def test_leaked_objects_from_cpython_free_lists_are_reported(run, pytester: pyte
     # machine), so the exact count (all five, every type) is required in one process.
     # 3.13: the lists are emptied directly too (pyleaks.c), and the dict lists at the function's
     # call as on 3.12 since the swap calls the function's own vectorcall (before: one of the
-    # five dicts missed in 40 of 40 processes; after: 2 of 17 on a build that also zeroed new
-    # blocks). A reported leak there was once seen to miss part of an object (a dict's keys),
-    # so only "never over-counted, never invented" is required until measured on this build.
+    # five dicts missed in 40 of 40 processes; after: in 2 of 20, and 4 of 80 (type, process)
+    # pairs missed an object). A reported leak there was once seen to miss part of an object (a
+    # dict's keys), so only "never over-counted, never invented" is required there still.
     direct = sys.version_info < (3, 13)
     # Every object counts, on 3.12 too (issue 11): pytest's own `testfunction(**testargs)` frees
     # the dict it built into the dict free list while pushing the function's frame; the
