@@ -81,8 +81,9 @@ def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(
 
 
 def test_stacks_as_deep_as_the_last_through_other_callers_keep_their_callers(run, pytester: pytest.Pytester) -> None:
-    # Consecutive allocations 32 frames deep whose stacks differ only in one outer frame's code
-    # object (two callers with the same code shape, and a generator resumed by two callers):
+    # Consecutive allocations 32 frames deep whose stacks differ only in one frame's code
+    # object, at the same instruction offset (two callers with the same code, called from one
+    # call site, and a generator resumed by two such callers):
     # the walk compares each frame with the last walk's frame at the same depth as it reads
     # it, and a frame there that matches lends its line. Each caller keeps its own site.
     # Python stacks only: with native ones the failure text's five locations do not reach
@@ -118,10 +119,11 @@ def test_stacks_as_deep_as_the_last_through_other_callers_keep_their_callers(run
             out = []
             g = gen(out, 300_000)
             for _ in range(20):
-                via_a(out, 100_000)
-                via_b(out, 200_000)
-                resume(g)
-                resume_too(g)
+                # One call site each: the frames outside the callers are the same too.
+                for call, size in ((via_a, 100_000), (via_b, 200_000)):
+                    call(out, size)
+                for resume_it in (resume, resume_too):
+                    resume_it(g)
         """
     )
     result = run()
