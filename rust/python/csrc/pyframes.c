@@ -143,7 +143,7 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
     int same = 0;
     if (n == n_previous && unlike >= -1) {
         /* As deep as the previous walk: the walk compared each frame as it read it, and the
-         * frames outside the innermost one that differs already have their lines. */
+         * frames further out than the outermost one that differs already have their lines. */
         same = n - 1 - unlike;
     } else while (same < n && same < n_previous) {
         hg_pyframe *f = &out[n - 1 - same];
@@ -236,6 +236,10 @@ static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_e
     }
     *unlike = outermost_unlike;
 #else
+    /* Before 3.11 hg_py_walk compares the frames in its own pass (*unlike left as given). */
+    (void)previous;
+    (void)n_previous;
+    (void)unlike;
     for (PyFrameObject *f = ts->frame; f != NULL; f = f->f_back) {
         if ((const void *)f == boundary) {
             *reached = 2;
