@@ -290,6 +290,7 @@ def native_leaks_check(
     suppressions: Sequence[tuple[str, str]],  # (pattern, "file:line")
     rootpath: Optional[str] = None,
     max_frames: Optional[int] = None,
+    list_reachable: bool = True,
 ) -> NativeLeakCheck: ...
 def suppression_matches(pattern: str, name: str) -> bool: ...
 def growth_failure(

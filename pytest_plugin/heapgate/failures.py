@@ -85,7 +85,10 @@ def judge(test: Judged, policy: Policy) -> Failure:
     nl = checks.native_leaks
     if nl is not None:
         suppressions = [(s.pattern, s.source) for s in policy.suppressions]
-        native = _native.native_leaks_check(report, nl.limit, suppressions, rootpath, frames)
+        # The still-reachable listing is shown only with -v (and symbolizing it costs).
+        native = _native.native_leaks_check(
+            report, nl.limit, suppressions, rootpath, frames, list_reachable=policy.verbose
+        )
         absorbed = native.absorbed
         failures.append(native.failure)
         notes = [native.reachable_text] if policy.verbose and native.reachable_text else []

@@ -491,7 +491,7 @@ fn native_leaks_failure_text() {
             source: "leaks.supp:2".into(),
         },
     ];
-    let result = with_leaks(|c, r| native_leaks(0, c, r, &suppressions, &under_proj()));
+    let result = with_leaks(|c, r| native_leaks(0, c, r, &suppressions, &under_proj(), true));
     insta::assert_snapshot!(result.failure.clone().unwrap());
     insta::assert_snapshot!(
         "native_leaks_still_reachable_text",
@@ -511,9 +511,15 @@ fn native_leaks_failure_text() {
         (1, 7_000, 1)
     );
     // Within the limit: no failure, the still-reachable listing all the same.
-    let within = with_leaks(|c, r| native_leaks(1 << 20, c, r, &suppressions, &under_proj()));
+    let within = with_leaks(|c, r| native_leaks(1 << 20, c, r, &suppressions, &under_proj(), true));
     assert_eq!(within.failure, None);
     assert_eq!(within.reachable_text, result.reachable_text);
+    // Without the listing: the same verdict and tallies, no text.
+    let unlisted = with_leaks(|c, r| native_leaks(0, c, r, &suppressions, &under_proj(), false));
+    assert_eq!(unlisted.failure, result.failure);
+    assert_eq!(unlisted.reachable_text, None);
+    assert_eq!(unlisted.reachable, result.reachable);
+    assert_eq!(unlisted.absorbed, result.absorbed);
 }
 
 /// A checkpoint after one run of a repeated test: `grown` bytes live at one Python location.

@@ -81,13 +81,15 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
 /// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
-/// maps), as (start, end) ranges.
-fn stale_slots(py: Python<'_>) -> Vec<(usize, usize)> {
+/// maps under `keymaps`, see [`readline_keymaps`]), as (start, end) ranges. Called by the scan
+/// under the tracker's lock, so it calls no Python code (which could start a collection) and
+/// never the loader.
+fn stale_slots(_py: Python<'_>, keymaps: &[usize]) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    words.extend(readline_keymap_padding(py));
+    words.extend(readline_keymap_padding(keymaps.to_vec()));
     tagged_pairs(words)
 }
 
@@ -125,15 +127,8 @@ fn tagged_pairs(mut words: Vec<usize>) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// GNU readline's key maps (when the `readline` module is loaded): 257 entries of a type byte
-/// and a function pointer each, allocated without being cleared, so the 7 padding bytes after
-/// each type keep what the memory held before, seen to name the address of a leaked object.
-/// Returns the (start, end) word pairs of every entry's first word (type and padding: no
-/// reference), for the standard maps and every map bound under them.
-fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
-    const KEYMAP_SIZE: usize = 257; // readline 6.0 and later (ANYOTHERKEY is the last entry)
-    const ISKMAP: u8 = 1;
-    const ENTRY: usize = 16;
+/// GNU readline's standard key maps, when the `readline` module is loaded (else none).
+fn readline_keymaps(py: Python<'_>) -> Vec<usize> {
     let Some(path) = py
         .import("sys")
         .and_then(|sys| sys.getattr("modules"))
@@ -144,7 +139,18 @@ fn readline_keymap_padding(py: Python<'_>) -> Vec<usize> {
     else {
         return Vec::new();
     };
-    let mut maps = standard_keymaps(path);
+    standard_keymaps(path)
+}
+
+/// GNU readline's key maps: 257 entries of a type byte and a function pointer each, allocated
+/// without being cleared, so the 7 padding bytes after each type keep what the memory held
+/// before, seen to name the address of a leaked object. Returns the (start, end) word pairs of
+/// every entry's first word (type and padding: no reference), for the standard maps `maps` and
+/// every map bound under them.
+fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
+    const KEYMAP_SIZE: usize = 257; // readline 6.0 and later (ANYOTHERKEY is the last entry)
+    const ISKMAP: u8 = 1;
+    const ENTRY: usize = 16;
     let mut seen = Vec::new();
     let mut out = Vec::new();
     while let Some(map) = maps.pop() {
@@ -223,8 +229,10 @@ fn lookup_standard_keymaps(path: &str) -> Vec<usize> {
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
+    // Found before the scan takes the tracker's lock (the first time needs the loader).
+    let keymaps = readline_keymaps(py);
     let kinds = capture::scan_leaks(
-        &stale_slots(py),
+        &mut || stale_slots(py, &keymaps),
         &mut || container_stale_slots(py),
         stack_from,
         registers,

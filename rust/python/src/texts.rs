@@ -104,9 +104,10 @@ struct NativeLeakCheck {
 }
 
 /// `--native-leaks`: lost native memory, minus `suppressions` ((pattern, `file:line`) of
-/// each `leak:PATTERN` line), against `limit`.
+/// each `leak:PATTERN` line), against `limit`; `reachable_text` only with `list_reachable`.
 #[pyfunction]
-#[pyo3(signature = (report, limit, suppressions, rootpath=None, max_frames=None))]
+#[pyo3(signature = (report, limit, suppressions, rootpath=None, max_frames=None, list_reachable=true))]
+#[allow(clippy::too_many_arguments)]
 fn native_leaks_check(
     py: Python<'_>,
     report: PyRef<'_, Report>,
@@ -114,6 +115,7 @@ fn native_leaks_check(
     suppressions: Vec<(String, String)>,
     rootpath: Option<PathBuf>,
     max_frames: Option<usize>,
+    list_reachable: bool,
 ) -> NativeLeakCheck {
     let resolver = live_resolver(py);
     let suppressions: Vec<Suppression> = suppressions
@@ -127,7 +129,16 @@ fn native_leaks_check(
         reachable,
         reachable_text,
         absorbed,
-    } = py.detach(|| report::native_leaks(limit, data, &resolver, &suppressions, &options));
+    } = py.detach(|| {
+        report::native_leaks(
+            limit,
+            data,
+            &resolver,
+            &suppressions,
+            &options,
+            list_reachable,
+        )
+    });
     NativeLeakCheck {
         failure,
         reachable_bytes: reachable.bytes,

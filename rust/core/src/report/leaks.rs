@@ -227,17 +227,24 @@ fn add(a: &mut LeakTally, b: LeakTally) {
 }
 
 /// `--native-leaks`: definitely, indirectly and possibly lost bytes from native code, minus
-/// suppressed stacks, against `limit`. Still-reachable memory never fails a test.
+/// suppressed stacks, against `limit`. Still-reachable memory never fails a test; its listing
+/// by location is made only when `list_reachable` (symbolizing its stacks costs more than the
+/// rest of the check).
 pub fn native_leaks(
     limit: u64,
     capture: &ResolvedCapture,
     resolver: &Resolver<'_>,
     suppressions: &[Suppression],
     options: &TextOptions<'_>,
+    list_reachable: bool,
 ) -> NativeLeaks {
     let sites = &capture.capture().result.sites;
-    let native: Vec<bool> = (0..sites.len())
-        .map(|i| is_native_stack(capture.stack(i, resolver)))
+    // Only sites that still hold blocks have a verdict; only shown ones are symbolized.
+    let mut is_native = capture.native_origins(resolver.interpreter);
+    let native: Vec<bool> = sites
+        .iter()
+        .enumerate()
+        .map(|(i, site)| site.leak_kinds.is_some() && site.counts.leaked_count > 0 && is_native(i))
         .collect();
     let mut checked: Vec<usize> = (0..sites.len()).filter(|&i| native[i]).collect();
     if checked
@@ -266,10 +273,14 @@ pub fn native_leaks(
         for (_, tally) in lost_kinds(&k) {
             add(&mut site_lost, tally);
         }
-        let stack = capture.stack(i, resolver);
-        let suppressed = suppressions
-            .iter()
-            .position(|s| stack.iter().any(|f| s.matches_frame(f)));
+        let suppressed = if suppressions.is_empty() {
+            None
+        } else {
+            let stack = capture.stack(i, resolver);
+            suppressions
+                .iter()
+                .position(|s| stack.iter().any(|f| s.matches_frame(f)))
+        };
         if let Some(index) = suppressed {
             match absorbed.iter_mut().find(|a| a.index == index) {
                 Some(a) => {
@@ -297,7 +308,11 @@ pub fn native_leaks(
             reachable.push((k.still_reachable.bytes, i));
         }
     }
-    let reachable_text = reachable_text(&mut reachable, capture, resolver, options);
+    let reachable_text = if list_reachable {
+        reachable_text(&mut reachable, capture, resolver, options)
+    } else {
+        None
+    };
     let lost_bytes: u64 = lost_kinds(&totals).iter().map(|(_, t)| t.bytes).sum();
     // In the text, every suppression that matched a leaking site, in the order they matched;
     // in the session's tally, those that hid lost blocks.

@@ -3,6 +3,7 @@
 use std::sync::{Arc, OnceLock};
 
 use super::{resolve_stack, InterpreterModules, ReportFrame};
+use crate::capture::NativeOrigins;
 use crate::record::{Capture, ProcessFacts, TestInfo};
 use crate::symbolize::{ModuleMap, Symbolizer};
 
@@ -55,6 +56,17 @@ impl ResolvedCapture {
     /// The capture.
     pub fn capture(&self) -> &Capture {
         &self.capture
+    }
+
+    /// Answers "is this site's origin native code?" for this capture's sites, as
+    /// [`is_native_stack`](super::is_native_stack) over their resolved stacks would, without
+    /// symbolizing them.
+    pub(crate) fn native_origins<'a>(
+        &self,
+        interpreter: &'a InterpreterModules,
+    ) -> impl FnMut(usize) -> bool + use<'a, '_> {
+        let mut origins = NativeOrigins::with_modules(Arc::clone(&self.modules), interpreter);
+        move |index| origins.is_native(self.capture.site_stack(index).iter())
     }
 
     /// Site `index`'s resolved stack, allocating frame first (empty for an unknown index).

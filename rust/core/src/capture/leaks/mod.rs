@@ -29,6 +29,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub(crate) use origin::NativeOrigins;
 pub use pymalloc::{ObjectLayout, PoolLayout};
 
 use super::arch::has_thread_control_block;
@@ -67,12 +68,13 @@ fn live_stack_start(entry: usize) -> usize {
 ///
 /// Runs while the test is still tracked and holds the tracker's lock throughout, so no live
 /// block can be freed or unmapped while it is read (a thread that frees one waits).
-/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale`: ranges
+/// Links between CPython's GC heads are not references (see [`gc_head`]). `stale` gives ranges
 /// that hold no references (the interpreter's unused free-list slots), tagged or not (see
 /// `tagged`: a range inside a candidate, held untagged, would read as a pointer into it);
 /// `heap_stale` gives more such ranges that lie only in memory allocated at run time, never in
 /// a loaded object's static data (lists' spare capacity), and is called only if the scan reads
-/// such memory: finding them may cost what the process holds (see `late`). The scan reads
+/// such memory: finding them may cost what the process holds (see `late`). Both are called
+/// only when there is something to scan (most tests leave nothing native). The scan reads
 /// loaded objects' data and the live stacks first and stops as soon as every candidate is
 /// reachable (see `order`). `stack_from`: an address in the caller's frame; the calling
 /// thread's stack is scanned from there up (from above the interpreter frame that calls the
@@ -84,7 +86,7 @@ fn live_stack_start(entry: usize) -> usize {
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 pub fn scan_leaks(
-    stale: &[(usize, usize)],
+    stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     heap_stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     stack_from: usize,
     registers: &[usize],
@@ -108,6 +110,7 @@ pub fn scan_leaks(
     if !any_native_origin(&session.tracker, &candidates, interpreter) {
         return Ok(LeakKinds::default());
     }
+    let stale = &stale()[..];
     let maps = std::fs::read_to_string("/proc/self/maps")
         .map(|text| parse_maps(&text))
         .unwrap_or_default();

@@ -4,9 +4,13 @@
 //! sites only (and, among the rest, only lost blocks that hang native lost blocks): a test
 //! whose live blocks all have another origin has nothing to report, and its scan is skipped.
 //!
-//! The rule is the report's own (`report::resolve_stack` then the plugin's `is_native_site`),
-//! evaluated before symbolization: a native address in no loaded object counts as native
-//! code, so when in doubt the scan runs.
+//! The rule is the report's (`report::is_native_stack` over `report::resolve_stack`'s frames,
+//! which symbolizes every address into at least one frame of its object's kind), evaluated
+//! without symbolizing: a native address in no loaded object counts as native code, so when in
+//! doubt the scan runs. The report's `--native-leaks` check asks it too, for the same reason
+//! (symbolizing every site of every test only to learn its origin cost milliseconds a test).
+
+use std::sync::Arc;
 
 use crate::report::InterpreterModules;
 use crate::symbolize::ModuleMap;
@@ -15,7 +19,7 @@ use crate::capture::Frame;
 
 /// Answers "is this site's origin native code?" for the stacks of one leak scan.
 pub(crate) struct NativeOrigins<'a> {
-    modules: ModuleMap,
+    modules: Arc<ModuleMap>,
     interpreter: &'a InterpreterModules,
     /// Per object of `modules`: is it the interpreter (None: not asked yet).
     is_interpreter: Vec<Option<bool>>,
@@ -24,10 +28,14 @@ pub(crate) struct NativeOrigins<'a> {
 impl<'a> NativeOrigins<'a> {
     /// Over the objects loaded now.
     pub(crate) fn new(interpreter: &'a InterpreterModules) -> NativeOrigins<'a> {
-        NativeOrigins::with_modules(ModuleMap::current_process_cached(), interpreter)
+        NativeOrigins::with_modules(Arc::new(ModuleMap::current_process_cached()), interpreter)
     }
 
-    fn with_modules(modules: ModuleMap, interpreter: &'a InterpreterModules) -> NativeOrigins<'a> {
+    /// Over the objects of `modules` (a capture's module map, for a report).
+    pub(crate) fn with_modules(
+        modules: Arc<ModuleMap>,
+        interpreter: &'a InterpreterModules,
+    ) -> NativeOrigins<'a> {
         NativeOrigins {
             is_interpreter: vec![None; modules.modules().len()],
             modules,
@@ -94,7 +102,7 @@ mod tests {
             object("/usr/lib/libpython3.11.so.1.0", 0x10000),
             object("/site-packages/ext.cpython-311.so", 0x20000),
         ]);
-        let mut origins = NativeOrigins::with_modules(modules, &interpreter);
+        let mut origins = NativeOrigins::with_modules(Arc::new(modules), &interpreter);
         let (in_python, in_ext) = (Frame::Native(0x10100), Frame::Native(0x20100));
         // An extension called the C API (PyList_Append → ... → PyObject_Malloc): native.
         assert!(origins.is_native([&in_python, &in_ext, &python(1)].into_iter()));
