@@ -78,3 +78,64 @@ def test_stacks_sharing_deep_frames_keep_each_allocations_own_lines(
         for size_sum, count in sites:
             site = rf"\({size_sum} bytes\) in {count} allocations through PyObject_Malloc\n"
             assert re.search(site + leaves + rf"\s+outer at test_lines\.py:{line}\n", out), out
+
+
+def test_stacks_as_deep_as_the_last_through_other_callers_keep_their_callers(run, pytester: pytest.Pytester) -> None:
+    # Consecutive allocations 32 frames deep whose stacks differ only in one frame's code
+    # object, at the same instruction offset (two callers with the same code, called from one
+    # call site, and a generator resumed by two such callers):
+    # the walk compares each frame with the last walk's frame at the same depth as it reads
+    # it, and a frame there that matches lends its line. Each caller keeps its own site.
+    # Python stacks only: with native ones the failure text's five locations do not reach
+    # every caller's sites (a generator's allocations split by native caller).
+    pytester.makepyfile(
+        test_callers="""
+        import pytest
+
+        def leaf(depth, out, size):
+            if depth:
+                return leaf(depth - 1, out, size)
+            out.append(bytearray(size))
+
+        def via_a(out, size):
+            leaf(30, out, size)
+
+        def via_b(out, size):
+            leaf(30, out, size)
+
+        def gen(out, size):
+            while True:
+                leaf(30, out, size)
+                yield
+
+        def resume(g):
+            next(g)
+
+        def resume_too(g):
+            next(g)
+
+        @pytest.mark.limit_memory(1)
+        def test_callers():
+            out = []
+            g = gen(out, 300_000)
+            for _ in range(20):
+                # One call site each: the frames outside the callers are the same too.
+                for call, size in ((via_a, 100_000), (via_b, 200_000)):
+                    call(out, size)
+                for resume_it in (resume, resume_too):
+                    resume_it(g)
+        """
+    )
+    result = run()
+    result.assert_outcomes(failed=1)
+    out = result.stdout.str()
+    leaves = r"\s+leaf at test_callers\.py:6\n(?:\s+leaf at test_callers\.py:5\n){30}"
+    for size, callers in [
+        (100_000, r"\s+via_a at test_callers\.py:9\n"),
+        (200_000, r"\s+via_b at test_callers\.py:12\n"),
+        (300_000, r"\s+gen at test_callers\.py:16\n\s+resume at test_callers\.py:20\n"),
+        (300_000, r"\s+gen at test_callers\.py:16\n\s+resume_too at test_callers\.py:23\n"),
+    ]:
+        # 20 bytearrays per caller: objects (56 bytes) and buffers (size + 1), one site.
+        site = rf"\({20 * (size + 57)} bytes\) in 40 allocations through PyObject_Malloc\n"
+        assert re.search(site + leaves + callers, out), out

@@ -118,7 +118,8 @@ static int instrumenting(PyThreadState *ts, _PyInterpreterFrame *f) {
 #endif
 
 static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
-                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame);
+                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame,
+                       const hg_pyframe *previous, int n_previous, int *unlike);
 
 /* Innermost first. Stops at `boundary` (excluded, *reached = 2), at a frame running one of
  * the `entry` code objects (included, *reached = 1), or at the thread's first frame. Writes at
@@ -136,9 +137,15 @@ static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_e
 int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
                const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame,
                const hg_pyframe *previous, int n_previous, int *same_outer) {
-    int n = walk_frames(out, max, entry, n_entry, boundary, reached, in_tracer, tracer_frame);
+    int unlike = -2;
+    int n = walk_frames(out, max, entry, n_entry, boundary, reached, in_tracer, tracer_frame,
+                        previous, n_previous, &unlike);
     int same = 0;
-    while (same < n && same < n_previous) {
+    if (n == n_previous && unlike >= -1) {
+        /* As deep as the previous walk: the walk compared each frame as it read it, and the
+         * frames further out than the outermost one that differs already have their lines. */
+        same = n - 1 - unlike;
+    } else while (same < n && same < n_previous) {
         hg_pyframe *f = &out[n - 1 - same];
         const hg_pyframe *p = &previous[same];
         if (f->code != p->code || f->offset != p->offset || f->table != p->table) break;
@@ -152,9 +159,15 @@ int hg_py_walk(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
     return n;
 }
 
-/* hg_py_walk's walk: writes every field but the line. */
+/* hg_py_walk's walk: writes every field but the line, except that (3.11+) it compares each
+ * frame with the previous walk's frame at the same depth from the outermost one, as if this
+ * stack were as deep as that one: a frame that matches takes its line, and *unlike is the
+ * innermost-first index of the outermost frame that does not (-1: none). hg_py_walk uses
+ * that only when the depths turn out equal (a loop allocating at one depth); else it leaves
+ * *unlike as it was and the lines are left to hg_py_walk. */
 static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_entry,
-                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame) {
+                       const void *boundary, int *reached, int *in_tracer, size_t *tracer_frame,
+                       const hg_pyframe *previous, int n_previous, int *unlike) {
     *reached = 0;
     *in_tracer = 0;
     *tracer_frame = 0;
@@ -173,6 +186,7 @@ static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_e
 #else
     *in_tracer = *in_tracer || instrumenting(ts, f);
 #endif
+    int outermost_unlike = -1;
     for (; f != NULL; f = f->previous) {
         if ((const void *)f == boundary) {
             *reached = 2;
@@ -197,14 +211,22 @@ static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_e
         int offset = _PyFrame_IsIncomplete(f)
                          ? -1
                          : _PyInterpreterFrame_LASTI(f) * (int)sizeof(_Py_CODEUNIT);
+        const void *table = line_table(code);
         out[n].code = (uintptr_t)code;
-        out[n].table = (uintptr_t)line_table(code);
+        out[n].table = (uintptr_t)table;
         out[n].offset = offset;
 #if PY_VERSION_HEX >= 0x030C0000
         out[n].group_end = f->previous == NULL || f->previous->owner == FRAME_OWNED_BY_CSTACK;
 #else
         out[n].group_end = f->is_entry;
 #endif
+        int at = n_previous - 1 - n;
+        if (at >= 0 && previous[at].code == (uintptr_t)code && previous[at].offset == offset &&
+            previous[at].table == (uintptr_t)table) {
+            out[n].line = previous[at].line;
+        } else {
+            outermost_unlike = n;
+        }
         n++;
         if (is_entry((uintptr_t)code, entry, n_entry)) {
             out[n - 1].group_end = 1;
@@ -212,7 +234,12 @@ static int walk_frames(hg_pyframe *out, int max, const uintptr_t *entry, int n_e
             break;
         }
     }
+    *unlike = outermost_unlike;
 #else
+    /* Before 3.11 hg_py_walk compares the frames in its own pass (*unlike left as given). */
+    (void)previous;
+    (void)n_previous;
+    (void)unlike;
     for (PyFrameObject *f = ts->frame; f != NULL; f = f->f_back) {
         if ((const void *)f == boundary) {
             *reached = 2;
