@@ -536,6 +536,40 @@ def test_leaked_objects_from_cpython_free_lists_are_reported(run, pytester: pyte
             assert 5 * sizes[kind] <= max(totals), (kind, totals, sizes[kind])
 
 
+# As other plugins' pytest_pyfunc_call implementations do (pytest-asyncio's, anyio's): they run
+# after heapgate's hook wrapper, and what they make and drop lands in CPython's free lists.
+REFILLING_PLUGIN = """
+import pytest
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pyfunc_call(pyfuncitem):
+    junk = [[i] for i in range(60)]
+    del junk
+    return None
+"""
+
+
+@exact_scan
+def test_free_lists_refilled_by_other_plugins_hooks_hide_no_leak(run, pytester: pytest.Pytester) -> None:
+    # Issue 11, item 2 ("depending on test order and plugins"): with pytest-asyncio, anyio,
+    # xdist, pytest-cov and rerunfailures installed, one of five leaked lists was missed in every
+    # process on 3.11, revived from the list free list that another plugin's hook had refilled
+    # after heapgate's emptied it. The function's own call empties the list free list again.
+    pytester.makeconftest(REFILLING_PLUGIN)
+    pytester.makepyfile(test_free_lists=FREE_LIST_TESTS)
+    totals = []
+    size = 0
+    for plugins in ((), EXACT):
+        for _ in range(2):
+            result = run("--native-leaks", "-k", "list or sizes", *plugins)
+            size = json.loads((pytester.path / "sizes.json").read_text())["list"]
+            reported = "test_leak[list] - " in result.stdout.str()
+            totals.append(lost(kinds(result, "test_leak[list]")) if reported else 0)
+    # Stale words can still hide one in a process (see the free-list test above): exact in one.
+    assert all(t <= 5 * size for t in totals), (totals, size)
+    assert max(totals) == 5 * size, (totals, size)
+
+
 @exact_scan
 def test_a_leak_reports_the_same_bytes_in_ten_fresh_processes(run, pytester: pytest.Pytester) -> None:
     # Issue 11, item 4: address randomisation is on, so each process lays memory out anew; the

@@ -247,8 +247,9 @@ class HeapgatePlugin:
             yield
             return
         _native.clear_free_lists()
-        # 3.12: pytest's call of the function frees a dict it built into the free list while
-        # pushing the function's frame; the dict lists are emptied again right before that.
+        # 3.11+: what runs between here and the function's frame refills the lists (other
+        # plugins' pytest_pyfunc_call, and on 3.12+ pytest's call frees the dict it built while
+        # pushing the frame): the function's own call empties the list (3.12+: and dict) lists again.
         function = pyfuncitem.obj
         on_call = _native.empty_free_lists_on_call(function, True)
         try:

@@ -179,15 +179,21 @@ static void hg_clear_dict_free_lists(void) {
 #endif
 }
 
-int hg_py_clear_free_lists(void) {
-    PyInterpreterState *interp = PyInterpreterState_Get();
+/* The list free list alone. */
+static void hg_clear_list_free_list(void) {
 #if PyList_MAXFREELIST > 0
+    PyInterpreterState *interp = PyInterpreterState_Get();
     while (interp->list.numfree > 0) {
         int i = --interp->list.numfree;
         PyObject_GC_Del(interp->list.free_list[i]);
         interp->list.free_list[i] = NULL;
     }
 #endif
+}
+
+int hg_py_clear_free_lists(void) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    hg_clear_list_free_list();
     hg_clear_dict_free_lists();
 #if PyTuple_NFREELISTS > 0
     for (int i = 0; i < PyTuple_NFREELISTS; i++) {
@@ -271,15 +277,21 @@ static void hg_clear_dict_free_lists(void) {
 #endif
 }
 
-int hg_py_clear_free_lists(void) {
-    struct _Py_object_freelists *fl = hg_freelists();
+/* The list free list alone. */
+static void hg_clear_list_free_list(void) {
 #if PyList_MAXFREELIST > 0
+    struct _Py_object_freelists *fl = hg_freelists();
     while (fl->lists.numfree > 0) {
         int i = --fl->lists.numfree;
         PyObject_GC_Del(fl->lists.items[i]);
         fl->lists.items[i] = NULL;
     }
 #endif
+}
+
+int hg_py_clear_free_lists(void) {
+    struct _Py_object_freelists *fl = hg_freelists();
+    hg_clear_list_free_list();
     hg_clear_dict_free_lists();
 #if PyTuple_NFREELISTS > 0
     for (int i = 0; i < PyTuple_NFREELISTS; i++) {
@@ -346,28 +358,41 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
 }
 #endif
 
-/* 3.12+: empty the dict free lists again as each call of a test function starts. pytest calls
- * it as `testfunction(**testargs)`, after the last hook heapgate has, with a dict it has just
- * built, which 3.12's inlined call frees into the dict free list while pushing the function's
- * frame: the test's first dict was that one, no new block, and a leaked one was missed (in
- * every process; on 3.13 too). A function whose vectorcall is not the interpreter's takes the
- * ordinary call instead, which keeps that dict alive until the call returns and reaches
+/* 3.11+: empty the list and dict free lists again as each call of a test function starts.
+ * pytest calls it as `testfunction(**testargs)` after the last hook heapgate has, and what runs
+ * in between refills the lists: 3.12's and 3.13's inlined call frees the dict it has just built
+ * into the dict free list while pushing the function's frame (the test's first dict was that
+ * one, no new block, and a leaked one was missed in every process), and other plugins'
+ * pytest_pyfunc_call implementations run after heapgate's wrapper (with pytest-asyncio, anyio,
+ * xdist, pytest-cov and rerunfailures installed, one of five leaked lists was missed in every
+ * process on 3.11). A function whose vectorcall is not the interpreter's takes the ordinary
+ * call instead, which keeps that dict alive until the call returns and reaches
  * `hg_emptying_vectorcall` right before the frame is pushed: nothing is freed in between. It
  * then calls the function's own vectorcall, kept while the swap lasts (3.13 does not export
- * `_PyFunction_Vectorcall`, so it cannot be named). Only the dict lists: emptying the others
- * there too made the test's own objects new blocks that the default mode takes from the lists
- * (a METH_VARARGS call's argument tuple: a peak 48 bytes higher than without --native-leaks).
- * 3.11's call keeps that dict alive; emptying there too missed more leaked tuples (4 of 40
- * processes, against 1 of 80 without).
+ * `_PyFunction_Vectorcall`, so it cannot be named). Not the tuple and float lists: emptying
+ * those there made the test's own objects new blocks that the default mode takes from the
+ * lists (a METH_VARARGS call's argument tuple: a peak 48 bytes higher than without
+ * --native-leaks). Nor the dict lists on 3.11, whose call keeps pytest's dict alive: emptying
+ * them there missed more leaked dicts (6 of 20 processes against 1 of 20; cause not found).
  * `on`: install (1) or restore (0). Returns 1 when done, 0 when the function was left alone
  * (no plain Python function, another swap in place, or not the function swapped). */
-#if PY_VERSION_HEX >= 0x030C0000 && !defined(Py_GIL_DISABLED)
+#if PY_VERSION_HEX >= 0x030B0000 && !defined(Py_GIL_DISABLED)
+#if PY_VERSION_HEX >= 0x030C0000
+#define HG_SET_VECTORCALL(f, call) PyFunction_SetVectorcall((f), (call))
+#else
+/* 3.11 has no setter; its specialized calls check the function's version, not this field,
+ * and pytest's call (CALL_FUNCTION_EX) is never specialized. */
+#define HG_SET_VECTORCALL(f, call) ((f)->vectorcall = (call))
+#endif
 /* The swapped function's own vectorcall (one test function's call at a time; the GIL is held). */
 static vectorcallfunc hg_function_vectorcall;
 
 static PyObject *hg_emptying_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
                                         PyObject *kwnames) {
+    hg_clear_list_free_list();
+#if PY_VERSION_HEX >= 0x030C0000
     hg_clear_dict_free_lists();
+#endif
     return hg_function_vectorcall(callable, args, nargsf, kwnames);
 }
 
@@ -379,16 +404,16 @@ int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
             f->vectorcall == hg_emptying_vectorcall)
             return 0;
         hg_function_vectorcall = f->vectorcall;
-        PyFunction_SetVectorcall(f, hg_emptying_vectorcall);
+        HG_SET_VECTORCALL(f, hg_emptying_vectorcall);
         return 1;
     }
     if (f->vectorcall != hg_emptying_vectorcall || hg_function_vectorcall == NULL) return 0;
-    PyFunction_SetVectorcall(f, hg_function_vectorcall);
+    HG_SET_VECTORCALL(f, hg_function_vectorcall);
     hg_function_vectorcall = NULL;
     return 1;
 }
 #else
-/* Nothing to do before 3.12 (above). */
+/* Nothing to do before 3.11 (above). */
 int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
     (void)function;
     (void)on;
