@@ -3,7 +3,7 @@
 //! reachability, minus LeakSanitizer-style suppressions).
 
 use super::text::{format_size, plural, stack_lines};
-use super::{FrameKind, ReportFrame, ResolvedCapture, Resolver, TextOptions};
+use super::{ReportFrame, ResolvedCapture, Resolver, TextOptions};
 use crate::capture::{LeakKinds, LeakTally};
 use crate::model::SiteReport;
 
@@ -196,16 +196,6 @@ pub struct NativeLeaks {
     pub reachable_text: Option<String>,
     /// What each suppression that hid lost blocks absorbed, in suppression order.
     pub absorbed: Vec<Absorbed>,
-}
-
-/// Was this memory allocated by native code? True when the nearest frame that is not the
-/// interpreter's own (nor the allocator's, already dropped) is an extension or library frame:
-/// this includes Python objects that extension code creates through the C API.
-pub fn is_native_stack(stack: &[ReportFrame]) -> bool {
-    stack
-        .iter()
-        .find(|f| f.kind != FrameKind::Interpreter)
-        .is_some_and(|f| f.kind == FrameKind::Native)
 }
 
 /// What fails a test: definitely and indirectly lost, and (as valgrind's default error kinds

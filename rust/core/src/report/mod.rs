@@ -32,9 +32,7 @@ pub use json::{
     TestEntry, JSON_SCHEMA, JSON_VERSION, TOP_LOCATIONS,
 };
 pub use junit::{junit_names, junit_xml, JunitError};
-pub use leaks::{
-    is_native_stack, limit_leaks_failure, native_leaks, Absorbed, NativeLeaks, Suppression,
-};
+pub use leaks::{limit_leaks_failure, native_leaks, Absorbed, NativeLeaks, Suppression};
 pub use resolved::{ResolvedCapture, Resolver};
 pub use session::{SessionTest, TestNotes};
 pub use stacks::{resolve_stack, FrameKind, InterpreterModules, ReportFrame};

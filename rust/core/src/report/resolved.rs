@@ -58,9 +58,8 @@ impl ResolvedCapture {
         &self.capture
     }
 
-    /// Answers "is this site's origin native code?" for this capture's sites, as
-    /// [`is_native_stack`](super::is_native_stack) over their resolved stacks would, without
-    /// symbolizing them.
+    /// Answers "is this site's origin native code?" for this capture's sites (the rule in
+    /// [`NativeOrigins`]), without symbolizing them.
     pub(crate) fn native_origins<'a>(
         &self,
         interpreter: &'a InterpreterModules,

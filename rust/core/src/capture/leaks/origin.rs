@@ -4,11 +4,14 @@
 //! sites only (and, among the rest, only lost blocks that hang native lost blocks): a test
 //! whose live blocks all have another origin has nothing to report, and its scan is skipped.
 //!
-//! The rule is the report's (`report::is_native_stack` over `report::resolve_stack`'s frames,
-//! which symbolizes every address into at least one frame of its object's kind), evaluated
-//! without symbolizing: a native address in no loaded object counts as native code, so when in
-//! doubt the scan runs. The report's `--native-leaks` check asks it too, for the same reason
-//! (symbolizing every site of every test only to learn its origin cost milliseconds a test).
+//! The rule, for the scan and for the report's `--native-leaks` check alike: memory was
+//! allocated by native code when the nearest frame that is not the interpreter's own (nor the
+//! allocator's) is an extension's or a library's; this includes Python objects that extension
+//! code creates through the C API. It is evaluated on the raw frames, without symbolizing
+//! (symbolizing every site of every test only to learn its origin cost milliseconds a test):
+//! symbolizing gives every address at least one frame of its object's kind, so the answer is
+//! the same. A native address in no loaded object counts as native code, so when in doubt the
+//! scan runs.
 
 use std::sync::Arc;
 
