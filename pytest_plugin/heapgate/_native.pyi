@@ -30,7 +30,7 @@ __all__ = [
     "ObjectDebugInfo",
     "loaded_objects",
     "scan_leaks",
-    "has_gc_candidates",
+    "collect_test_garbage",
     "clear_free_lists",
     "empty_free_lists_on_call",
     "format_size",
@@ -333,10 +333,11 @@ def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
 
-def has_gc_candidates() -> bool:
-    """Does the tracked test hold a live object CPython's cyclic GC tracks (only then can a
-    collection before the leak scan free one of its blocks), while the scan will run (a live
-    block has a native origin)?"""
+def collect_test_garbage() -> bool:
+    """Collect the tracked test's garbage before scan_leaks(): its own GC objects alone where the
+    interpreter allows (a full collection costs what the process holds), else a full collection.
+    Nothing when it holds no GC object or no live block has a native origin (the scan will not
+    run). True when a collection ran."""
 
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for

@@ -99,11 +99,6 @@ class Checks:
         """Some limit comes from a marker (not a session default)."""
         return any(not c.from_default for c in self._limits())
 
-    @property
-    def needs_collect(self) -> bool:
-        """Leak checks look at memory still allocated after a garbage collection."""
-        return self.limit_leaks is not None or self.native_leaks is not None
-
     def __bool__(self) -> bool:
         return any(c is not None for c in (self.limit_memory, self.limit_leaks, self.native_leaks))
 

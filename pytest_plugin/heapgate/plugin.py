@@ -218,12 +218,15 @@ class HeapgatePlugin:
             if checks.native_leaks is not None:
                 # Objects the call dropped into CPython's free lists are no leak: free them.
                 _native.clear_free_lists()
-            if checks.needs_collect and (checks.limit_leaks is not None or _native.has_gc_candidates()):
-                # Still tracking: what the collection frees is no leak (and it allocates
-                # nothing that is charged, as the test's function is no longer running).
-                # The leak scan alone needs it only when the test holds GC-tracked objects:
-                # a full collection costs what the whole process holds.
+            # Still tracking: what a collection frees is no leak (and it allocates nothing
+            # that is charged, as the test's function is no longer running).
+            if checks.limit_leaks is not None:
+                # Every byte the test left counts, held by old garbage or not: a full collection.
                 gc.collect()
+            elif checks.native_leaks is not None:
+                # The scan needs only the test's own garbage collected (older objects are its
+                # roots): a full collection would cost what the whole process holds.
+                _native.collect_test_garbage()
             if checks.native_leaks is not None:
                 _native.scan_leaks()
                 explanations = _native.leak_explanations()

@@ -22,6 +22,7 @@ extern "C" {
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
     fn hg_py_object_layout(out: *mut usize, cap: size_t) -> size_t;
+    fn hg_py_collect_among(heads: *const usize, n: size_t) -> ffi::Py_ssize_t;
     fn hg_py_make_scan_function(
         module: *mut ffi::PyObject,
         callback: ScanCallback,
@@ -285,12 +286,27 @@ fn empty_free_lists_on_call(function: &Bound<'_, PyAny>, on: bool) -> bool {
     unsafe { hg_py_empty_free_lists_on_call(function.as_ptr(), c_int::from(on)) != 0 }
 }
 
-/// Does the tracked test hold a live object that CPython's cyclic GC tracks? Only then can a
-/// full collection before the leak scan free any of the test's blocks (and only if the scan
-/// runs: some live block has a native origin).
+/// Collect the tracked test's garbage before its leak scan: its own GC objects alone when the
+/// interpreter allows (see `hg_py_collect_among`: a full collection costs what the process
+/// holds), else a full `gc.collect()`. Nothing is collected when the test holds no GC object,
+/// or when the scan will not run (no live block has a native origin). Returns True when a
+/// collection ran.
 #[pyfunction]
-fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
-    capture::has_gc_candidates(crate::interpreter_modules(py)).map_err(capture_error)
+fn collect_test_garbage(py: Python<'_>) -> PyResult<bool> {
+    let layout = object_layout();
+    let heads = capture::gc_candidates(crate::interpreter_modules(py), layout.as_ref())
+        .map_err(capture_error)?;
+    if heads.is_empty() {
+        return Ok(false);
+    }
+    // SAFETY: the GIL is held (the `Python` token) and no Python code ran since the heads were
+    // found: each is the GC head of a live tracked object (`gc_candidates` checked its links
+    // and its type), which the shim checks again before it moves one.
+    match unsafe { hg_py_collect_among(heads.as_ptr(), heads.len()) } {
+        -2 => Err(PyErr::fetch(py)),
+        -1 => py.import("gc")?.call_method0("collect").map(|_| true),
+        _ => Ok(true),
+    }
 }
 
 /// Registers the leak functions; `scan_leaks()` classifies the tracked test's live blocks
@@ -299,7 +315,7 @@ fn has_gc_candidates(py: Python<'_>) -> PyResult<bool> {
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
     m.add_function(wrap_pyfunction!(empty_free_lists_on_call, m)?)?;
-    m.add_function(wrap_pyfunction!(has_gc_candidates, m)?)?;
+    m.add_function(wrap_pyfunction!(collect_test_garbage, m)?)?;
     // SAFETY: the shim builds a builtin function object bound to `m` (a new reference).
     let function = unsafe {
         Bound::from_owned_ptr_or_err(m.py(), hg_py_make_scan_function(m.as_ptr(), scan_callback))?

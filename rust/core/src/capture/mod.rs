@@ -28,7 +28,7 @@ pub use crate::model::{
 };
 pub use guard::Guard;
 pub(crate) use leaks::NativeOrigins;
-pub use leaks::{has_gc_candidates, scan_leaks, take_leak_explanations, ObjectLayout, PoolLayout};
+pub use leaks::{gc_candidates, scan_leaks, take_leak_explanations, ObjectLayout, PoolLayout};
 pub use python::{
     set_python_stack_source, PyFrameRef, PythonStack, PythonStackSource, MAX_PYTHON_FRAMES,
 };

@@ -377,12 +377,20 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     })
 }
 
-/// Does the tracked test hold a live block that CPython's cyclic GC tracks? Only then can a
-/// collection free any of its blocks (garbage made only of older objects holds the test's
-/// blocks as reachable, which the scan counts as such), so a leak scan needs a full
-/// collection first only then — and only if the scan runs: when no live block has a native
-/// origin, none has one after a collection (which only frees) and the scan is skipped.
-pub fn has_gc_candidates(interpreter: &InterpreterModules) -> Result<bool, CaptureError> {
+/// The GC heads of the tracked test's live objects that CPython's cyclic GC tracks, for a
+/// collection of those alone before the leak scan (see `collect_test_garbage` in the Python
+/// extension). Only they can be freed by one that the scan needs: garbage made only of older
+/// objects holds the test's blocks as reachable, which the scan counts as such (older objects
+/// are roots). Empty when no live block has a native origin: the scan is skipped then, and a
+/// collection (which only frees) cannot give one a native origin.
+///
+/// A head is taken only if it is one beyond doubt, as the collection will unlink it from its
+/// generation's list: its neighbours link back to it (see [`gc_head`]) and the object after
+/// it has a type, a `type` instance (or an instance of a metaclass), whose flags say GC.
+pub fn gc_candidates(
+    interpreter: &InterpreterModules,
+    objects: Option<&ObjectLayout>,
+) -> Result<Vec<usize>, CaptureError> {
     let _guard = Guard::enter();
     let s = session();
     if !is_active() {
@@ -391,9 +399,39 @@ pub fn has_gc_candidates(interpreter: &InterpreterModules) -> Result<bool, Captu
     let Some(session) = s.as_ref() else {
         return Err(CaptureError::NotActive);
     };
+    let Some(objects) = objects else {
+        return Ok(Vec::new());
+    };
     let candidates = leak_candidates(&session.tracker);
-    Ok(candidates.iter().any(|c| candidate_gc_head(c).is_some())
-        && any_native_origin(&session.tracker, &candidates, interpreter))
+    let heads: Vec<usize> = candidates
+        .iter()
+        .filter_map(candidate_gc_head)
+        .filter(|head| is_gc_object(*head, objects))
+        .collect();
+    if heads.is_empty() || !any_native_origin(&session.tracker, &candidates, interpreter) {
+        return Ok(Vec::new());
+    }
+    Ok(heads)
+}
+
+/// Is the object after the GC head at `head` a GC object: its type's type is `type` (or a
+/// metaclass, whose own type is `type`), and the type's flags say GC?
+fn is_gc_object(head: usize, objects: &ObjectLayout) -> bool {
+    let word = std::mem::size_of::<usize>();
+    let word_at = |addr: usize| {
+        let mut w = [0usize];
+        (read_words(addr, &mut w) == 1).then_some(w[0])
+    };
+    // PyGC_Head is two words; the object's type follows its reference count.
+    let object = head + 2 * word;
+    let Some(ty) = word_at(object + word) else {
+        return false;
+    };
+    let Some(meta) = word_at(ty + word) else {
+        return false;
+    };
+    let is_type = meta == objects.type_type || word_at(meta + word) == Some(objects.type_type);
+    is_type && word_at(ty + objects.flags_at).is_some_and(|flags| flags & objects.gc_flag != 0)
 }
 
 /// How much memory the allocator gave a live block. Blocks from the C library's allocators
