@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Max RSS of a long pytest session: does heapgate's memory grow with the number of tests?
 
-    python benches/rss_bench.py [--tests 10000] [--modes plain,heapgate,heapgate-native]
+    python benches/rss_bench.py [--tests 10000] [--modes plain,heapgate,heapgate-native,native-leaks]
 
 Run it with the interpreter that has heapgate installed. It writes a synthetic test module of
 --tests tests into a temporary directory (each test allocates from some 240 sites: sixty
@@ -24,6 +24,8 @@ MODES = {
     "plain": ["-p", "no:heapgate"],
     "heapgate": ["--heapgate"],
     "heapgate-native": ["--heapgate", "--heapgate-native"],
+    # Every test scanned for native leaks (the scans' own buffers must not pile up either).
+    "native-leaks": ["--native-leaks"],
 }
 
 # Sixty helpers, each allocating on its own lines, reached through two call paths: a test has

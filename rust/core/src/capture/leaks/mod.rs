@@ -107,7 +107,8 @@ pub fn scan_leaks(
         session.tracker.set_leak_kinds([]);
         return Ok(LeakKinds::default());
     }
-    if !any_native_origin(&session.tracker, &candidates, interpreter) {
+    let native = native_candidates(&session.tracker, &candidates, interpreter);
+    if !native.contains(&true) {
         return Ok(LeakKinds::default());
     }
     let stale = &stale()[..];
@@ -279,6 +280,7 @@ pub fn scan_leaks(
     let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
     let kinds = classify(
         &candidates,
+        &native,
         &gc_heads,
         pools.map_or(0, |p| p.values_tag),
         &mut |visit| {
@@ -299,7 +301,7 @@ pub fn scan_leaks(
         candidates
             .iter()
             .zip(&kinds)
-            .map(|(c, k)| (c.site, *k, c.size)),
+            .filter_map(|(c, k)| k.map(|k| (c.site, k, c.size))),
     );
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
@@ -347,19 +349,23 @@ fn leak_candidates(tracker: &Tracker) -> Vec<Candidate> {
     blocks
 }
 
-/// Does some candidate's site have a native origin (one stack walk per distinct site)?
-fn any_native_origin(
+/// Which candidates' sites have a native origin (one stack walk per distinct site): only
+/// their verdicts are needed (see `classify`).
+fn native_candidates(
     tracker: &Tracker,
     candidates: &[Candidate],
     interpreter: &InterpreterModules,
-) -> bool {
-    let mut sites: Vec<u32> = candidates.iter().map(|c| c.site).collect();
-    sites.sort_unstable();
-    sites.dedup();
+) -> Vec<bool> {
     let mut origins = origin::NativeOrigins::new(interpreter);
-    sites
-        .into_iter()
-        .any(|site| origins.is_native(tracker.site_stack(site)))
+    let mut sites: rustc_hash::FxHashMap<u32, bool> = rustc_hash::FxHashMap::default();
+    candidates
+        .iter()
+        .map(|c| {
+            *sites
+                .entry(c.site)
+                .or_insert_with(|| origins.is_native(tracker.site_stack(c.site)))
+        })
+        .collect()
 }
 
 /// The GC head of a candidate that CPython's cyclic GC tracks (see [`gc_head`]). The
@@ -408,7 +414,9 @@ pub fn gc_candidates(
         .filter_map(candidate_gc_head)
         .filter(|head| is_gc_object(*head, objects))
         .collect();
-    if heads.is_empty() || !any_native_origin(&session.tracker, &candidates, interpreter) {
+    if heads.is_empty()
+        || !native_candidates(&session.tracker, &candidates, interpreter).contains(&true)
+    {
         return Ok(Vec::new());
     }
     Ok(heads)

@@ -238,22 +238,28 @@ pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize]) -> ControlFlow<()>) 
 
 /// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
 /// to its argument (candidates' own words excluded: see [`mask_out_candidates`]), and may
-/// stop when the argument breaks: once every candidate is reachable from the roots read so
-/// far (what they reach is followed after each batch), every verdict is final — further roots
-/// can only make blocks reachable, and a reachable block is reachable whatever else points
-/// into it. `read_block` reads a candidate's words. `gc_heads`: addresses of CPython GC heads.
-/// `values_tag`: see [`PoolLayout::values_tag`](super::PoolLayout::values_tag).
+/// stop when the argument breaks: once every `needed` candidate is reachable from the roots
+/// read so far (what they reach is followed after each batch), its verdict is final — further
+/// roots can only make blocks reachable, and a reachable block is reachable whatever else
+/// points into it. The other candidates not reached by then get no verdict (None): the scan
+/// judges only the needed ones (those of native origin), and the rest matter only as the
+/// blocks a lost needed one hangs off, which cannot be once every needed one is reachable.
+/// When every root was read, every candidate has a verdict. `read_block` reads a candidate's
+/// words. `gc_heads`: addresses of CPython GC heads. `values_tag`: see
+/// [`PoolLayout::values_tag`](super::PoolLayout::values_tag).
 pub fn classify(
     candidates: &[Candidate],
+    needed: &[bool],
     gc_heads: &[usize],
     values_tag: usize,
     roots: &mut RootWords<'_>,
     read_block: &dyn Fn(usize, usize) -> Vec<usize>,
-) -> Vec<LeakKind> {
+) -> Vec<Option<LeakKind>> {
     let n = candidates.len();
+    debug_assert_eq!(needed.len(), n);
     let mut kinds = vec![LeakKind::DefinitelyLost; n];
     if n == 0 {
-        return kinds;
+        return Vec::new();
     }
     let mut heads: Vec<usize> = gc_heads.iter().map(|h| h | TAG).collect();
     heads.sort_unstable();
@@ -268,17 +274,20 @@ pub fn classify(
     let mut reachable = vec![false; n];
     let mut interior = vec![false; n];
     // Counted apart from `reachable`, which `reach` holds (the visitor below reads it).
-    let unreached = std::cell::Cell::new(n);
+    let unreached = std::cell::Cell::new(needed.iter().filter(|n| **n).count());
     let mut work = Vec::new();
     let mut reach = |i: usize, start: bool, work: &mut Vec<usize>| {
         if !start {
             interior[i] = true;
         } else if !reachable[i] {
             reachable[i] = true;
-            unreached.set(unreached.get() - 1);
+            if needed[i] {
+                unreached.set(unreached.get() - 1);
+            }
             work.push(i);
         }
     };
+    let mut stopped = false;
     roots(&mut |words| {
         scanner.targets(words, |i, start| reach(i, start, &mut work));
         while let Some(i) = work.pop() {
@@ -286,11 +295,19 @@ pub fn classify(
             scanner.targets(&words, |j, start| reach(j, start, &mut work));
         }
         if unreached.get() == 0 {
+            stopped = true;
             ControlFlow::Break(())
         } else {
             ControlFlow::Continue(())
         }
     });
+    if stopped {
+        // Every needed candidate is reachable; the others not reached are not judged.
+        return reachable
+            .iter()
+            .map(|r| r.then_some(LeakKind::StillReachable))
+            .collect();
+    }
     // Among the unreachable: pointed to by another lost block → indirectly lost.
     let mut pointed = vec![false; n];
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
@@ -329,7 +346,7 @@ pub fn classify(
             mark_from(i, &edges, &mut seen);
         }
     }
-    kinds
+    kinds.into_iter().map(Some).collect()
 }
 
 fn mark_from(start: usize, edges: &[Vec<usize>], seen: &mut [bool]) {
@@ -392,9 +409,13 @@ mod tests {
                 }
             }
         };
-        classify(candidates, heads, 0, &mut visit_roots, &|s, l| {
+        let needed = vec![true; candidates.len()];
+        classify(candidates, &needed, heads, 0, &mut visit_roots, &|s, l| {
             memory.read(s, l)
         })
+        .into_iter()
+        .map(|k| k.expect("every candidate is needed: all judged"))
+        .collect()
     }
 
     /// Classify with roots handed over in `batches`, either honouring the visitor's break (as
@@ -414,7 +435,13 @@ mod tests {
                 }
             }
         };
-        let kinds = classify(candidates, &[], 0, &mut roots, &|s, l| memory.read(s, l));
+        let needed = vec![true; candidates.len()];
+        let kinds = classify(candidates, &needed, &[], 0, &mut roots, &|s, l| {
+            memory.read(s, l)
+        })
+        .into_iter()
+        .map(|k| k.expect("every candidate is needed: all judged"))
+        .collect();
         (kinds, read)
     }
 
@@ -465,6 +492,72 @@ mod tests {
         }
         // The generator does make scans that stop early (the test would prove nothing else).
         assert!(stopped_early > 20, "{stopped_early}");
+    }
+
+    #[test]
+    fn only_needed_candidates_hold_the_scan_and_theirs_are_the_full_verdicts() {
+        // As above, with a random half of the blocks needed: the scan may stop once those are
+        // reachable; a needed block's verdict is the full scan's, another's is the full scan's
+        // or none (not judged: the scan stopped when the needed ones were reachable).
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as usize
+        };
+        let (mut unjudged, mut stopped_early) = (0, 0);
+        for _ in 0..400 {
+            let count = 1 + next(12);
+            let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
+            let pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
+                0 => 0x77,
+                1 => blocks[next(count as u64)] + 8 * next(3),
+                2 => blocks[next(count as u64)] + 0x80,
+                _ => blocks[next(count as u64)],
+            };
+            let memory = Memory {
+                words: blocks
+                    .iter()
+                    .map(|b| (*b, (0..4).map(|_| pointer(&mut next)).collect()))
+                    .collect(),
+            };
+            let candidates: Vec<Candidate> =
+                blocks.iter().map(|b| Candidate::new(*b, 32, 0)).collect();
+            let needed: Vec<bool> = (0..count).map(|_| next(2) == 0).collect();
+            let batches: Vec<Vec<usize>> = (0..5)
+                .map(|_| (0..next(4)).map(|_| pointer(&mut next)).collect())
+                .collect();
+            let (full, _) = classify_batches(&memory, &candidates, &batches, false);
+            let mut read = 0;
+            let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
+                for batch in &batches {
+                    read += 1;
+                    if visit(batch).is_break() {
+                        return;
+                    }
+                }
+            };
+            let early = classify(&candidates, &needed, &[], 0, &mut roots, &|s, l| {
+                memory.read(s, l)
+            });
+            for i in 0..count {
+                match early[i] {
+                    Some(kind) => assert_eq!(kind, full[i], "block {i}"),
+                    None => {
+                        assert!(!needed[i], "needed block {i} not judged");
+                        unjudged += 1;
+                    }
+                }
+            }
+            if read < batches.len() {
+                stopped_early += 1;
+            }
+        }
+        assert!(
+            stopped_early > 20 && unjudged > 20,
+            "{stopped_early} {unjudged}"
+        );
     }
 
     #[test]
