@@ -220,10 +220,13 @@ impl Scanner<'_> {
                 if self.gc_heads.binary_search(&(w | TAG)).is_err() {
                     // A reference to an object or a header is aligned; an odd address near
                     // the start is a cursor or stale bytes (a str's padding was seen).
-                    // 3.12's inline-values pointer is such an address minus its tag.
+                    // 3.12's inline-values pointer is such an address minus its tag. Within
+                    // the first word it is the start with flags in its low bits (a tagged
+                    // pointer: numpy keeps an array's buffer info as its address | 3).
                     let offset = w - self.candidates[i].start();
                     let word = std::mem::size_of::<usize>();
                     let aligned = offset % word == 0
+                        || offset < word
                         || (self.values_tag != 0 && (offset + self.values_tag) % word == 0);
                     hit(i, offset < START_WINDOW && aligned);
                 }
@@ -603,6 +606,26 @@ mod tests {
                 IndirectlyLost,
                 StillReachable
             ]
+        );
+    }
+
+    #[test]
+    fn a_tagged_pointer_to_a_start_is_a_reference_and_an_odd_one_further_in_is_not() {
+        use LeakKind::*;
+        // numpy keeps an array's buffer info as its address | 3; an odd address past the first
+        // word is a cursor or stale bytes: only interior.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0, 0, 0, 0]),
+                (0x2000, vec![0, 0, 0, 0]),
+                (0x9000, vec![0x1003, 0x2009]),
+            ],
+        };
+        let candidates = [Candidate::new(0x1000, 32, 0), Candidate::new(0x2000, 32, 0)];
+        let roots = [Region::new(0x9000, 0x9010, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [StillReachable, PossiblyLost]
         );
     }
 
