@@ -341,7 +341,7 @@ def collect_test_garbage() -> bool:
 
 def clear_free_lists() -> bool:
     """Empty CPython's list, dict, tuple and float free lists (right before a call checked for
-    native leaks). True when emptied directly, False when a full collection did it."""
+    native leaks). True when emptied directly, False when a collection did it."""
 
 def empty_free_lists_on_call(function: object, on: bool) -> bool:
     """3.12: make a plain Python function empty the dict free lists as each of its calls

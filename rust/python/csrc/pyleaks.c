@@ -153,7 +153,7 @@ PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) 
  * Emptied right before the test's call, every such object the call creates is a new block.
  * 3.11 and 3.12 are emptied directly (their free lists share one layout, compiled here from
  * the version's own headers; the clearing functions are not exported); other versions run a
- * full collection, which clears them (3.9-3.13).
+ * collection of the oldest generation with every object set aside, which clears them.
  * Returns 1 when emptied directly, 0 when a collection did it. The GIL must be held. */
 #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030D0000
 #include "internal/pycore_interp.h"
@@ -346,8 +346,16 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     return n;
 }
 #else
+Py_ssize_t hg_py_collect_among(const uintptr_t *heads, size_t n);
+
 int hg_py_clear_free_lists(void) {
-    PyGC_Collect();
+    /* A collection of the oldest generation clears them: of no object at all (see
+     * `hg_py_collect_among`; a full one costs what the process holds, twice a test), or a
+     * full one where that cannot be done. */
+    if (hg_py_collect_among(NULL, 0) < 0) {
+        PyErr_Clear();
+        PyGC_Collect();
+    }
     return 0;
 }
 

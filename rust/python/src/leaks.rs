@@ -266,7 +266,7 @@ extern "C" fn scan_callback(
 /// Empty CPython's free lists (lists, dicts, tuples, floats) right before a test's call that
 /// is checked for native leaks: objects the call then creates are new blocks, so a leaked one
 /// is a candidate and cannot root what it points to. Returns True when the lists were emptied
-/// directly, False when a full collection did it (interpreters whose layout the shim does not
+/// directly, False when a collection did it (interpreters whose layout the shim does not
 /// know).
 #[pyfunction]
 fn clear_free_lists(_py: Python<'_>) -> bool {
