@@ -39,7 +39,7 @@ use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker}
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
-use pymalloc::{pool_mask, SizedType};
+use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
@@ -145,7 +145,7 @@ pub fn scan_leaks(
         .collect();
     readable.sort_unstable();
     let mut last_type: Option<(usize, Option<SizedType>)> = None;
-    let mut types = |ty: usize| -> Option<SizedType> {
+    let mut size_type = |ty: usize| -> Option<SizedType> {
         let objects = pools.and_then(|p| p.objects)?;
         if let Some((_, sized)) = last_type.filter(|(seen, _)| *seen == ty) {
             return sized;
@@ -165,10 +165,17 @@ pub fn scan_leaks(
         last_type = Some((ty, sized));
         sized
     };
+    // Asked both while a region is read and when the heap's dead ranges are found, which
+    // happens between reads.
+    let types = std::cell::RefCell::new(&mut size_type);
+    let mut gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
+    gc_heads.sort_unstable();
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
-            explain_references(registers, &mask, 0, Region::new(0, 0, false), &candidates);
+            let registers_region = Region::new(0, 0, false);
+            let found = (registers, &mask[..], 0);
+            explain_references(found, registers_region, &candidates, &gc_heads);
         }
         visit(registers)?;
         let mut read_range = |region: &Region,
@@ -180,9 +187,10 @@ pub fn scan_leaks(
                 range,
                 &candidates,
                 pools.as_ref(),
+                &gc_heads,
                 dead,
                 (scratch, &mut mask),
-                &mut types,
+                &mut |ty| (*types.borrow_mut())(ty),
                 visit,
             )
         };
@@ -219,7 +227,10 @@ pub fn scan_leaks(
         let mut always = scrub::big_blocks();
         always.extend_from_slice(stale);
         let statics = late::static_data();
-        let mut find_heap_free = heap_free_chunks;
+        let mut find_heap_free = |heap: &Region| {
+            let types = &mut |ty| (*types.borrow_mut())(ty);
+            heap_dead_ranges(heap, pools.as_ref(), types)
+        };
         let mut late_dead =
             late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
         let buffer_bytes = std::mem::size_of_val(scratch.words());
@@ -267,16 +278,14 @@ pub fn scan_leaks(
         if explain {
             let mask = vec![true; words.len()];
             explain_references(
-                &words,
-                &mask,
-                start,
+                (&words, &mask, start),
                 Region::new(start, start + len, false),
                 &candidates,
+                &gc_heads,
             );
         }
         words
     };
-    let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
     let kinds = classify(
         &candidates,
         &gc_heads,
@@ -295,6 +304,17 @@ pub fn scan_leaks(
         },
         &read_block,
     );
+    if explain {
+        for (c, kind) in candidates.iter().zip(&kinds) {
+            if *kind == LeakKind::StillReachable {
+                self::explain(format!(
+                    "block {:#x} ({} bytes) still reachable",
+                    c.start_address(),
+                    c.size
+                ));
+            }
+        }
+    }
     session.tracker.set_leak_kinds(
         candidates
             .iter()
@@ -304,12 +324,49 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// The free chunks of glibc's main heap `heap` (a large one is jumped over, never read).
-fn heap_free_chunks(heap: &Region) -> Vec<(usize, usize)> {
+/// What holds no references in glibc's main heap `heap`: its free chunks (a large one is
+/// jumped over, never read), and in the chunks that hold a Python object too big for pymalloc
+/// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
+/// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
+/// object's chunk, in every process) would hide a leak.
+fn heap_dead_ranges(
+    heap: &Region,
+    pools: Option<&PoolLayout>,
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Vec<(usize, usize)> {
     let (start, end) = (heap.start.get(), heap.end.get());
-    WindowReader::new(start, end)
-        .and_then(|mut window| glibc_free_chunks(&mut |addr| window.word_at(addr), start, end))
-        .unwrap_or_default()
+    let (Some(mut window), Some(mut objects)) =
+        (WindowReader::new(start, end), WindowReader::new(start, end))
+    else {
+        return Vec::new();
+    };
+    let word = std::mem::size_of::<usize>();
+    let mut slack = Vec::new();
+    // Each chunk in use is looked at as the walk passes it (collecting them first would grow a
+    // buffer in the heap being walked).
+    let mut in_use = |chunk: usize, size: usize| {
+        let memory = chunk + 2 * word;
+        // Up to the next chunk's size field: its first word is this chunk's memory.
+        let memory_end = chunk + size + word;
+        let Some(layout) = pools else { return };
+        let mut first = [0usize; CHUNK_FIRST_WORDS];
+        let n = first
+            .iter_mut()
+            .enumerate()
+            .map_while(|(i, w)| objects.word_at(memory + i * word).map(|v| *w = v))
+            .count();
+        if let Some(from) = chunk_object_slack(&first[..n], size, layout, types) {
+            slack.push((memory + from, memory_end));
+        }
+    };
+    let Some(mut dead) =
+        glibc_free_chunks(&mut |addr| window.word_at(addr), start, end, &mut in_use)
+    else {
+        return Vec::new();
+    };
+    dead.extend(slack);
+    dead.sort_unstable();
+    dead
 }
 
 /// `ranges` tagged (see `tagged`; any already tagged stay so), empty ones dropped, sorted and
@@ -421,6 +478,7 @@ fn visit_region(
     range: (usize, usize),
     candidates: &[Candidate],
     pools: Option<&PoolLayout>,
+    gc_heads: &[usize],
     free: &[(usize, usize)],
     scratch: (&mut [usize], &mut Vec<bool>),
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
@@ -464,7 +522,7 @@ fn visit_region(
             mask_out_candidates(mask, at, candidates);
             mask_out_ranges(mask, at, free);
             if explain {
-                explain_references(words, mask, at, region, candidates);
+                explain_references((words, mask, at), region, candidates, gc_heads);
             }
             // Words that are not roots become 0 (never a reference) in our scratch copy.
             for (w, keep) in words.iter_mut().zip(mask.iter()) {
@@ -586,15 +644,22 @@ impl WindowReader {
     }
 }
 
+/// For `HEAPGATE_EXPLAIN_LEAKS`: a line for each of `found`'s words (the words, which of them
+/// are read, the address of the first) that points into a candidate, and what it counts as.
+/// A word equal to a candidate's GC head is a link of the collector's lists (see [`gc_head`]),
+/// no reference: left out, else every tracked object would be listed once per neighbour.
 fn explain_references(
-    words: &[usize],
-    mask: &[bool],
-    at: usize,
+    found: (&[usize], &[bool], usize),
     region: Region,
     candidates: &[Candidate],
+    gc_heads: &[usize],
 ) {
+    let (words, mask, at) = found;
     let word = std::mem::size_of::<usize>();
     for (i, w) in words.iter().enumerate().filter(|(i, _)| mask[*i]) {
+        if gc_heads.binary_search(w).is_ok() {
+            continue;
+        }
         if let Some(c) = candidates
             .iter()
             .find(|c| c.start_address() <= *w && *w < c.start_address() + c.size as usize)
@@ -603,11 +668,17 @@ fn explain_references(
                 .iter()
                 .map(|w| format!("{w:#x}"))
                 .collect();
+            let offset = w - c.start_address();
             explain(format!(
-                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}{}",
+                "block {:#x} ({} bytes) referenced by {:#x}{} from {:#x} [{}] in {:#x}-{:#x}{}{}",
                 c.start_address(),
                 c.size,
                 w,
+                if offset < reach::START_WINDOW && offset % word == 0 {
+                    ""
+                } else {
+                    " (interior)"
+                },
                 at + i * word,
                 around.join(" "),
                 region.start.get(),
@@ -649,18 +720,25 @@ fn heap_chunk_of(heap: Region, addr: usize) -> String {
         *cache = Some(((start, end), chunks));
     }
     let chunks = cache.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
-    let i = chunks.partition_point(|(c, _)| *c <= addr);
+    // A chunk's memory runs from after its two header words to the next chunk's size field:
+    // the next chunk's first word (its "previous size") is this one's while it is in use.
+    let i = chunks.partition_point(|(c, _)| *c + 2 * word <= addr);
     let Some(&(chunk, size)) = i.checked_sub(1).and_then(|i| chunks.get(i)) else {
         return " (no chunk)".to_string();
     };
-    if addr >= chunk + (size & !7) {
+    if addr >= chunk + (size & !7) + word {
         return " (no chunk)".to_string();
     }
     let in_use = chunks.get(i).map(|(_, next_size)| next_size & 1 == 1);
+    // The chunk's first words say what it holds (a Python object: a reference count and a type).
+    let mut first = [0usize; 4];
+    let n = read_words(chunk + 2 * word, &mut first);
+    let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
     format!(
-        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x})",
+        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x}, starts [{}])",
         size & !7,
-        addr - chunk
+        addr - chunk,
+        first.join(" ")
     )
 }
 

@@ -132,8 +132,19 @@ impl ObjectLayout {
         size: usize,
         types: &mut dyn FnMut(usize) -> Option<SizedType>,
     ) -> Option<usize> {
+        self.object_end_where(block, &|end| end.next_multiple_of(16) == size, types)
+    }
+
+    /// As [`object_end`](Self::object_end), for a block whose allocator rounds a request of
+    /// `end` bytes to this block's size when `rounds(end)`.
+    fn object_end_where(
+        &self,
+        block: &[usize],
+        rounds: &dyn Fn(usize) -> bool,
+        types: &mut dyn FnMut(usize) -> Option<SizedType>,
+    ) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
-        let fits = |end: usize| (end.next_multiple_of(16) == size).then_some(end);
+        let fits = |end: usize| rounds(end).then_some(end);
         [0usize, 2, 4].into_iter().find_map(|header| {
             let (refcount, ty) = (*block.get(header)?, *block.get(header + 1)?);
             if refcount == 0 || refcount > u32::MAX as usize || ty % word != 0 || ty < 4096 {
@@ -186,6 +197,35 @@ impl ObjectLayout {
             self.str_compact_header + (length + 1) * kind
         })
     }
+}
+
+/// Words of a glibc chunk's memory to read for [`chunk_object_slack`]: an object's header
+/// and a str's or bytes object's length and state.
+pub const CHUNK_FIRST_WORDS: usize = 8;
+
+/// Where the memory of an in-use glibc chunk of `chunk_size` bytes (header included) stops
+/// holding references, in bytes from its first byte of memory, when it holds a Python object
+/// too big for pymalloc: from a code object's bytecode on (see [`PoolLayout::code_type`]), or
+/// from the word the object ends in (see [`ObjectLayout::object_end`]) when the object's size
+/// is exactly what malloc rounds to this chunk's size. The rest up to the next chunk's size
+/// field is what earlier occupants left. `first`: the chunk's first words of memory (see
+/// [`CHUNK_FIRST_WORDS`]). `None`: no Python object known here; the chunk is read whole.
+pub fn chunk_object_slack(
+    first: &[usize],
+    chunk_size: usize,
+    layout: &PoolLayout,
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    // malloc(n) gives a chunk of n plus its size field, rounded up to 16 bytes (32 at least).
+    let rounds = |end: usize| (end + word).next_multiple_of(2 * word).max(4 * word) == chunk_size;
+    if layout.code_type != 0 && first.get(1) == Some(&layout.code_type) {
+        let refcount = *first.first()?;
+        return (refcount != 0 && refcount <= u32::MAX as usize)
+            .then_some(layout.code_bytecode.next_multiple_of(word));
+    }
+    let end = layout.objects?.object_end_where(first, &rounds, types)?;
+    Some(end / word * word)
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
@@ -446,5 +486,60 @@ mod tests {
         let bytes = [1, 0x7300, 20, 0, 0, 0, 0, 0xdead];
         assert_eq!(o.object_end(&bytes, 64, &mut types), Some(53));
         assert_eq!(o.object_end(&bytes, 80, &mut types), None);
+    }
+
+    #[test]
+    fn a_big_objects_chunk_is_read_up_to_the_object() {
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+            code_type: 0xc0de,
+            code_bytecode: 0xc4,
+            values_tag: 0,
+            objects: Some(objects()),
+        };
+        let tuple_type = SizedType {
+            basicsize: 24,
+            itemsize: 8,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| (t == 0x8200).then_some(tuple_type);
+        // A code object: read up to its bytecode (the first whole word of it), whatever the
+        // chunk's size; not with an address where its reference count belongs.
+        let code = [1, 0xc0de, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&code, 0x270, &layout, &mut types),
+            Some(0xc8)
+        );
+        let mut not_code = code;
+        not_code[0] = 0x7f00_0000_1000;
+        assert_eq!(
+            chunk_object_slack(&not_code, 0x270, &layout, &mut types),
+            None
+        );
+        // A tuple of 80 items after its GC head: 16 + 24 + 640 = 680 bytes, which malloc gives
+        // a 0x2b0-byte chunk (680 + its size field, rounded up to 16): read up to the word
+        // the object ends in. Any other chunk size: not this object, read whole.
+        let tuple = [0x9000, 0x9100, 1, 0x8200, 80, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&tuple, 0x2b0, &layout, &mut types),
+            Some(680)
+        );
+        assert_eq!(chunk_object_slack(&tuple, 0x2c0, &layout, &mut types), None);
+        assert_eq!(chunk_object_slack(&tuple, 0x2a0, &layout, &mut types), None);
+        // 79 items: 672 bytes, the same chunk.
+        let mut shorter = tuple;
+        shorter[4] = 79;
+        assert_eq!(
+            chunk_object_slack(&shorter, 0x2b0, &layout, &mut types),
+            Some(672)
+        );
+        // A native buffer (no reference count and type): none.
+        let buffer = [0x7f00_0000_2000, 0x8200, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&buffer, 0x2b0, &layout, &mut types),
+            None
+        );
     }
 }
