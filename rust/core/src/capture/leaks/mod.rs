@@ -80,7 +80,8 @@ fn live_stack_start(entry: usize) -> usize {
 /// thread's stack is scanned from there up (from above the interpreter frame that calls the
 /// scan, when it is found: see [`live_stack_start`]), plus `registers` (the caller's saved
 /// registers).
-/// `pools`: pymalloc's geometry, if known.
+/// `pools`: pymalloc's geometry, if known. `text_in_heap`: addresses inside chunks of the C
+/// library's heap that hold only characters (such a chunk is no root: see `heap_dead_ranges`).
 ///
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
@@ -91,6 +92,7 @@ pub fn scan_leaks(
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
+    text_in_heap: &[usize],
     interpreter: &InterpreterModules,
 ) -> Result<LeakKinds, CaptureError> {
     let _guard = Guard::enter();
@@ -227,9 +229,11 @@ pub fn scan_leaks(
         let mut always = scrub::big_blocks();
         always.extend_from_slice(stale);
         let statics = late::static_data();
+        let mut text = text_in_heap.to_vec();
+        text.sort_unstable();
         let mut find_heap_free = |heap: &Region| {
             let types = &mut |ty| (*types.borrow_mut())(ty);
-            heap_dead_ranges(heap, pools.as_ref(), types)
+            heap_dead_ranges(heap, pools.as_ref(), &text, types)
         };
         let mut late_dead =
             late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
@@ -328,10 +332,14 @@ pub fn scan_leaks(
 /// jumped over, never read), and in the chunks that hold a Python object too big for pymalloc
 /// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
 /// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
-/// object's chunk, in every process) would hide a leak.
+/// object's chunk, in every process) would hide a leak. The whole memory of the chunks that
+/// hold an address of `text` (sorted): they hold only characters, and the part their owner
+/// has not written yet keeps what the memory held before (seen: readline's buffer of terminal
+/// capabilities, 2032 bytes of which about 1400 are written, hid up to 9 leaked objects).
 fn heap_dead_ranges(
     heap: &Region,
     pools: Option<&PoolLayout>,
+    text: &[usize],
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
 ) -> Vec<(usize, usize)> {
     let (start, end) = (heap.start.get(), heap.end.get());
@@ -348,6 +356,11 @@ fn heap_dead_ranges(
         let memory = chunk + 2 * word;
         // Up to the next chunk's size field: its first word is this chunk's memory.
         let memory_end = chunk + size + word;
+        let i = text.partition_point(|a| *a < memory);
+        if text.get(i).is_some_and(|a| *a < memory_end) {
+            slack.push((memory, memory_end));
+            return;
+        }
         let Some(layout) = pools else { return };
         let mut first = [0usize; CHUNK_FIRST_WORDS];
         let n = first
@@ -790,5 +803,38 @@ fn read_words(at: usize, buffer: &mut [usize]) -> usize {
         0
     } else {
         n as usize / std::mem::size_of::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heap_chunk_of_text_is_no_root() {
+        // A heap in this process's memory: chunks of 0x30 (in use), 0x40 (text), 0x30 (in use),
+        // then the top (0x100).
+        let mut words = vec![0usize; (0x30 + 0x40 + 0x30 + 0x100) / 8];
+        for (at, size_field) in [(0, 0x31), (0x30, 0x41), (0x70, 0x31), (0xa0, 0x101)] {
+            words[at / 8 + 1] = size_field;
+        }
+        let base = words.as_ptr() as usize;
+        let heap = Region::new(base, base + words.len() * 8, false);
+        let mut no_types = |_| None;
+        let dead = heap_dead_ranges(&heap, None, &[base + 0x48], &mut no_types);
+        // The text chunk's memory up to the next chunk's size field, and the top.
+        assert_eq!(
+            dead,
+            vec![(base + 0x40, base + 0x78), (base + 0xa0, base + 0x1a0)]
+        );
+        // Without the text: only the top.
+        let dead = heap_dead_ranges(&heap, None, &[], &mut no_types);
+        assert_eq!(dead, vec![(base + 0xa0, base + 0x1a0)]);
+        // An address in no chunk's memory (the first chunk's header) changes nothing.
+        assert_eq!(
+            heap_dead_ranges(&heap, None, &[base + 8], &mut no_types),
+            dead
+        );
+        drop(words);
     }
 }
