@@ -164,6 +164,17 @@ static PyObject *leak_into_slack(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* A dict (untracked by the collector: it holds no container) whose reference is leaked, its
+ * GC head's address kept in a static, as a stale link of the collector's lists would be. */
+static void *stale_gc_link = NULL;
+
+static PyObject *leak_dict_behind_a_gc_link(PyObject *self, PyObject *unused) {
+    PyObject *d = new_object("dict");
+    if (d == NULL) return NULL;
+    stale_gc_link = (char *)d - 2 * sizeof(void *);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -176,6 +187,8 @@ static PyMethodDef methods[] = {
     {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
     {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
     {"leak_into_slack", leak_into_slack, METH_VARARGS, "malloc(n), its address in obj's slack"},
+    {"leak_dict_behind_a_gc_link", leak_dict_behind_a_gc_link, METH_NOARGS,
+     "a dict leaked, its GC head's address kept"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -170,7 +170,13 @@ pub fn scan_leaks(
     // Asked both while a region is read and when the heap's dead ranges are found, which
     // happens between reads.
     let types = std::cell::RefCell::new(&mut size_type);
-    let mut gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
+    let objects = pools.and_then(|p| p.objects);
+    let mut gc_heads: Vec<usize> = candidates
+        .iter()
+        .filter_map(|c| {
+            candidate_gc_head(c).or_else(|| objects.and_then(|o| untracked_gc_head(c, &o)))
+        })
+        .collect();
     gc_heads.sort_unstable();
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
@@ -444,6 +450,41 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     gc_head(start, first, &mut |addr| {
         let mut w = [0usize];
         (read_words(addr, &mut w) == 1).then_some(w[0])
+    })
+}
+
+/// The GC head of a candidate that holds an object of a GC type the collector does not track
+/// (any more): the collection before the scan untracks dicts that hold no containers, which
+/// zeroes their heads' links. A word equal to such a head is a stale link of the collector's
+/// lists (seen in pymalloc blocks and heap chunks, hiding leaked dicts), never a reference:
+/// references are to the object after the head. Recognised by an unlinked head (no next, no
+/// previous but the finalized bit) before a reference count and a type whose flags say GC,
+/// and a pre-header before the head exactly when the type's flags call for one. The caller
+/// holds the tracker's lock, so the block stays allocated.
+fn untracked_gc_head(c: &Candidate, objects: &ObjectLayout) -> Option<usize> {
+    const FINALIZED: usize = 1;
+    let word = std::mem::size_of::<usize>();
+    let mut first = [0usize; 6];
+    let len = (c.size as usize / word).min(first.len());
+    let first = &mut first[..len];
+    let start = c.start_address();
+    if read_words(start, first) != len {
+        return None;
+    }
+    [0usize, 2].into_iter().find_map(|at| {
+        let (next, prev) = (*first.get(at)?, *first.get(at + 1)?);
+        let (refcount, ty) = (*first.get(at + 2)?, *first.get(at + 3)?);
+        if next != 0 || prev & !FINALIZED != 0 || refcount == 0 || refcount > u32::MAX as usize {
+            return None;
+        }
+        if ty % word != 0 || ty < 4096 {
+            return None;
+        }
+        let mut flags = [0usize];
+        let gc =
+            read_words(ty + objects.flags_at, &mut flags) == 1 && flags[0] & objects.gc_flag != 0;
+        let preheader = flags[0] & objects.preheader_flags != 0;
+        (gc && preheader == (at == 2)).then_some(start + at * word)
     })
 }
 
@@ -836,5 +877,33 @@ mod tests {
             dead
         );
         drop(words);
+    }
+
+    #[test]
+    fn the_head_of_an_untracked_gc_object_is_found() {
+        let o = pymalloc::tests::objects();
+        // A type object whose flags (at byte 48) say GC; another with a pre-header too.
+        let mut gc_type = [0usize; 8];
+        gc_type[6] = o.gc_flag;
+        let mut preheader_type = gc_type;
+        preheader_type[6] |= o.preheader_flags;
+        let (gc, preheader) = (gc_type.as_ptr() as usize, preheader_type.as_ptr() as usize);
+        let found = |block: &[usize]| {
+            let c = Candidate::new(block.as_ptr() as usize, 8 * block.len() as u64, 0);
+            untracked_gc_head(&c, &o).map(|head| head - block.as_ptr() as usize)
+        };
+        // An unlinked head (the finalized bit may stay), a reference count, a GC type.
+        assert_eq!(found(&[0, 0, 1, gc, 0, 0, 0, 0]), Some(0));
+        assert_eq!(found(&[0, 1, 3, gc, 0, 0, 0, 0]), Some(0));
+        // After a pre-header when the type has one, and only then.
+        assert_eq!(found(&[0, 0, 0, 0, 1, preheader, 0, 0]), Some(16));
+        assert_eq!(found(&[0, 0, 1, preheader, 0, 0, 0, 0]), None);
+        // A linked head (tracked: see `gc_head`), a type without GC, a native buffer: none.
+        assert_eq!(found(&[0x7f00_0000_1000, 0, 1, gc, 0, 0, 0, 0]), None);
+        let plain_type = [0usize; 8];
+        assert_eq!(found(&[0, 0, 1, plain_type.as_ptr() as usize, 0, 0]), None);
+        assert_eq!(found(&[0, 0, 0x7f00_0000_1000, gc, 0, 0, 0, 0]), None);
+        // Too small to hold a head and an object header.
+        assert_eq!(found(&[0, 0, 1]), None);
     }
 }

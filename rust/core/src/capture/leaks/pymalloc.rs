@@ -322,7 +322,7 @@ pub fn pool_mask(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -358,7 +358,7 @@ mod tests {
         assert!(pool_mask(&words, base, &layout, &mut |_| None).is_none());
     }
 
-    fn objects() -> ObjectLayout {
+    pub(crate) fn objects() -> ObjectLayout {
         ObjectLayout {
             type_type: 0x7000,
             generic_alloc: 0x7100,
