@@ -183,7 +183,7 @@ pub fn scan_leaks(
             let mask = vec![true; registers.len()];
             let registers_region = Region::new(0, 0, false);
             let found = (registers, &mask[..], 0);
-            explain_references(found, registers_region, &candidates, &gc_heads);
+            explain_references(found, registers_region, &candidates, &gc_heads, None);
         }
         visit(registers)?;
         let mut read_range = |region: &Region,
@@ -292,6 +292,7 @@ pub fn scan_leaks(
                 Region::new(start, start + len, false),
                 &candidates,
                 &gc_heads,
+                None,
             );
         }
         words
@@ -576,7 +577,8 @@ fn visit_region(
             mask_out_candidates(mask, at, candidates);
             mask_out_ranges(mask, at, free);
             if explain {
-                explain_references((words, mask, at), region, candidates, gc_heads);
+                let pool = pools.filter(|_| region.anonymous);
+                explain_references((words, mask, at), region, candidates, gc_heads, pool);
             }
             // Words that are not roots become 0 (never a reference) in our scratch copy.
             for (w, keep) in words.iter_mut().zip(mask.iter()) {
@@ -702,11 +704,14 @@ impl WindowReader {
 /// are read, the address of the first) that points into a candidate, and what it counts as.
 /// A word equal to a candidate's GC head is a link of the collector's lists (see [`gc_head`]),
 /// no reference: left out, else every tracked object would be listed once per neighbour.
+/// `pool`: the layout of pymalloc's pools, when `region` may hold them (the block that holds
+/// the word is named).
 fn explain_references(
     found: (&[usize], &[bool], usize),
     region: Region,
     candidates: &[Candidate],
     gc_heads: &[usize],
+    pool: Option<&PoolLayout>,
 ) {
     let (words, mask, at) = found;
     let word = std::mem::size_of::<usize>();
@@ -741,11 +746,38 @@ fn explain_references(
                 if region.heap {
                     heap_chunk_of(region, at + i * word)
                 } else {
-                    String::new()
+                    pool.map_or(String::new(), |p| pool_block_of(p, at + i * word))
                 }
             ));
         }
     }
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the pymalloc block that holds `addr`, if a pool does (its
+/// header is read as `pool_mask` reads it), and the block's first words.
+fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
+    let pool = addr & !(layout.pool_size - 1);
+    let mut header = [0usize; 6];
+    if read_words(pool, &mut header) != header.len() {
+        return String::new();
+    }
+    let size = ((header[4] >> 32) + 1) << layout.alignment_shift;
+    let maxnextoffset = header[5] >> 32;
+    if header[4] >> 32 >= 64 || maxnextoffset != layout.pool_size - size {
+        return " (no pool)".to_string();
+    }
+    let Some(offset) = (addr - pool).checked_sub(layout.overhead) else {
+        return " (pool header)".to_string();
+    };
+    let block = pool + layout.overhead + offset / size * size;
+    let mut first = [0usize; 4];
+    let n = read_words(block, &mut first);
+    let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
+    format!(
+        " (pool block {block:#x}, {size} bytes, at +{:#x}, starts [{}])",
+        addr - block,
+        first.join(" ")
+    )
 }
 
 /// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr`, and
