@@ -335,6 +335,9 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
+/// The largest request pymalloc serves (3.9-3.13); bigger ones go to the C library.
+const SMALL_REQUEST_THRESHOLD: usize = 512;
+
 /// What holds no references in glibc's main heap `heap`: its free chunks (a large one is
 /// jumped over, never read), and in the chunks that hold a Python object too big for pymalloc
 /// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
@@ -368,7 +371,12 @@ fn heap_dead_ranges(
             slack.push((memory, memory_end));
             return;
         }
-        let Some(layout) = pools else { return };
+        // pymalloc serves requests up to 512 bytes: a smaller chunk holds no object it sizes
+        // (unless PYTHONMALLOC=malloc: then such chunks are read whole, as before). Most
+        // chunks are small, and each looked at costs a read and a type lookup.
+        let Some(layout) = pools.filter(|_| size - word > SMALL_REQUEST_THRESHOLD) else {
+            return;
+        };
         let mut first = [0usize; CHUNK_FIRST_WORDS];
         let n = first
             .iter_mut()
