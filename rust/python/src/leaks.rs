@@ -50,7 +50,7 @@ fn pool_layout() -> PoolLayout {
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
 fn object_layout() -> Option<ObjectLayout> {
-    let mut w = [0usize; 19];
+    let mut w = [0usize; 25];
     // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
     let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
     (n == w.len()).then_some(ObjectLayout {
@@ -73,6 +73,12 @@ fn object_layout() -> Option<ObjectLayout> {
         str_compact_header: w[16],
         bytes_type: w[17],
         bytes_header: w[18],
+        keys_header: w[19],
+        keys_entry: w[20],
+        keys_unicode_entry: w[21],
+        keys_log2_size_at: w[22],
+        keys_index_bytes_at: w[23],
+        keys_kind_at: w[24],
     })
 }
 
@@ -155,7 +161,7 @@ struct Readline {
 /// `tgetstr`, into a buffer of 2032 bytes it mallocs (and never clears) and keeps pointers to
 /// them in variables some of which it exports. The buffer holds only characters; the part no
 /// string was copied to keeps what the memory held before (old object addresses, which hid up
-/// to 9 leaked objects in the processes of benches/leak_precision.py's `same` workload).
+/// to 8 leaked lists in the processes of benches/leak_precision.py's `same` workload).
 /// Returns the strings' current addresses (`term_strings`: the variables' addresses).
 fn term_string_addresses(term_strings: &[usize]) -> Vec<usize> {
     term_strings

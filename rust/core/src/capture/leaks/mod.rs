@@ -345,7 +345,7 @@ const SMALL_REQUEST_THRESHOLD: usize = 512;
 /// object's chunk, in every process) would hide a leak. The whole memory of the chunks that
 /// hold an address of `text` (sorted): they hold only characters, and the part their owner
 /// has not written yet keeps what the memory held before (seen: readline's buffer of terminal
-/// capabilities, 2032 bytes of which about 1400 are written, hid up to 9 leaked objects).
+/// capabilities, 2032 bytes of which about 1400 are written, hid up to 8 leaked lists).
 fn heap_dead_ranges(
     heap: &Region,
     pools: Option<&PoolLayout>,

@@ -68,6 +68,19 @@ pub struct ObjectLayout {
     pub bytes_type: usize,
     /// Offset of a bytes object's characters.
     pub bytes_header: usize,
+    /// Offset of a dict keys object's indices, after its header (0: unknown, before 3.11).
+    pub keys_header: usize,
+    /// Bytes of a dict keys object's entry (hash, key, value).
+    pub keys_entry: usize,
+    /// Bytes of an entry of a dict keys object whose keys are all str (key, value).
+    pub keys_unicode_entry: usize,
+    /// Byte offsets in a dict keys object of its log2 size, its log2 index bytes and its kind
+    /// (one byte each).
+    pub keys_log2_size_at: usize,
+    /// See [`keys_log2_size_at`](Self::keys_log2_size_at).
+    pub keys_index_bytes_at: usize,
+    /// See [`keys_log2_size_at`](Self::keys_log2_size_at).
+    pub keys_kind_at: usize,
 }
 
 /// A type object whose instances the scan can size: its basic size and flags.
@@ -179,6 +192,48 @@ impl ObjectLayout {
                 .then(|| fits(header * word + t.basicsize + items))
                 .flatten()
         })
+    }
+
+    /// Where the dict keys object in `block` (a pymalloc block of `size` bytes in use) ends, if
+    /// the block holds one: a reference count, then a log2 size and log2 index bytes that agree
+    /// (indices are 1, 2, 4 or 8 bytes wide as the table grows) and a kind (general, str keys,
+    /// split), and the size CPython allocates for them — header, indices, two thirds of the
+    /// size in entries, which it clears — rounds up to exactly this block's size. The keys
+    /// object has no type to be sized by, and the slack after it keeps old pointers (seen
+    /// hiding a leaked list).
+    pub fn keys_end(&self, block: &[usize], size: usize) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        if self.keys_header == 0 {
+            return None;
+        }
+        let refcount = *block.first()?;
+        if refcount == 0 || refcount > u32::MAX as usize {
+            return None;
+        }
+        let byte = |at: usize| Some((*block.get(at / word)? >> ((at % word) * 8)) & 0xff);
+        let log2_size = byte(self.keys_log2_size_at)?;
+        let log2_index_bytes = byte(self.keys_index_bytes_at)?;
+        let kind = byte(self.keys_kind_at)?;
+        let index_width_log2 = match log2_size {
+            0..=7 => 0,
+            8..=15 => 1,
+            16..=31 => 2,
+            _ => 3,
+        };
+        if !(3..=20).contains(&log2_size)
+            || log2_index_bytes != log2_size + index_width_log2
+            || kind > 2
+        {
+            return None;
+        }
+        let entry = if kind == 0 {
+            self.keys_entry
+        } else {
+            self.keys_unicode_entry
+        };
+        let usable = ((1usize << log2_size) << 1) / 3;
+        let end = self.keys_header + (1 << log2_index_bytes) + entry * usable;
+        (end.next_multiple_of(16) == size).then_some(end)
     }
 
     /// The end of a compact str (its characters and terminator after the header).
@@ -297,6 +352,7 @@ pub fn pool_mask(
             last = last.min(first + layout.code_bytecode / word);
         } else if let Some((objects, end)) = layout.objects.and_then(|o| {
             o.object_end(&words[first..last], size, types)
+                .or_else(|| o.keys_end(&words[first..last], size))
                 .map(|end| (o, end))
         }) {
             // A word the object ends inside holds no whole field of it (its pointers are
@@ -379,6 +435,12 @@ pub(super) mod tests {
             str_compact_header: 56,
             bytes_type: 0x7300,
             bytes_header: 32,
+            keys_header: 32,
+            keys_entry: 24,
+            keys_unicode_entry: 16,
+            keys_log2_size_at: 8,
+            keys_index_bytes_at: 9,
+            keys_kind_at: 10,
         }
     }
 
@@ -541,5 +603,50 @@ pub(super) mod tests {
             chunk_object_slack(&buffer, 0x2b0, &layout, &mut types),
             None
         );
+    }
+
+    #[test]
+    fn a_dict_keys_block_is_read_up_to_the_keys_object() {
+        let o = objects();
+        // Reference count 1; log2 size 3, log2 index bytes 3, str keys (kind 1), then a stale
+        // padding byte: 32 + 8 + 5 entries of 16 = 120 bytes, in a 128-byte block.
+        let keys = [1, 0x3a01_0303, 2, 3, 0, 0, 0, 0];
+        assert_eq!(o.keys_end(&keys, 128), Some(120));
+        assert_eq!(o.keys_end(&keys, 144), None);
+        // General keys (kind 0): entries of 24, 32 + 8 + 120 = 160 bytes.
+        assert_eq!(o.keys_end(&[1, 0x0303, 0, 0], 160), Some(160));
+        // 256 slots take 2-byte indices: log2 index bytes 9, not 8.
+        assert_eq!(
+            o.keys_end(&[1, 0x01_0908, 0, 0], 32 + 512 + 170 * 16),
+            Some(3264)
+        );
+        assert_eq!(o.keys_end(&[1, 0x01_0808, 0, 0], 32 + 256 + 170 * 16), None);
+        // No kind 3; an address where the reference count belongs; unknown layout.
+        assert_eq!(o.keys_end(&[1, 0x03_0303, 0, 0], 128), None);
+        assert_eq!(o.keys_end(&[0x7f00_0000_1000, 0x01_0303, 0, 0], 128), None);
+        let unknown = ObjectLayout {
+            keys_header: 0,
+            ..o
+        };
+        assert_eq!(unknown.keys_end(&keys, 128), None);
+        // In a pool: the keys block's last word is not read.
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+            code_type: 0,
+            code_bytecode: 0,
+            values_tag: 0,
+            objects: Some(o),
+        };
+        let mut pool = vec![0usize; 32];
+        pool[0] = 1; // one block in use
+        pool[4] = 7usize << 32; // szidx 7: 128-byte blocks
+        pool[5] = ((256 - 128) << 32) | (48 + 128); // maxnextoffset, nextoffset
+        pool[6..14].copy_from_slice(&keys);
+        pool[21] = 0x7f00_0000_2000; // the block's last word: slack
+        let mask = pool_mask(&pool, 0x10000, &layout, &mut |_| None).expect("a pool");
+        let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
+        assert_eq!(scanned, (6..21).collect::<Vec<_>>());
     }
 }
