@@ -143,6 +143,38 @@ static PyObject *leak_reference(PyObject *self, PyObject *obj) {
     Py_RETURN_NONE;
 }
 
+#include <malloc.h> /* malloc_usable_size (kept here: the tests name the lines above) */
+
+/* malloc'd and forgotten, its address left only in the slack of `obj`'s chunk: the bytes
+ * malloc gave past the end of `obj` (a GC-tracked object too big for pymalloc), as a previous
+ * occupant of that memory would leave it. False when the chunk has no such word. */
+static PyObject *leak_into_slack(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "On", &obj, &n)) return NULL;
+    if (!PyObject_IS_GC(obj)) return PyErr_Format(PyExc_TypeError, "a GC-tracked object");
+    char *start = (char *)obj - 2 * sizeof(void *); /* its GC head */
+    size_t end = 2 * sizeof(void *) + Py_TYPE(obj)->tp_basicsize +
+                 Py_SIZE(obj) * Py_TYPE(obj)->tp_itemsize;
+    size_t usable = malloc_usable_size(start);
+    if (usable < end + sizeof(void *)) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x55, n);
+    memcpy(start + usable - sizeof(void *), &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
+/* A dict (untracked by the collector: it holds no container) whose reference is leaked, its
+ * GC head's address kept in a static, as a stale link of the collector's lists would be. */
+static void *stale_gc_link = NULL;
+
+static PyObject *leak_dict_behind_a_gc_link(PyObject *self, PyObject *unused) {
+    PyObject *d = new_object("dict");
+    if (d == NULL) return NULL;
+    stale_gc_link = (char *)d - 2 * sizeof(void *);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -154,6 +186,9 @@ static PyMethodDef methods[] = {
     {"make_object", make_object, METH_VARARGS, "a list, tuple, dict or float (free-list types)"},
     {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
     {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
+    {"leak_into_slack", leak_into_slack, METH_VARARGS, "malloc(n), its address in obj's slack"},
+    {"leak_dict_behind_a_gc_link", leak_dict_behind_a_gc_link, METH_NOARGS,
+     "a dict leaked, its GC head's address kept"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -45,6 +45,10 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
 #endif
 }
 
+#if PY_VERSION_HEX >= 0x030B0000
+#include "internal/pycore_dict.h" /* PyDictKeysObject's layout, for hg_py_object_layout */
+#endif
+
 /* Where a Python object ends in its pymalloc block, for the leak scan: the words after it up to
  * the block's end are slack, left by the block's previous occupant. Writes, in order: the
  * addresses of PyType_Type, PyType_GenericAlloc and PyUnicode_Type; the offsets in a type
@@ -53,7 +57,9 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
  * values (objects whose size is not their basic size); then a str's layout: the offset of
  * its length and its state, the state's kind, compact and ascii bits, and the header sizes of
  * a compact ASCII and a compact non-ASCII str; the address of PyBytes_Type and the offset of a
- * bytes object's characters. Returns the number of words written. */
+ * bytes object's characters; then a dict keys object's (3.11+, zeros before): the offset of its
+ * indices, the sizes of a general and a str-keyed entry, and the offsets of its log2 size, log2
+ * index bytes and kind. Returns the number of words written. */
 size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
     PyASCIIObject probe;
     uint32_t kind = 0, compact = 0, ascii = 0;
@@ -98,6 +104,16 @@ size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
         sizeof(PyCompactUnicodeObject),
         (uintptr_t)&PyBytes_Type,
         offsetof(PyBytesObject, ob_sval),
+#if PY_VERSION_HEX >= 0x030B0000
+        offsetof(PyDictKeysObject, dk_indices),
+        sizeof(PyDictKeyEntry),
+        sizeof(PyDictUnicodeEntry),
+        offsetof(PyDictKeysObject, dk_log2_size),
+        offsetof(PyDictKeysObject, dk_log2_index_bytes),
+        offsetof(PyDictKeysObject, dk_kind),
+#else
+        0, 0, 0, 0, 0, 0,
+#endif
     };
     size_t n = sizeof layout / sizeof layout[0];
     if (n > cap) return 0;

@@ -51,7 +51,7 @@ fn pool_layout() -> PoolLayout {
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
 fn object_layout() -> Option<ObjectLayout> {
-    let mut w = [0usize; 19];
+    let mut w = [0usize; 25];
     // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
     let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
     (n == w.len()).then_some(ObjectLayout {
@@ -74,6 +74,12 @@ fn object_layout() -> Option<ObjectLayout> {
         str_compact_header: w[16],
         bytes_type: w[17],
         bytes_header: w[18],
+        keys_header: w[19],
+        keys_entry: w[20],
+        keys_unicode_entry: w[21],
+        keys_log2_size_at: w[22],
+        keys_index_bytes_at: w[23],
+        keys_kind_at: w[24],
     })
 }
 
@@ -82,7 +88,7 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
 /// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
-/// maps under `keymaps`, see [`readline_keymaps`]), as (start, end) ranges. Called by the scan
+/// maps under `keymaps`, see [`readline`]), as (start, end) ranges. Called by the scan
 /// under the tracker's lock, so it calls no Python code (which could start a collection) and
 /// never the loader.
 fn stale_slots(_py: Python<'_>, keymaps: &[usize]) -> Vec<(usize, usize)> {
@@ -128,8 +134,10 @@ fn tagged_pairs(mut words: Vec<usize>) -> Vec<(usize, usize)> {
         .collect()
 }
 
-/// GNU readline's standard key maps, when the `readline` module is loaded (else none).
-fn readline_keymaps(py: Python<'_>) -> Vec<usize> {
+/// What the scan needs to know of GNU readline, when the `readline` module is loaded (else
+/// nothing): its standard key maps and the addresses of its exported `char *` variables that
+/// point into its buffer of terminal capabilities (see [`term_string_addresses`]).
+fn readline(py: Python<'_>) -> Readline {
     let Some(path) = py
         .import("sys")
         .and_then(|sys| sys.getattr("modules"))
@@ -138,9 +146,32 @@ fn readline_keymaps(py: Python<'_>) -> Vec<usize> {
         .and_then(|f| f.extract::<String>())
         .ok()
     else {
-        return Vec::new();
+        return Readline::default();
     };
-    standard_keymaps(path)
+    lookup_readline(path)
+}
+
+/// See [`readline`].
+#[derive(Clone, Debug, Default)]
+struct Readline {
+    keymaps: Vec<usize>,
+    term_strings: Vec<usize>,
+}
+
+/// Where readline's terminal capability strings are: `_rl_init_terminal_io` copies them, with
+/// `tgetstr`, into a buffer of 2032 bytes it mallocs (and never clears) and keeps pointers to
+/// them in variables some of which it exports. The buffer holds only characters; the part no
+/// string was copied to keeps what the memory held before (old object addresses, which hid up
+/// to 8 leaked lists in the processes of benches/leak_precision.py's `same` workload).
+/// Returns the strings' current addresses (`term_strings`: the variables' addresses).
+fn term_string_addresses(term_strings: &[usize]) -> Vec<usize> {
+    term_strings
+        .iter()
+        // SAFETY: readline's exported `char *` variables (found by `lookup_readline`), read
+        // under the GIL, the only caller of readline.
+        .map(|v| unsafe { *(*v as *const usize) })
+        .filter(|p| *p != 0)
+        .collect()
 }
 
 /// GNU readline's key maps: 257 entries of a type byte and a function pointer each, allocated
@@ -174,33 +205,44 @@ fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
     out
 }
 
-/// The addresses of GNU readline's standard key maps, for the `readline` module loaded from
-/// `path` (empty for another readline). Looked up once per path: CPython never unloads an
-/// extension module, nor its libraries (a lookup through the loader cost about as much as the
-/// walk of the maps, for every scan). The maps bound under them can change: they are walked
-/// every time.
-fn standard_keymaps(path: String) -> Vec<usize> {
-    static FOUND: std::sync::Mutex<Option<(String, Vec<usize>)>> = std::sync::Mutex::new(None);
+/// GNU readline's standard key maps and exported terminal strings (see [`Readline`]), for the
+/// `readline` module loaded from `path` (nothing for another readline). Looked up once per
+/// path: CPython never unloads an extension module, nor its libraries (a lookup through the
+/// loader cost about as much as the walk of the maps, for every scan). The maps bound under
+/// them and the strings can change: they are read every time.
+fn lookup_readline(path: String) -> Readline {
+    static FOUND: std::sync::Mutex<Option<(String, Readline)>> = std::sync::Mutex::new(None);
     let mut found = FOUND.lock().unwrap_or_else(|e| e.into_inner());
     match found.as_ref() {
-        Some((seen, maps)) if *seen == path => maps.clone(),
+        Some((seen, readline)) if *seen == path => readline.clone(),
         _ => {
-            let maps = lookup_standard_keymaps(&path);
-            *found = Some((path, maps.clone()));
-            maps
+            let readline = lookup_symbols(&path);
+            *found = Some((path, readline.clone()));
+            readline
         }
     }
 }
 
-fn lookup_standard_keymaps(path: &str) -> Vec<usize> {
+/// readline's exported `char *` variables that hold terminal capability strings (readline 6.0
+/// to 8.2 export these; the others are static).
+const TERM_STRINGS: [&std::ffi::CStr; 6] = [
+    c"_rl_term_clreol",
+    c"_rl_term_clrpag",
+    c"_rl_term_cr",
+    c"_rl_term_up",
+    c"_rl_term_goto",
+    c"_rl_term_forward_char",
+];
+
+fn lookup_symbols(path: &str) -> Readline {
     let Ok(path) = std::ffi::CString::new(path) else {
-        return Vec::new();
+        return Readline::default();
     };
     // SAFETY: RTLD_NOLOAD only looks up the loaded module (no code runs); the handle is
     // closed below. dlsym searches the module and the libraries it loaded (libreadline).
     let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_LAZY | libc::RTLD_NOLOAD) };
     if handle.is_null() {
-        return Vec::new();
+        return Readline::default();
     }
     let symbol = |name: &std::ffi::CStr| {
         // SAFETY: a valid handle and a NUL-terminated name.
@@ -209,35 +251,44 @@ fn lookup_standard_keymaps(path: &str) -> Vec<usize> {
     let version = symbol(c"rl_readline_version");
     // SAFETY: GNU readline's `int rl_readline_version` (0x0802 for 8.2) when found.
     let gnu = version != 0 && unsafe { *(version as *const libc::c_int) } >= 0x0600;
-    let maps: Vec<usize> = if gnu {
-        [
-            c"emacs_standard_keymap",
-            c"emacs_meta_keymap",
-            c"emacs_ctlx_keymap",
-            c"vi_insertion_keymap",
-            c"vi_movement_keymap",
-        ]
-        .into_iter()
-        .map(symbol)
-        .filter(|a| *a != 0)
-        .collect()
+    let readline = if gnu {
+        Readline {
+            keymaps: [
+                c"emacs_standard_keymap",
+                c"emacs_meta_keymap",
+                c"emacs_ctlx_keymap",
+                c"vi_insertion_keymap",
+                c"vi_movement_keymap",
+            ]
+            .into_iter()
+            .map(symbol)
+            .filter(|a| *a != 0)
+            .collect(),
+            term_strings: TERM_STRINGS
+                .into_iter()
+                .map(symbol)
+                .filter(|a| *a != 0)
+                .collect(),
+        }
     } else {
-        Vec::new()
+        Readline::default()
     };
     // SAFETY: the handle from dlopen above.
     unsafe { libc::dlclose(handle) };
-    maps
+    readline
 }
 
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
     // Found before the scan takes the tracker's lock (the first time needs the loader).
-    let keymaps = readline_keymaps(py);
+    let readline = readline(py);
+    let term_strings = term_string_addresses(&readline.term_strings);
     let kinds = capture::scan_leaks(
-        &mut || stale_slots(py, &keymaps),
+        &mut || stale_slots(py, &readline.keymaps),
         &mut || container_stale_slots(py),
         stack_from,
         registers,
         Some(pool_layout()),
+        &term_strings,
         crate::interpreter_modules(py),
     )
     .map_err(capture_error)?;

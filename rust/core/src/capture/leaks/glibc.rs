@@ -7,11 +7,13 @@
 /// thread's tcache holds (the heap's first chunk; their links are mangled with safe-linking,
 /// glibc 2.32+). Only chunk headers are read, so a large free chunk costs one jump. `None`
 /// when the words do not walk as a heap: then nothing is masked. Free memory keeps whatever
-/// it held, and a stale pointer there would hide a leak.
+/// it held, and a stale pointer there would hide a leak. `in_use` is told every other chunk
+/// (its address and size; tcache chunks among them), in address order.
 pub fn glibc_free_chunks(
     word_at: &mut dyn FnMut(usize) -> Option<usize>,
     base: usize,
     end: usize,
+    in_use: &mut dyn FnMut(usize, usize),
 ) -> Option<Vec<(usize, usize)>> {
     const PREV_INUSE: usize = 1;
     const TCACHE_STRUCT: usize = 0x290;
@@ -41,6 +43,8 @@ pub fn glibc_free_chunks(
         if let Some(prev) = previous {
             if size_field & PREV_INUSE == 0 {
                 free.push((prev, chunk));
+            } else {
+                in_use(prev, chunk - prev);
             }
         }
         previous = Some(chunk);
@@ -116,8 +120,13 @@ mod tests {
         put(&mut words, base + 16 + 128, a + 16);
         put(&mut words, a + 16, (a + 16) >> 12); // mangled NULL
         let end = base + words.len() * 8;
-        let free =
-            glibc_free_chunks(&mut words_reader(&words, base), base, end).expect("walks as a heap");
+        let mut used = Vec::new();
+        let free = glibc_free_chunks(&mut words_reader(&words, base), base, end, &mut |c, s| {
+            used.push((c, s))
+        })
+        .expect("walks as a heap");
+        // The tcache struct, `a` (in use as glibc sees it) and `c`; not `b`, nor the top.
+        assert_eq!(used, vec![(base, 0x290), (a, 0x30), (c, 0x20)]);
         // The tcache chunk's user data runs into the next chunk's first word.
         assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, top + 0x100)]);
         let mut mask = vec![true; words.len()];
@@ -126,9 +135,16 @@ mod tests {
         // The heap grew after its mapping was read: the top runs past the end, and the tcache
         // is still walked (it was not, and a stale pointer in a tcache chunk hid a leak).
         let short = top + 0x80;
-        let free = glibc_free_chunks(&mut words_reader(&words, base), base, short)
+        let free = glibc_free_chunks(&mut words_reader(&words, base), base, short, &mut |_, _| {})
             .expect("walks as a heap");
         assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, short)]);
-        assert!(glibc_free_chunks(&mut words_reader(&[0, 3, 5], 0x1000), 0x1000, 0x1018).is_none());
+        let mut none = |_, _| {};
+        assert!(glibc_free_chunks(
+            &mut words_reader(&[0, 3, 5], 0x1000),
+            0x1000,
+            0x1018,
+            &mut none
+        )
+        .is_none());
     }
 }

@@ -136,6 +136,7 @@ mod tests {
             range,
             &[],
             None,
+            &[],
             dead,
             (&mut scratch, &mut mask),
             &mut |_| None,

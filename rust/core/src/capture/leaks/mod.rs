@@ -39,7 +39,7 @@ use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker}
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
-use pymalloc::{pool_mask, SizedType};
+use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
 
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
@@ -80,7 +80,8 @@ fn live_stack_start(entry: usize) -> usize {
 /// thread's stack is scanned from there up (from above the interpreter frame that calls the
 /// scan, when it is found: see [`live_stack_start`]), plus `registers` (the caller's saved
 /// registers).
-/// `pools`: pymalloc's geometry, if known.
+/// `pools`: pymalloc's geometry, if known. `text_in_heap`: addresses inside chunks of the C
+/// library's heap that hold only characters (such a chunk is no root: see `heap_dead_ranges`).
 ///
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
@@ -91,6 +92,7 @@ pub fn scan_leaks(
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
+    text_in_heap: &[usize],
     interpreter: &InterpreterModules,
 ) -> Result<LeakKinds, CaptureError> {
     let _guard = Guard::enter();
@@ -146,7 +148,7 @@ pub fn scan_leaks(
         .collect();
     readable.sort_unstable();
     let mut last_type: Option<(usize, Option<SizedType>)> = None;
-    let mut types = |ty: usize| -> Option<SizedType> {
+    let mut size_type = |ty: usize| -> Option<SizedType> {
         let objects = pools.and_then(|p| p.objects)?;
         if let Some((_, sized)) = last_type.filter(|(seen, _)| *seen == ty) {
             return sized;
@@ -166,10 +168,23 @@ pub fn scan_leaks(
         last_type = Some((ty, sized));
         sized
     };
+    // Asked both while a region is read and when the heap's dead ranges are found, which
+    // happens between reads.
+    let types = std::cell::RefCell::new(&mut size_type);
+    let objects = pools.and_then(|p| p.objects);
+    let mut gc_heads: Vec<usize> = candidates
+        .iter()
+        .filter_map(|c| {
+            candidate_gc_head(c).or_else(|| objects.and_then(|o| untracked_gc_head(c, &o)))
+        })
+        .collect();
+    gc_heads.sort_unstable();
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
-            explain_references(registers, &mask, 0, Region::new(0, 0, false), &candidates);
+            let registers_region = Region::new(0, 0, false);
+            let found = (registers, &mask[..], 0);
+            explain_references(found, registers_region, &candidates, &gc_heads, None);
         }
         visit(registers)?;
         let mut read_range = |region: &Region,
@@ -181,9 +196,10 @@ pub fn scan_leaks(
                 range,
                 &candidates,
                 pools.as_ref(),
+                &gc_heads,
                 dead,
                 (scratch, &mut mask),
-                &mut types,
+                &mut |ty| (*types.borrow_mut())(ty),
                 visit,
             )
         };
@@ -220,7 +236,12 @@ pub fn scan_leaks(
         let mut always = scrub::big_blocks();
         always.extend_from_slice(stale);
         let statics = late::static_data();
-        let mut find_heap_free = heap_free_chunks;
+        let mut text = text_in_heap.to_vec();
+        text.sort_unstable();
+        let mut find_heap_free = |heap: &Region| {
+            let types = &mut |ty| (*types.borrow_mut())(ty);
+            heap_dead_ranges(heap, pools.as_ref(), &text, types)
+        };
         let mut late_dead =
             late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
         let buffer_bytes = std::mem::size_of_val(scratch.words());
@@ -268,16 +289,15 @@ pub fn scan_leaks(
         if explain {
             let mask = vec![true; words.len()];
             explain_references(
-                &words,
-                &mask,
-                start,
+                (&words, &mask, start),
                 Region::new(start, start + len, false),
                 &candidates,
+                &gc_heads,
+                None,
             );
         }
         words
     };
-    let gc_heads: Vec<usize> = candidates.iter().filter_map(candidate_gc_head).collect();
     let kinds = classify(
         &candidates,
         &native,
@@ -291,12 +311,23 @@ pub fn scan_leaks(
                     ControlFlow::Continue(())
                 });
             } else {
-                // Stopped early when every candidate is reachable (see `classify`).
+                // Stopped early when every native candidate is reachable (see `classify`).
                 let _ = roots(visit);
             }
         },
         &read_block,
     );
+    if explain {
+        for (c, kind) in candidates.iter().zip(&kinds) {
+            if *kind == Some(LeakKind::StillReachable) {
+                self::explain(format!(
+                    "block {:#x} ({} bytes) still reachable",
+                    c.start_address(),
+                    c.size
+                ));
+            }
+        }
+    }
     session.tracker.set_leak_kinds(
         candidates
             .iter()
@@ -306,12 +337,66 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// The free chunks of glibc's main heap `heap` (a large one is jumped over, never read).
-fn heap_free_chunks(heap: &Region) -> Vec<(usize, usize)> {
+/// The largest request pymalloc serves (3.9-3.13); bigger ones go to the C library.
+const SMALL_REQUEST_THRESHOLD: usize = 512;
+
+/// What holds no references in glibc's main heap `heap`: its free chunks (a large one is
+/// jumped over, never read), and in the chunks that hold a Python object too big for pymalloc
+/// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
+/// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
+/// object's chunk, in every process) would hide a leak. The whole memory of the chunks that
+/// hold an address of `text` (sorted): they hold only characters, and the part their owner
+/// has not written yet keeps what the memory held before (seen: readline's buffer of terminal
+/// capabilities, 2032 bytes of which about 1400 are written, hid up to 8 leaked lists).
+fn heap_dead_ranges(
+    heap: &Region,
+    pools: Option<&PoolLayout>,
+    text: &[usize],
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Vec<(usize, usize)> {
     let (start, end) = (heap.start.get(), heap.end.get());
-    WindowReader::new(start, end)
-        .and_then(|mut window| glibc_free_chunks(&mut |addr| window.word_at(addr), start, end))
-        .unwrap_or_default()
+    let (Some(mut window), Some(mut objects)) =
+        (WindowReader::new(start, end), WindowReader::new(start, end))
+    else {
+        return Vec::new();
+    };
+    let word = std::mem::size_of::<usize>();
+    let mut slack = Vec::new();
+    // Each chunk in use is looked at as the walk passes it (collecting them first would grow a
+    // buffer in the heap being walked).
+    let mut in_use = |chunk: usize, size: usize| {
+        let memory = chunk + 2 * word;
+        // Up to the next chunk's size field: its first word is this chunk's memory.
+        let memory_end = chunk + size + word;
+        let i = text.partition_point(|a| *a < memory);
+        if text.get(i).is_some_and(|a| *a < memory_end) {
+            slack.push((memory, memory_end));
+            return;
+        }
+        // pymalloc serves requests up to 512 bytes: a smaller chunk holds no object it sizes
+        // (unless PYTHONMALLOC=malloc: then such chunks are read whole, as before). Most
+        // chunks are small, and each looked at costs a read and a type lookup.
+        let Some(layout) = pools.filter(|_| size - word > SMALL_REQUEST_THRESHOLD) else {
+            return;
+        };
+        let mut first = [0usize; CHUNK_FIRST_WORDS];
+        let n = first
+            .iter_mut()
+            .enumerate()
+            .map_while(|(i, w)| objects.word_at(memory + i * word).map(|v| *w = v))
+            .count();
+        if let Some(from) = chunk_object_slack(&first[..n], size, layout, types) {
+            slack.push((memory + from, memory_end));
+        }
+    };
+    let Some(mut dead) =
+        glibc_free_chunks(&mut |addr| window.word_at(addr), start, end, &mut in_use)
+    else {
+        return Vec::new();
+    };
+    dead.extend(slack);
+    dead.sort_unstable();
+    dead
 }
 
 /// `ranges` tagged (see `tagged`; any already tagged stay so), empty ones dropped, sorted and
@@ -380,6 +465,41 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     gc_head(start, first, &mut |addr| {
         let mut w = [0usize];
         (read_words(addr, &mut w) == 1).then_some(w[0])
+    })
+}
+
+/// The GC head of a candidate that holds an object of a GC type the collector does not track
+/// (any more): the collection before the scan untracks dicts that hold no containers, which
+/// zeroes their heads' links. A word equal to such a head is a stale link of the collector's
+/// lists (seen in pymalloc blocks and heap chunks, hiding leaked dicts), never a reference:
+/// references are to the object after the head. Recognised by an unlinked head (no next, no
+/// previous but the finalized bit) before a reference count and a type whose flags say GC,
+/// and a pre-header before the head exactly when the type's flags call for one. The caller
+/// holds the tracker's lock, so the block stays allocated.
+fn untracked_gc_head(c: &Candidate, objects: &ObjectLayout) -> Option<usize> {
+    const FINALIZED: usize = 1;
+    let word = std::mem::size_of::<usize>();
+    let mut first = [0usize; 6];
+    let len = (c.size as usize / word).min(first.len());
+    let first = &mut first[..len];
+    let start = c.start_address();
+    if read_words(start, first) != len {
+        return None;
+    }
+    [0usize, 2].into_iter().find_map(|at| {
+        let (next, prev) = (*first.get(at)?, *first.get(at + 1)?);
+        let (refcount, ty) = (*first.get(at + 2)?, *first.get(at + 3)?);
+        if next != 0 || prev & !FINALIZED != 0 || refcount == 0 || refcount > u32::MAX as usize {
+            return None;
+        }
+        if ty % word != 0 || ty < 4096 {
+            return None;
+        }
+        let mut flags = [0usize];
+        let gc =
+            read_words(ty + objects.flags_at, &mut flags) == 1 && flags[0] & objects.gc_flag != 0;
+        let preheader = flags[0] & objects.preheader_flags != 0;
+        (gc && preheader == (at == 2)).then_some(start + at * word)
     })
 }
 
@@ -467,6 +587,7 @@ fn visit_region(
     range: (usize, usize),
     candidates: &[Candidate],
     pools: Option<&PoolLayout>,
+    gc_heads: &[usize],
     free: &[(usize, usize)],
     scratch: (&mut [usize], &mut Vec<bool>),
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
@@ -510,7 +631,8 @@ fn visit_region(
             mask_out_candidates(mask, at, candidates);
             mask_out_ranges(mask, at, free);
             if explain {
-                explain_references(words, mask, at, region, candidates);
+                let pool = pools.filter(|_| region.anonymous);
+                explain_references((words, mask, at), region, candidates, gc_heads, pool);
             }
             // Words that are not roots become 0 (never a reference) in our scratch copy.
             for (w, keep) in words.iter_mut().zip(mask.iter()) {
@@ -632,15 +754,25 @@ impl WindowReader {
     }
 }
 
+/// For `HEAPGATE_EXPLAIN_LEAKS`: a line for each of `found`'s words (the words, which of them
+/// are read, the address of the first) that points into a candidate, and what it counts as.
+/// A word equal to a candidate's GC head is a link of the collector's lists (see [`gc_head`]),
+/// no reference: left out, else every tracked object would be listed once per neighbour.
+/// `pool`: the layout of pymalloc's pools, when `region` may hold them (the block that holds
+/// the word is named).
 fn explain_references(
-    words: &[usize],
-    mask: &[bool],
-    at: usize,
+    found: (&[usize], &[bool], usize),
     region: Region,
     candidates: &[Candidate],
+    gc_heads: &[usize],
+    pool: Option<&PoolLayout>,
 ) {
+    let (words, mask, at) = found;
     let word = std::mem::size_of::<usize>();
     for (i, w) in words.iter().enumerate().filter(|(i, _)| mask[*i]) {
+        if gc_heads.binary_search(w).is_ok() {
+            continue;
+        }
         if let Some(c) = candidates
             .iter()
             .find(|c| c.start_address() <= *w && *w < c.start_address() + c.size as usize)
@@ -649,11 +781,17 @@ fn explain_references(
                 .iter()
                 .map(|w| format!("{w:#x}"))
                 .collect();
+            let offset = w - c.start_address();
             explain(format!(
-                "block {:#x} ({} bytes) referenced by {:#x} from {:#x} [{}] in {:#x}-{:#x}{}{}",
+                "block {:#x} ({} bytes) referenced by {:#x}{} from {:#x} [{}] in {:#x}-{:#x}{}{}",
                 c.start_address(),
                 c.size,
                 w,
+                if offset < reach::START_WINDOW && offset % word == 0 {
+                    ""
+                } else {
+                    " (interior)"
+                },
                 at + i * word,
                 around.join(" "),
                 region.start.get(),
@@ -662,11 +800,38 @@ fn explain_references(
                 if region.heap {
                     heap_chunk_of(region, at + i * word)
                 } else {
-                    String::new()
+                    pool.map_or(String::new(), |p| pool_block_of(p, at + i * word))
                 }
             ));
         }
     }
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the pymalloc block that holds `addr`, if a pool does (its
+/// header is read as `pool_mask` reads it), and the block's first words.
+fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
+    let pool = addr & !(layout.pool_size - 1);
+    let mut header = [0usize; 6];
+    if read_words(pool, &mut header) != header.len() {
+        return String::new();
+    }
+    let size = ((header[4] >> 32) + 1) << layout.alignment_shift;
+    let maxnextoffset = header[5] >> 32;
+    if header[4] >> 32 >= 64 || maxnextoffset != layout.pool_size - size {
+        return " (no pool)".to_string();
+    }
+    let Some(offset) = (addr - pool).checked_sub(layout.overhead) else {
+        return " (pool header)".to_string();
+    };
+    let block = pool + layout.overhead + offset / size * size;
+    let mut first = [0usize; 4];
+    let n = read_words(block, &mut first);
+    let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
+    format!(
+        " (pool block {block:#x}, {size} bytes, at +{:#x}, starts [{}])",
+        addr - block,
+        first.join(" ")
+    )
 }
 
 /// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr`, and
@@ -695,18 +860,25 @@ fn heap_chunk_of(heap: Region, addr: usize) -> String {
         *cache = Some(((start, end), chunks));
     }
     let chunks = cache.as_ref().map_or(&[][..], |(_, c)| c.as_slice());
-    let i = chunks.partition_point(|(c, _)| *c <= addr);
+    // A chunk's memory runs from after its two header words to the next chunk's size field:
+    // the next chunk's first word (its "previous size") is this one's while it is in use.
+    let i = chunks.partition_point(|(c, _)| *c + 2 * word <= addr);
     let Some(&(chunk, size)) = i.checked_sub(1).and_then(|i| chunks.get(i)) else {
         return " (no chunk)".to_string();
     };
-    if addr >= chunk + (size & !7) {
+    if addr >= chunk + (size & !7) + word {
         return " (no chunk)".to_string();
     }
     let in_use = chunks.get(i).map(|(_, next_size)| next_size & 1 == 1);
+    // The chunk's first words say what it holds (a Python object: a reference count and a type).
+    let mut first = [0usize; 4];
+    let n = read_words(chunk + 2 * word, &mut first);
+    let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
     format!(
-        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x})",
+        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x}, starts [{}])",
         size & !7,
-        addr - chunk
+        addr - chunk,
+        first.join(" ")
     )
 }
 
@@ -758,5 +930,66 @@ fn read_words(at: usize, buffer: &mut [usize]) -> usize {
         0
     } else {
         n as usize / std::mem::size_of::<usize>()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_heap_chunk_of_text_is_no_root() {
+        // A heap in this process's memory: chunks of 0x30 (in use), 0x40 (text), 0x30 (in use),
+        // then the top (0x100).
+        let mut words = vec![0usize; (0x30 + 0x40 + 0x30 + 0x100) / 8];
+        for (at, size_field) in [(0, 0x31), (0x30, 0x41), (0x70, 0x31), (0xa0, 0x101)] {
+            words[at / 8 + 1] = size_field;
+        }
+        let base = words.as_ptr() as usize;
+        let heap = Region::new(base, base + words.len() * 8, false);
+        let mut no_types = |_| None;
+        let dead = heap_dead_ranges(&heap, None, &[base + 0x48], &mut no_types);
+        // The text chunk's memory up to the next chunk's size field, and the top.
+        assert_eq!(
+            dead,
+            vec![(base + 0x40, base + 0x78), (base + 0xa0, base + 0x1a0)]
+        );
+        // Without the text: only the top.
+        let dead = heap_dead_ranges(&heap, None, &[], &mut no_types);
+        assert_eq!(dead, vec![(base + 0xa0, base + 0x1a0)]);
+        // An address in no chunk's memory (the first chunk's header) changes nothing.
+        assert_eq!(
+            heap_dead_ranges(&heap, None, &[base + 8], &mut no_types),
+            dead
+        );
+        drop(words);
+    }
+
+    #[test]
+    fn the_head_of_an_untracked_gc_object_is_found() {
+        let o = pymalloc::tests::objects();
+        // A type object whose flags (at byte 48) say GC; another with a pre-header too.
+        let mut gc_type = [0usize; 8];
+        gc_type[6] = o.gc_flag;
+        let mut preheader_type = gc_type;
+        preheader_type[6] |= o.preheader_flags;
+        let (gc, preheader) = (gc_type.as_ptr() as usize, preheader_type.as_ptr() as usize);
+        let found = |block: &[usize]| {
+            let c = Candidate::new(block.as_ptr() as usize, 8 * block.len() as u64, 0);
+            untracked_gc_head(&c, &o).map(|head| head - block.as_ptr() as usize)
+        };
+        // An unlinked head (the finalized bit may stay), a reference count, a GC type.
+        assert_eq!(found(&[0, 0, 1, gc, 0, 0, 0, 0]), Some(0));
+        assert_eq!(found(&[0, 1, 3, gc, 0, 0, 0, 0]), Some(0));
+        // After a pre-header when the type has one, and only then.
+        assert_eq!(found(&[0, 0, 0, 0, 1, preheader, 0, 0]), Some(16));
+        assert_eq!(found(&[0, 0, 1, preheader, 0, 0, 0, 0]), None);
+        // A linked head (tracked: see `gc_head`), a type without GC, a native buffer: none.
+        assert_eq!(found(&[0x7f00_0000_1000, 0, 1, gc, 0, 0, 0, 0]), None);
+        let plain_type = [0usize; 8];
+        assert_eq!(found(&[0, 0, 1, plain_type.as_ptr() as usize, 0, 0]), None);
+        assert_eq!(found(&[0, 0, 0x7f00_0000_1000, gc, 0, 0, 0, 0]), None);
+        // Too small to hold a head and an object header.
+        assert_eq!(found(&[0, 0, 1]), None);
     }
 }

@@ -68,6 +68,19 @@ pub struct ObjectLayout {
     pub bytes_type: usize,
     /// Offset of a bytes object's characters.
     pub bytes_header: usize,
+    /// Offset of a dict keys object's indices, after its header (0: unknown, before 3.11).
+    pub keys_header: usize,
+    /// Bytes of a dict keys object's entry (hash, key, value).
+    pub keys_entry: usize,
+    /// Bytes of an entry of a dict keys object whose keys are all str (key, value).
+    pub keys_unicode_entry: usize,
+    /// Byte offsets in a dict keys object of its log2 size, its log2 index bytes and its kind
+    /// (one byte each).
+    pub keys_log2_size_at: usize,
+    /// See [`keys_log2_size_at`](Self::keys_log2_size_at).
+    pub keys_index_bytes_at: usize,
+    /// See [`keys_log2_size_at`](Self::keys_log2_size_at).
+    pub keys_kind_at: usize,
 }
 
 /// A type object whose instances the scan can size: its basic size and flags.
@@ -132,8 +145,19 @@ impl ObjectLayout {
         size: usize,
         types: &mut dyn FnMut(usize) -> Option<SizedType>,
     ) -> Option<usize> {
+        self.object_end_where(block, &|end| end.next_multiple_of(16) == size, types)
+    }
+
+    /// As [`object_end`](Self::object_end), for a block whose allocator rounds a request of
+    /// `end` bytes to this block's size when `rounds(end)`.
+    fn object_end_where(
+        &self,
+        block: &[usize],
+        rounds: &dyn Fn(usize) -> bool,
+        types: &mut dyn FnMut(usize) -> Option<SizedType>,
+    ) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
-        let fits = |end: usize| (end.next_multiple_of(16) == size).then_some(end);
+        let fits = |end: usize| rounds(end).then_some(end);
         [0usize, 2, 4].into_iter().find_map(|header| {
             let (refcount, ty) = (*block.get(header)?, *block.get(header + 1)?);
             if refcount == 0 || refcount > u32::MAX as usize || ty % word != 0 || ty < 4096 {
@@ -170,6 +194,48 @@ impl ObjectLayout {
         })
     }
 
+    /// Where the dict keys object in `block` (a pymalloc block of `size` bytes in use) ends, if
+    /// the block holds one: a reference count, then a log2 size and log2 index bytes that agree
+    /// (indices are 1, 2, 4 or 8 bytes wide as the table grows) and a kind (general, str keys,
+    /// split), and the size CPython allocates for them — header, indices, two thirds of the
+    /// size in entries, which it clears — rounds up to exactly this block's size. The keys
+    /// object has no type to be sized by, and the slack after it keeps old pointers (seen
+    /// hiding a leaked list).
+    pub fn keys_end(&self, block: &[usize], size: usize) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        if self.keys_header == 0 {
+            return None;
+        }
+        let refcount = *block.first()?;
+        if refcount == 0 || refcount > u32::MAX as usize {
+            return None;
+        }
+        let byte = |at: usize| Some((*block.get(at / word)? >> ((at % word) * 8)) & 0xff);
+        let log2_size = byte(self.keys_log2_size_at)?;
+        let log2_index_bytes = byte(self.keys_index_bytes_at)?;
+        let kind = byte(self.keys_kind_at)?;
+        let index_width_log2 = match log2_size {
+            0..=7 => 0,
+            8..=15 => 1,
+            16..=31 => 2,
+            _ => 3,
+        };
+        if !(3..=20).contains(&log2_size)
+            || log2_index_bytes != log2_size + index_width_log2
+            || kind > 2
+        {
+            return None;
+        }
+        let entry = if kind == 0 {
+            self.keys_entry
+        } else {
+            self.keys_unicode_entry
+        };
+        let usable = ((1usize << log2_size) << 1) / 3;
+        let end = self.keys_header + (1 << log2_index_bytes) + entry * usable;
+        (end.next_multiple_of(16) == size).then_some(end)
+    }
+
     /// The end of a compact str (its characters and terminator after the header).
     fn str_end(&self, block: &[usize]) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
@@ -186,6 +252,35 @@ impl ObjectLayout {
             self.str_compact_header + (length + 1) * kind
         })
     }
+}
+
+/// Words of a glibc chunk's memory to read for [`chunk_object_slack`]: an object's header
+/// and a str's or bytes object's length and state.
+pub const CHUNK_FIRST_WORDS: usize = 8;
+
+/// Where the memory of an in-use glibc chunk of `chunk_size` bytes (header included) stops
+/// holding references, in bytes from its first byte of memory, when it holds a Python object
+/// too big for pymalloc: from a code object's bytecode on (see [`PoolLayout::code_type`]), or
+/// from the word the object ends in (see [`ObjectLayout::object_end`]) when the object's size
+/// is exactly what malloc rounds to this chunk's size. The rest up to the next chunk's size
+/// field is what earlier occupants left. `first`: the chunk's first words of memory (see
+/// [`CHUNK_FIRST_WORDS`]). `None`: no Python object known here; the chunk is read whole.
+pub fn chunk_object_slack(
+    first: &[usize],
+    chunk_size: usize,
+    layout: &PoolLayout,
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    // malloc(n) gives a chunk of n plus its size field, rounded up to 16 bytes (32 at least).
+    let rounds = |end: usize| (end + word).next_multiple_of(2 * word).max(4 * word) == chunk_size;
+    if layout.code_type != 0 && first.get(1) == Some(&layout.code_type) {
+        let refcount = *first.first()?;
+        return (refcount != 0 && refcount <= u32::MAX as usize)
+            .then_some(layout.code_bytecode.next_multiple_of(word));
+    }
+    let end = layout.objects?.object_end_where(first, &rounds, types)?;
+    Some(end / word * word)
 }
 
 /// Which words of a pool-sized, pool-aligned chunk can hold references: the words of blocks
@@ -257,6 +352,7 @@ pub fn pool_mask(
             last = last.min(first + layout.code_bytecode / word);
         } else if let Some((objects, end)) = layout.objects.and_then(|o| {
             o.object_end(&words[first..last], size, types)
+                .or_else(|| o.keys_end(&words[first..last], size))
                 .map(|end| (o, end))
         }) {
             // A word the object ends inside holds no whole field of it (its pointers are
@@ -282,7 +378,7 @@ pub fn pool_mask(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     #[test]
@@ -318,7 +414,7 @@ mod tests {
         assert!(pool_mask(&words, base, &layout, &mut |_| None).is_none());
     }
 
-    fn objects() -> ObjectLayout {
+    pub(crate) fn objects() -> ObjectLayout {
         ObjectLayout {
             type_type: 0x7000,
             generic_alloc: 0x7100,
@@ -339,6 +435,12 @@ mod tests {
             str_compact_header: 56,
             bytes_type: 0x7300,
             bytes_header: 32,
+            keys_header: 32,
+            keys_entry: 24,
+            keys_unicode_entry: 16,
+            keys_log2_size_at: 8,
+            keys_index_bytes_at: 9,
+            keys_kind_at: 10,
         }
     }
 
@@ -446,5 +548,105 @@ mod tests {
         let bytes = [1, 0x7300, 20, 0, 0, 0, 0, 0xdead];
         assert_eq!(o.object_end(&bytes, 64, &mut types), Some(53));
         assert_eq!(o.object_end(&bytes, 80, &mut types), None);
+    }
+
+    #[test]
+    fn a_big_objects_chunk_is_read_up_to_the_object() {
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+            code_type: 0xc0de,
+            code_bytecode: 0xc4,
+            values_tag: 0,
+            objects: Some(objects()),
+        };
+        let tuple_type = SizedType {
+            basicsize: 24,
+            itemsize: 8,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| (t == 0x8200).then_some(tuple_type);
+        // A code object: read up to its bytecode (the first whole word of it), whatever the
+        // chunk's size; not with an address where its reference count belongs.
+        let code = [1, 0xc0de, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&code, 0x270, &layout, &mut types),
+            Some(0xc8)
+        );
+        let mut not_code = code;
+        not_code[0] = 0x7f00_0000_1000;
+        assert_eq!(
+            chunk_object_slack(&not_code, 0x270, &layout, &mut types),
+            None
+        );
+        // A tuple of 80 items after its GC head: 16 + 24 + 640 = 680 bytes, which malloc gives
+        // a 0x2b0-byte chunk (680 + its size field, rounded up to 16): read up to the word
+        // the object ends in. Any other chunk size: not this object, read whole.
+        let tuple = [0x9000, 0x9100, 1, 0x8200, 80, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&tuple, 0x2b0, &layout, &mut types),
+            Some(680)
+        );
+        assert_eq!(chunk_object_slack(&tuple, 0x2c0, &layout, &mut types), None);
+        assert_eq!(chunk_object_slack(&tuple, 0x2a0, &layout, &mut types), None);
+        // 79 items: 672 bytes, the same chunk.
+        let mut shorter = tuple;
+        shorter[4] = 79;
+        assert_eq!(
+            chunk_object_slack(&shorter, 0x2b0, &layout, &mut types),
+            Some(672)
+        );
+        // A native buffer (no reference count and type): none.
+        let buffer = [0x7f00_0000_2000, 0x8200, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&buffer, 0x2b0, &layout, &mut types),
+            None
+        );
+    }
+
+    #[test]
+    fn a_dict_keys_block_is_read_up_to_the_keys_object() {
+        let o = objects();
+        // Reference count 1; log2 size 3, log2 index bytes 3, str keys (kind 1), then a stale
+        // padding byte: 32 + 8 + 5 entries of 16 = 120 bytes, in a 128-byte block.
+        let keys = [1, 0x3a01_0303, 2, 3, 0, 0, 0, 0];
+        assert_eq!(o.keys_end(&keys, 128), Some(120));
+        assert_eq!(o.keys_end(&keys, 144), None);
+        // General keys (kind 0): entries of 24, 32 + 8 + 120 = 160 bytes.
+        assert_eq!(o.keys_end(&[1, 0x0303, 0, 0], 160), Some(160));
+        // 256 slots take 2-byte indices: log2 index bytes 9, not 8.
+        assert_eq!(
+            o.keys_end(&[1, 0x01_0908, 0, 0], 32 + 512 + 170 * 16),
+            Some(3264)
+        );
+        assert_eq!(o.keys_end(&[1, 0x01_0808, 0, 0], 32 + 256 + 170 * 16), None);
+        // No kind 3; an address where the reference count belongs; unknown layout.
+        assert_eq!(o.keys_end(&[1, 0x03_0303, 0, 0], 128), None);
+        assert_eq!(o.keys_end(&[0x7f00_0000_1000, 0x01_0303, 0, 0], 128), None);
+        let unknown = ObjectLayout {
+            keys_header: 0,
+            ..o
+        };
+        assert_eq!(unknown.keys_end(&keys, 128), None);
+        // In a pool: the keys block's last word is not read.
+        let layout = PoolLayout {
+            pool_size: 256,
+            overhead: 48,
+            alignment_shift: 4,
+            code_type: 0,
+            code_bytecode: 0,
+            values_tag: 0,
+            objects: Some(o),
+        };
+        let mut pool = vec![0usize; 32];
+        pool[0] = 1; // one block in use
+        pool[4] = 7usize << 32; // szidx 7: 128-byte blocks
+        pool[5] = ((256 - 128) << 32) | (48 + 128); // maxnextoffset, nextoffset
+        pool[6..14].copy_from_slice(&keys);
+        pool[21] = 0x7f00_0000_2000; // the block's last word: slack
+        let mask = pool_mask(&pool, 0x10000, &layout, &mut |_| None).expect("a pool");
+        let scanned: Vec<usize> = (0..32).filter(|i| mask[*i]).collect();
+        assert_eq!(scanned, (6..21).collect::<Vec<_>>());
     }
 }
