@@ -132,11 +132,16 @@ impl Suppression {
         let body = if end { &body[..body.len() - 1] } else { body };
         let parts: Vec<&str> = body.split('*').collect();
         let (first, last) = (parts[0], parts[parts.len() - 1]);
-        // Where the first part may stand: at the start only, or anywhere.
+        // Where the first part may stand: at the start only, or anywhere — overlapping
+        // places too (`$$` stands at 0 and 1 in `$$$`; only the second ends where `$$$` must).
         let candidates: Vec<usize> = if start {
             vec![0]
         } else {
-            name.match_indices(first).map(|(i, _)| i).collect()
+            name.char_indices()
+                .map(|(i, _)| i)
+                .chain([name.len()])
+                .filter(|&i| name[i..].starts_with(first))
+                .collect()
         };
         candidates.into_iter().any(|at| {
             let Some(mut rest) = name.get(at..).and_then(|s| s.strip_prefix(first)) else {
@@ -453,5 +458,9 @@ mod tests {
         assert!(matches("x.so", "/lib/x.so.1"));
         assert!(!matches("x.so", "/lib/xyso"));
         assert!(matches("$", "any"));
+        // The first part may stand where an earlier place of it overlaps.
+        assert!(matches("aa$", "aaa"));
+        assert!(matches("$$$", "$$$"));
+        assert!(matches("aba*c$", "ababac"));
     }
 }
