@@ -381,17 +381,26 @@ pub fn pool_mask(
 pub(super) mod tests {
     use super::*;
 
-    #[test]
-    fn pools_scan_only_blocks_in_use() {
-        let layout = PoolLayout {
+    /// 256-byte pools with a 48-byte header and 16-byte classes (as the tests' pools are).
+    fn small_pools(
+        code_type: usize,
+        code_bytecode: usize,
+        objects: Option<ObjectLayout>,
+    ) -> PoolLayout {
+        PoolLayout {
             pool_size: 256,
             overhead: 48,
             alignment_shift: 4,
-            code_type: 0xc0de,
-            code_bytecode: 16,
+            code_type,
+            code_bytecode,
             values_tag: 0,
-            objects: None,
-        };
+            objects,
+        }
+    }
+
+    #[test]
+    fn pools_scan_only_blocks_in_use() {
+        let layout = small_pools(0xc0de, 16, None);
         let base = 0x10000;
         let mut words = vec![0usize; 32];
         // 4 blocks of 32 bytes (szidx 1) were handed out; block 1 is free again.
@@ -526,15 +535,7 @@ pub(super) mod tests {
         text[2] = 20;
         text[4] = 0x7f00_0000_12e4;
         text[7] = 0x7f00_0000_1200;
-        let layout = PoolLayout {
-            pool_size: 256,
-            overhead: 48,
-            alignment_shift: 4,
-            code_type: 0,
-            code_bytecode: 0,
-            values_tag: 0,
-            objects: Some(o),
-        };
+        let layout = small_pools(0, 0, Some(o));
         let base = 0x10000;
         let mut pool = vec![0usize; 32];
         pool[0] = 1; // one block in use
@@ -552,15 +553,7 @@ pub(super) mod tests {
 
     #[test]
     fn a_big_objects_chunk_is_read_up_to_the_object() {
-        let layout = PoolLayout {
-            pool_size: 256,
-            overhead: 48,
-            alignment_shift: 4,
-            code_type: 0xc0de,
-            code_bytecode: 0xc4,
-            values_tag: 0,
-            objects: Some(objects()),
-        };
+        let layout = small_pools(0xc0de, 0xc4, Some(objects()));
         let tuple_type = SizedType {
             basicsize: 24,
             itemsize: 8,
@@ -630,15 +623,7 @@ pub(super) mod tests {
         };
         assert_eq!(unknown.keys_end(&keys, 128), None);
         // In a pool: the keys block's last word is not read.
-        let layout = PoolLayout {
-            pool_size: 256,
-            overhead: 48,
-            alignment_shift: 4,
-            code_type: 0,
-            code_bytecode: 0,
-            values_tag: 0,
-            objects: Some(o),
-        };
+        let layout = small_pools(0, 0, Some(o));
         let mut pool = vec![0usize; 32];
         pool[0] = 1; // one block in use
         pool[4] = 7usize << 32; // szidx 7: 128-byte blocks

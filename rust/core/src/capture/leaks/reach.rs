@@ -448,38 +448,50 @@ mod tests {
         (kinds, read)
     }
 
-    #[test]
-    fn the_scan_stops_once_every_candidate_is_reachable_and_never_changes_a_verdict() {
-        // A small deterministic generator: 400 random address spaces of up to 12 blocks that
-        // point at each other (at their start, inside, or nowhere), with roots in 5 batches.
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = |n: u64| {
+    /// A small deterministic generator (xorshift) for the property tests: `next(n)` is in 0..n.
+    fn generator(seed: u64) -> impl FnMut(u64) -> usize {
+        let mut state = seed;
+        move |n: u64| {
             state ^= state << 13;
             state ^= state >> 7;
             state ^= state << 17;
             (state % n) as usize
+        }
+    }
+
+    /// A random address space of up to 12 blocks of 32 bytes that point at each other (at their
+    /// start, inside, far inside: possibly lost, or nowhere), and roots in 5 batches.
+    fn random_space(
+        next: &mut dyn FnMut(u64) -> usize,
+    ) -> (Memory, Vec<Candidate>, Vec<Vec<usize>>) {
+        let count = 1 + next(12);
+        let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
+        let pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
+            0 => 0x77,
+            1 => blocks[next(count as u64)] + 8 * next(3),
+            2 => blocks[next(count as u64)] + 0x80,
+            _ => blocks[next(count as u64)],
         };
+        let memory = Memory {
+            words: blocks
+                .iter()
+                .map(|b| (*b, (0..4).map(|_| pointer(next)).collect()))
+                .collect(),
+        };
+        let candidates = blocks.iter().map(|b| Candidate::new(*b, 32, 0)).collect();
+        let batches = (0..5)
+            .map(|_| (0..next(4)).map(|_| pointer(next)).collect())
+            .collect();
+        (memory, candidates, batches)
+    }
+
+    #[test]
+    fn the_scan_stops_once_every_candidate_is_reachable_and_never_changes_a_verdict() {
+        // 400 random address spaces: stopping early gives the full scan's verdicts.
+        let mut next = generator(0x2545_f491_4f6c_dd1d);
         let mut stopped_early = 0;
         for _ in 0..400 {
-            let count = 1 + next(12);
-            let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
-            let pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
-                0 => 0x77,
-                1 => blocks[next(count as u64)] + 8 * next(3),
-                2 => blocks[next(count as u64)] + 0x80, // far inside: possibly lost
-                _ => blocks[next(count as u64)],
-            };
-            let memory = Memory {
-                words: blocks
-                    .iter()
-                    .map(|b| (*b, (0..4).map(|_| pointer(&mut next)).collect()))
-                    .collect(),
-            };
-            let candidates: Vec<Candidate> =
-                blocks.iter().map(|b| Candidate::new(*b, 32, 0)).collect();
-            let batches: Vec<Vec<usize>> = (0..5)
-                .map(|_| (0..next(4)).map(|_| pointer(&mut next)).collect())
-                .collect();
+            let (memory, candidates, batches) = random_space(&mut next);
             let (full, read_all) = classify_batches(&memory, &candidates, &batches, false);
             let (early, read) = classify_batches(&memory, &candidates, &batches, true);
             assert_eq!(early, full, "{memory_words:?}", memory_words = memory.words);
@@ -502,35 +514,11 @@ mod tests {
         // As above, with a random half of the blocks needed: the scan may stop once those are
         // reachable; a needed block's verdict is the full scan's, another's is the full scan's
         // or none (not judged: the scan stopped when the needed ones were reachable).
-        let mut state = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = |n: u64| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            (state % n) as usize
-        };
+        let mut next = generator(0x9e37_79b9_7f4a_7c15);
         let (mut unjudged, mut stopped_early) = (0, 0);
         for _ in 0..400 {
-            let count = 1 + next(12);
-            let blocks: Vec<usize> = (0..count).map(|i| 0x10_0000 + i * 0x100).collect();
-            let pointer = |next: &mut dyn FnMut(u64) -> usize| match next(4) {
-                0 => 0x77,
-                1 => blocks[next(count as u64)] + 8 * next(3),
-                2 => blocks[next(count as u64)] + 0x80,
-                _ => blocks[next(count as u64)],
-            };
-            let memory = Memory {
-                words: blocks
-                    .iter()
-                    .map(|b| (*b, (0..4).map(|_| pointer(&mut next)).collect()))
-                    .collect(),
-            };
-            let candidates: Vec<Candidate> =
-                blocks.iter().map(|b| Candidate::new(*b, 32, 0)).collect();
-            let needed: Vec<bool> = (0..count).map(|_| next(2) == 0).collect();
-            let batches: Vec<Vec<usize>> = (0..5)
-                .map(|_| (0..next(4)).map(|_| pointer(&mut next)).collect())
-                .collect();
+            let (memory, candidates, batches) = random_space(&mut next);
+            let needed: Vec<bool> = candidates.iter().map(|_| next(2) == 0).collect();
             let (full, _) = classify_batches(&memory, &candidates, &batches, false);
             let mut read = 0;
             let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
@@ -544,9 +532,9 @@ mod tests {
             let early = classify(&candidates, &needed, &[], 0, &mut roots, &|s, l| {
                 memory.read(s, l)
             });
-            for i in 0..count {
-                match early[i] {
-                    Some(kind) => assert_eq!(kind, full[i], "block {i}"),
+            for (i, verdict) in early.iter().enumerate() {
+                match verdict {
+                    Some(kind) => assert_eq!(*kind, full[i], "block {i}"),
                     None => {
                         assert!(!needed[i], "needed block {i} not judged");
                         unjudged += 1;
