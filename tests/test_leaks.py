@@ -426,6 +426,7 @@ def test_a_dict_behind_a_gc_link():
 """
 
 
+@exact_scan
 def test_a_word_naming_an_untracked_objects_gc_head_is_no_reference(run, pytester: pytest.Pytester) -> None:
     # A dict that holds no container is not tracked by the collector, and its GC head's links
     # are zero; a word equal to the head's address is a stale link of the collector's lists
