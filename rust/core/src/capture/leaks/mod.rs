@@ -462,10 +462,7 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     let start = c.start_address();
     // SAFETY: a live tracked block of at least four words (as in `scan_leaks`'s `read_block`).
     let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
-    gc_head(start, first, &mut |addr| {
-        let mut w = [0usize];
-        (read_words(addr, &mut w) == 1).then_some(w[0])
-    })
+    gc_head(start, first, &mut word_at)
 }
 
 /// The GC head of a candidate that holds an object of a GC type the collector does not track
@@ -495,10 +492,9 @@ fn untracked_gc_head(c: &Candidate, objects: &ObjectLayout) -> Option<usize> {
         if ty % word != 0 || ty < 4096 {
             return None;
         }
-        let mut flags = [0usize];
-        let gc =
-            read_words(ty + objects.flags_at, &mut flags) == 1 && flags[0] & objects.gc_flag != 0;
-        let preheader = flags[0] & objects.preheader_flags != 0;
+        let flags = word_at(ty + objects.flags_at)?;
+        let gc = flags & objects.gc_flag != 0;
+        let preheader = flags & objects.preheader_flags != 0;
         (gc && preheader == (at == 2)).then_some(start + at * word)
     })
 }
@@ -546,10 +542,6 @@ pub fn gc_candidates(
 /// metaclass, whose own type is `type`), and the type's flags say GC?
 fn is_gc_object(head: usize, objects: &ObjectLayout) -> bool {
     let word = std::mem::size_of::<usize>();
-    let word_at = |addr: usize| {
-        let mut w = [0usize];
-        (read_words(addr, &mut w) == 1).then_some(w[0])
-    };
     // PyGC_Head is two words; the object's type follows its reference count.
     let object = head + 2 * word;
     let Some(ty) = word_at(object + word) else {
@@ -910,6 +902,12 @@ pub fn take_leak_explanations() -> Vec<String> {
         lines.push(format!("... {dropped} more references not shown"));
     }
     lines
+}
+
+/// The word at `addr`, if it is readable (see [`read_words`]).
+fn word_at(addr: usize) -> Option<usize> {
+    let mut w = [0usize];
+    (read_words(addr, &mut w) == 1).then_some(w[0])
 }
 
 /// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
