@@ -152,6 +152,10 @@ pub(crate) struct Scratch {
     len: usize,
 }
 
+// SAFETY: the mapping is owned by the value alone (no other pointer to it is kept), so it may
+// move to, and be dropped on, another thread.
+unsafe impl Send for Scratch {}
+
 impl Scratch {
     /// `len` zeroed words, or None if the mapping fails.
     pub(crate) fn new(len: usize) -> Option<Scratch> {

@@ -17,6 +17,7 @@
 //! before the object; a word that points exactly at a candidate's GC head is that link, not
 //! a reference, and is ignored.
 
+mod baseline;
 mod glibc;
 mod late;
 mod maps;
@@ -29,6 +30,7 @@ use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
+pub(crate) use baseline::remember as remember_stack;
 pub(crate) use origin::NativeOrigins;
 pub use pymalloc::{ObjectLayout, PoolLayout};
 
@@ -131,7 +133,17 @@ pub fn scan_leaks(
         .into_iter()
         .filter(|r| order::is_early(r) && outside_scratch(r))
         .collect();
-    let early_dead = merged_tagged(stale.to_vec());
+    // The calling thread's stack words that have not changed since the test started.
+    let own_stack = early
+        .iter()
+        .find(|r| r.start.get() <= stack_from && stack_from < r.end.get());
+    let mut early_dead = stale.to_vec();
+    if let Some(r) = own_stack {
+        early_dead.extend(baseline::unchanged_ranges((r.start.get(), r.end.get())));
+    }
+    let baseline_copy = baseline::copy_range();
+    early_dead.extend(baseline_copy);
+    let early_dead = merged_tagged(early_dead);
     let mut pagemap = std::fs::File::open("/proc/self/pagemap").ok();
     let mut mask = Vec::with_capacity(scratch.words().len());
     // Type objects seen where an object's type would be, sized once each (see `pool_mask`).
@@ -235,6 +247,7 @@ pub fn scan_leaks(
         // (see `late`); loaded objects' `.bss` first, which holds none of them.
         let mut always = scrub::big_blocks();
         always.extend_from_slice(stale);
+        always.extend(baseline_copy);
         let statics = late::static_data();
         let mut text = text_in_heap.to_vec();
         text.sort_unstable();
