@@ -191,10 +191,9 @@ def exact(session: pytest.RunResult) -> bool:
     return (
         lost(malloc) == malloc["definitely lost"] + malloc["possibly lost"] == 100_000
         # The head (8-byte link + 1000 payload) has no pointer to it; the nine others hang off
-        # it. A stale word pointing into a node makes it possibly lost, and how the rest then
-        # split between definitely and indirectly lost was seen to vary (issue 11, open): with
-        # such a word, only the total is checked.
-        and (linked["possibly lost"] > 0 or linked["definitely lost"] == 1008)
+        # it (indirectly lost, even below a node a stale word points into: possibly lost). A
+        # stale word into the head leaves no block definitely lost.
+        and linked["definitely lost"] in ((1008, 0) if linked["possibly lost"] else (1008,))
         and lost(linked) == 10 * 1008
         and lost(threads) == 4 * 30_000
         and threads["indirectly lost"] == 0
@@ -385,8 +384,10 @@ def test_list_items_are_references_and_spare_capacity_is_not(run, pytester: pyte
         result.assert_outcomes(passed=1, failed=1)
         assert "test_list_slots.py::test_spare_capacity_of_a_list_is_no_reference - " in result.stdout.str()
         found = kinds(result, "test_spare_capacity_of_a_list_is_no_reference")
-        # The list (GC head and object: 56 bytes) definitely lost, its 2-item buffer hanging off it.
-        assert found == {"definitely lost": 56, "indirectly lost": 16, "possibly lost": 0}, found
+        # The list (GC head and object: 56 bytes) lost, its 2-item buffer hanging off it: the list
+        # is possibly lost when stale bytes point into it (seen under load on 3.13), as in exact().
+        assert found["definitely lost"] + found["possibly lost"] == 56, found
+        assert found["indirectly lost"] == 16, found
 
 
 SLACK = """

@@ -335,12 +335,15 @@ pub fn classify(
         };
     }
     // A cycle of lost blocks with no lost block outside pointing in: its lowest block is
-    // definitely lost, the rest indirectly (as they are reachable from it).
+    // definitely lost, the rest indirectly (as they are reachable from it). What hangs off a
+    // definitely or a possibly lost block is in no such cycle: indirectly lost, as valgrind
+    // says (marked from the possibly lost too, a list whose head a stale word points into was
+    // cut into a definitely lost piece at each block that came first in memory).
     let mut seen = vec![false; n];
-    let definitely: Vec<usize> = (0..n)
-        .filter(|i| kinds[*i] == LeakKind::DefinitelyLost)
+    let lost_first: Vec<usize> = (0..n)
+        .filter(|i| matches!(kinds[*i], LeakKind::DefinitelyLost | LeakKind::PossiblyLost))
         .collect();
-    for i in definitely {
+    for i in lost_first {
         mark_from(i, &edges, &mut seen);
     }
     for i in 0..n {
@@ -671,6 +674,32 @@ mod tests {
         assert_eq!(
             run(&memory, &candidates, &[], &[]),
             [DefinitelyLost, IndirectlyLost]
+        );
+    }
+
+    #[test]
+    fn what_hangs_off_a_possibly_lost_block_is_indirectly_lost() {
+        use LeakKind::*;
+        // A list A(0x3000) -> B(0x1000) -> C(0x2000) whose head a root points into, far from
+        // its start: A is possibly lost, B and C hang off it (B comes first in memory, and
+        // was once taken for the lowest block of a lost cycle: definitely lost).
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0x2000, 0, 0, 0]),
+                (0x2000, vec![0, 0, 0, 0]),
+                (0x3000, vec![0x1000, 0, 0, 0]),
+                (0x9000, vec![0x3000 + 200]),
+            ],
+        };
+        let candidates = [
+            Candidate::new(0x1000, 256, 0),
+            Candidate::new(0x2000, 256, 0),
+            Candidate::new(0x3000, 256, 0),
+        ];
+        let roots = [Region::new(0x9000, 0x9008, false)];
+        assert_eq!(
+            run(&memory, &candidates, &roots, &[]),
+            [IndirectlyLost, IndirectlyLost, PossiblyLost]
         );
     }
 
