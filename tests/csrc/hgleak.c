@@ -175,6 +175,29 @@ static PyObject *leak_dict_behind_a_gc_link(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+#include <dlfcn.h>
+
+/* malloc'd and forgotten, its address left only in GNU readline's history array past the NULL
+ * after its last entry (slots readline never writes, as a previous occupant of that memory
+ * would leave them), for the readline module at `path`. False without room or GNU readline. */
+static PyObject *leak_into_readline_history(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
+    void *module = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (module == NULL) Py_RETURN_FALSE;
+    void **(*history_list)(void) = (void **(*)(void))dlsym(module, "history_list");
+    int *history_length = dlsym(module, "history_length");
+    void **array = history_list != NULL && history_length != NULL ? history_list() : NULL;
+    dlclose(module);
+    if (array == NULL || malloc_usable_size(array) < (*history_length + 3) * sizeof(void *))
+        Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x66, n);
+    array[*history_length + 2] = p;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -189,6 +212,8 @@ static PyMethodDef methods[] = {
     {"leak_into_slack", leak_into_slack, METH_VARARGS, "malloc(n), its address in obj's slack"},
     {"leak_dict_behind_a_gc_link", leak_dict_behind_a_gc_link, METH_NOARGS,
      "a dict leaked, its GC head's address kept"},
+    {"leak_into_readline_history", leak_into_readline_history, METH_VARARGS,
+     "malloc(n), its address in readline's unused history slots"},
     {NULL, NULL, 0, NULL},
 };
 

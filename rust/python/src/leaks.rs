@@ -88,15 +88,16 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
 /// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
-/// maps under `keymaps`, see [`readline`]), as (start, end) ranges. Called by the scan
+/// maps and the unused slots of its history array, see [`readline`]), as (start, end) ranges. Called by the scan
 /// under the tracker's lock, so it calls no Python code (which could start a collection) and
 /// never the loader.
-fn stale_slots(_py: Python<'_>, keymaps: &[usize]) -> Vec<(usize, usize)> {
+fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 1024];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    words.extend(readline_keymap_padding(keymaps.to_vec()));
+    words.extend(readline_keymap_padding(readline.keymaps.clone()));
+    words.extend(readline_history_spare(readline.history));
     tagged_pairs(words)
 }
 
@@ -156,6 +157,8 @@ fn readline(py: Python<'_>) -> Readline {
 struct Readline {
     keymaps: Vec<usize>,
     term_strings: Vec<usize>,
+    /// `history_list` (a function) and `history_length` (an `int`), when both are found.
+    history: Option<(usize, usize)>,
 }
 
 /// Where readline's terminal capability strings are: `_rl_init_terminal_io` copies them, with
@@ -172,6 +175,42 @@ fn term_string_addresses(term_strings: &[usize]) -> Vec<usize> {
         .map(|v| unsafe { *(*v as *const usize) })
         .filter(|p| *p != 0)
         .collect()
+}
+
+/// GNU readline's history array: `add_history` mallocs room for 502 entries (readline 8) and
+/// writes only the entries and the NULL after them, and CPython's `readline` module adds one
+/// entry and clears it as it is imported (to tell libedit apart), so the array lives on with
+/// nearly all of it never written: it keeps what the memory held before (4016 bytes; a freed
+/// dict of the compiler's there hid five leaked lists in every process of
+/// benches/leak_precision.py's `same` workload with pytest's logging plugin). Returns the
+/// (start, end) word pair of what follows the NULL after the last entry.
+fn readline_history_spare(history: Option<(usize, usize)>) -> Vec<usize> {
+    let word = std::mem::size_of::<usize>();
+    let Some((list, length)) = history else {
+        return Vec::new();
+    };
+    // SAFETY: GNU readline's `HIST_ENTRY **history_list(void)` (found by `lookup_readline`),
+    // which returns its array and does nothing else; its `int history_length`. The GIL holder
+    // is the only caller of readline.
+    let (array, entries) = unsafe {
+        let history_list: extern "C" fn() -> usize = std::mem::transmute(list);
+        (history_list(), *(length as *const libc::c_int))
+    };
+    let Ok(entries) = usize::try_from(entries) else {
+        return Vec::new();
+    };
+    if array == 0 || array % word != 0 {
+        return Vec::new();
+    }
+    // SAFETY: readline allocates the array with malloc (`xmalloc`) and keeps it allocated.
+    let usable = unsafe { libc::malloc_usable_size(array as *mut libc::c_void) };
+    let from = array + (entries + 1) * word;
+    let to = array + usable / word * word;
+    if from < to {
+        vec![from, to]
+    } else {
+        Vec::new()
+    }
 }
 
 /// GNU readline's key maps: 257 entries of a type byte and a function pointer each, allocated
@@ -269,6 +308,8 @@ fn lookup_symbols(path: &str) -> Readline {
                 .map(symbol)
                 .filter(|a| *a != 0)
                 .collect(),
+            history: Some((symbol(c"history_list"), symbol(c"history_length")))
+                .filter(|(list, length)| *list != 0 && *length != 0),
         }
     } else {
         Readline::default()
@@ -283,7 +324,7 @@ fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<L
     let readline = readline(py);
     let term_strings = term_string_addresses(&readline.term_strings);
     let kinds = capture::scan_leaks(
-        &mut || stale_slots(py, &readline.keymaps),
+        &mut || stale_slots(py, &readline),
         &mut || container_stale_slots(py),
         stack_from,
         registers,
