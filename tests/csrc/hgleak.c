@@ -176,6 +176,7 @@ static PyObject *leak_dict_behind_a_gc_link(PyObject *self, PyObject *unused) {
 }
 
 #include <dlfcn.h>
+#include <link.h>
 
 /* malloc'd and forgotten, its address left only in GNU readline's history array past the NULL
  * after its last entry (slots readline never writes, as a previous occupant of that memory
@@ -198,6 +199,71 @@ static PyObject *leak_into_readline_history(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* readline's termcap buffer: the 4080 bytes _rl_init_terminal_io mallocs for tgetent, which
+ * the ncurses emulation ignores. Found as the block readline's writable segments and ncurses'
+ * _nc_globals (tgetent's cache) both point to. */
+struct segments { const void *inside; char *ranges[8][2]; int n; };
+
+static int find_segments(struct dl_phdr_info *info, size_t size, void *data) {
+    struct segments *s = data;
+    int holds = 0;
+    for (int i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        char *start = (char *)info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD && (const char *)s->inside >= start &&
+            (const char *)s->inside < start + ph->p_memsz)
+            holds = 1;
+    }
+    if (!holds) return 0;
+    for (int i = 0; i < info->dlpi_phnum && s->n < 8; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || !(ph->p_flags & PF_W)) continue;
+        char *start = (char *)info->dlpi_addr + ph->p_vaddr;
+        s->ranges[s->n][0] = (char *)(((uintptr_t)start + 7) & ~(uintptr_t)7);
+        s->ranges[s->n][1] = (char *)(((uintptr_t)start + ph->p_memsz) & ~(uintptr_t)7);
+        s->n++;
+    }
+    return 1;
+}
+
+static void *readline_term_buffer(const char *path) {
+    void *module = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (module == NULL) return NULL;
+    void *globals = dlsym(module, "_nc_globals");
+    struct segments s = {.inside = dlsym(module, "rl_readline_version"), .n = 0};
+    dlclose(module);
+    Dl_info info;
+    const ElfW(Sym) *sym = NULL;
+    if (globals == NULL || s.inside == NULL ||
+        !dladdr1(globals, &info, (void **)&sym, RTLD_DL_SYMENT) || sym == NULL)
+        return NULL;
+    dl_iterate_phdr(find_segments, &s);
+    void **g = globals;
+    size_t n_globals = sym->st_size / sizeof(void *);
+    for (int r = 0; r < s.n; r++) {
+        for (void **w = (void **)s.ranges[r][0]; w < (void **)s.ranges[r][1]; w++) {
+            if (*w == NULL || (uintptr_t)*w % 16 != 0) continue;
+            for (size_t i = 0; i < n_globals; i++) {
+                if (g[i] == *w && malloc_usable_size(*w) == 4088) return *w;
+            }
+        }
+    }
+    return NULL;
+}
+
+/* malloc(n), its address written into readline's termcap buffer. */
+static PyObject *leak_into_readline_term_buffer(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
+    void **buffer = readline_term_buffer(path);
+    if (buffer == NULL) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x77, n);
+    buffer[64] = p;
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -214,6 +280,8 @@ static PyMethodDef methods[] = {
      "a dict leaked, its GC head's address kept"},
     {"leak_into_readline_history", leak_into_readline_history, METH_VARARGS,
      "malloc(n), its address in readline's unused history slots"},
+    {"leak_into_readline_term_buffer", leak_into_readline_term_buffer, METH_VARARGS,
+     "malloc(n), its address in readline's termcap buffer"},
     {NULL, NULL, 0, NULL},
 };
 

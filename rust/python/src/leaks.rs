@@ -159,6 +159,68 @@ struct Readline {
     term_strings: Vec<usize>,
     /// `history_list` (a function) and `history_length` (an `int`), when both are found.
     history: Option<(usize, usize)>,
+    /// Where the two pointers to readline's termcap buffer live (see [`readline_term_buffer`]).
+    term_buffer_holders: Option<TermBufferHolders>,
+}
+
+/// ncurses' `_nc_globals` and GNU readline's writable segments (data and bss), as (start, end).
+#[derive(Clone, Debug)]
+struct TermBufferHolders {
+    nc_globals: (usize, usize),
+    readline: Vec<(usize, usize)>,
+}
+
+/// Bytes readline's `_rl_init_terminal_io` mallocs for the termcap entry `tgetent` may copy.
+const TERM_BUFFER_REQUEST: usize = 4080;
+
+/// GNU readline's termcap buffer: `_rl_init_terminal_io` mallocs 4080 bytes (readline 4.0 to
+/// 8.2) and hands them to `tgetent`, whose ncurses emulation ignores them, so they are never
+/// written and keep what the memory held before (a freed dict of the compiler's there hid up
+/// to 50 leaked lists in most processes of benches/leak_precision.py's `same` workload, when
+/// TERM names a terminfo entry). Text at most in any case, never a reference. readline keeps
+/// the address in a static and ncurses in `_nc_globals` (`tgetent`'s cache): the block is the
+/// one both point to whose chunk is that of a 4080-byte request. Returns its address.
+fn readline_term_buffer(holders: Option<&TermBufferHolders>) -> Option<usize> {
+    let holders = holders?;
+    let word = std::mem::size_of::<usize>();
+    // SAFETY: `_nc_globals`'s own bytes (its address and size from the loader), read under the
+    // GIL, the only caller of readline (and so of its `tgetent` calls).
+    let words_of = |(start, end): (usize, usize)| unsafe {
+        std::slice::from_raw_parts(start as *const usize, (end - start) / word)
+    };
+    let mut in_ncurses: Vec<usize> = words_of(holders.nc_globals)
+        .iter()
+        .copied()
+        .filter(|p| *p != 0 && *p % (2 * word) == 0)
+        .collect();
+    in_ncurses.sort_unstable();
+    in_ncurses.dedup();
+    holders
+        .readline
+        .iter()
+        .flat_map(|segment| words_of(*segment).iter().copied())
+        .filter(|p| in_ncurses.binary_search(p).is_ok())
+        .find(|p| {
+            // glibc's size field before the memory: a chunk of the request's size, not mmapped.
+            let chunk = (TERM_BUFFER_REQUEST + word).next_multiple_of(2 * word);
+            read_word(*p - word).is_some_and(|size| size & !7 == chunk && size & 2 == 0)
+        })
+}
+
+/// One word of this process's memory, or `None` where nothing is mapped.
+fn read_word(address: usize) -> Option<usize> {
+    let mut value = 0usize;
+    let local = libc::iovec {
+        iov_base: &mut value as *mut usize as *mut libc::c_void,
+        iov_len: std::mem::size_of::<usize>(),
+    };
+    let remote = libc::iovec {
+        iov_base: address as *mut libc::c_void,
+        iov_len: std::mem::size_of::<usize>(),
+    };
+    // SAFETY: the kernel copies one word into `value` or fails (it checks the remote range).
+    let copied = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+    (copied == std::mem::size_of::<usize>() as isize).then_some(value)
 }
 
 /// Where readline's terminal capability strings are: `_rl_init_terminal_io` copies them, with
@@ -310,6 +372,7 @@ fn lookup_symbols(path: &str) -> Readline {
                 .collect(),
             history: Some((symbol(c"history_list"), symbol(c"history_length")))
                 .filter(|(list, length)| *list != 0 && *length != 0),
+            term_buffer_holders: term_buffer_holders(symbol(c"_nc_globals"), version),
         }
     } else {
         Readline::default()
@@ -319,10 +382,40 @@ fn lookup_symbols(path: &str) -> Readline {
     readline
 }
 
+/// glibc's `dladdr1` flag asking for the symbol's entry (`<dlfcn.h>`).
+const RTLD_DL_SYMENT: c_int = 1;
+
+/// See [`TermBufferHolders`]: `nc_globals` is ncurses' `_nc_globals` (0: not found), and
+/// `in_readline` an address in GNU readline's data.
+fn term_buffer_holders(nc_globals: usize, in_readline: usize) -> Option<TermBufferHolders> {
+    if nc_globals == 0 {
+        return None;
+    }
+    let mut info = std::mem::MaybeUninit::<libc::Dl_info>::uninit();
+    let mut symbol: *const libc::Elf64_Sym = std::ptr::null();
+    // SAFETY: dladdr1 fills `info` and points `symbol` at the loader's symbol entry (or fails).
+    let found = unsafe {
+        libc::dladdr1(
+            nc_globals as *const libc::c_void,
+            info.as_mut_ptr(),
+            &mut symbol as *mut *const libc::Elf64_Sym as *mut *mut libc::c_void,
+            RTLD_DL_SYMENT,
+        )
+    };
+    // SAFETY: on success `symbol` is the loader's entry for `_nc_globals`.
+    let size = (found != 0 && !symbol.is_null()).then(|| unsafe { (*symbol).st_size } as usize)?;
+    let readline = heapgate_core::capture::writable_segments_of(in_readline);
+    (size > 0 && !readline.is_empty()).then_some(TermBufferHolders {
+        nc_globals: (nc_globals, nc_globals + size),
+        readline,
+    })
+}
+
 fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<LeakKinds>> {
     // Found before the scan takes the tracker's lock (the first time needs the loader).
     let readline = readline(py);
-    let term_strings = term_string_addresses(&readline.term_strings);
+    let mut term_strings = term_string_addresses(&readline.term_strings);
+    term_strings.extend(readline_term_buffer(readline.term_buffer_holders.as_ref()));
     let kinds = capture::scan_leaks(
         &mut || stale_slots(py, &readline),
         &mut || container_stale_slots(py),

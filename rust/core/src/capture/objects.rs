@@ -262,6 +262,27 @@ pub(crate) fn loader_counters() -> Option<LoaderCounters> {
     counters
 }
 
+/// The writable `PT_LOAD` segments (data and bss, as (start, end), word-aligned inward) of the
+/// loaded object that holds `address`; empty when no object does.
+pub fn writable_segments_of(address: usize) -> Vec<(usize, usize)> {
+    let word = std::mem::size_of::<usize>();
+    let mut found = Vec::new();
+    walk(|object| {
+        if !object.segments().any(|s| s.contains(address)) {
+            return ControlFlow::Continue(());
+        }
+        found.extend(
+            object
+                .segments()
+                .filter(|s| s.flags & libc::PF_W != 0)
+                .map(|s| (s.start.next_multiple_of(word), s.end / word * word))
+                .filter(|(start, end)| start < end),
+        );
+        ControlFlow::Break(())
+    });
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -350,11 +350,8 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// The largest request pymalloc serves (3.9-3.13); bigger ones go to the C library.
-const SMALL_REQUEST_THRESHOLD: usize = 512;
-
 /// What holds no references in glibc's main heap `heap`: its free chunks (a large one is
-/// jumped over, never read), and in the chunks that hold a Python object too big for pymalloc
+/// jumped over, never read), and in the chunks that hold a Python object or a dict keys object
 /// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
 /// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
 /// object's chunk, in every process) would hide a leak. The whole memory of the chunks that
@@ -386,10 +383,11 @@ fn heap_dead_ranges(
             slack.push((memory, memory_end));
             return;
         }
-        // pymalloc serves requests up to 512 bytes: a smaller chunk holds no object it sizes
-        // (unless PYTHONMALLOC=malloc: then such chunks are read whole, as before). Most
-        // chunks are small, and each looked at costs a read and a type lookup.
-        let Some(layout) = pools.filter(|_| size - word > SMALL_REQUEST_THRESHOLD) else {
+        // Chunks of pymalloc's sizes too: bytes and str objects made big and then shrunk
+        // with realloc stay in their chunks (seen: a 425-byte bytes object in a 480-byte
+        // chunk), and a type object is 976 bytes. Only a chunk whose first words could be an
+        // object's header costs more than a read.
+        let Some(layout) = pools else {
             return;
         };
         let mut first = [0usize; CHUNK_FIRST_WORDS];

@@ -83,13 +83,16 @@ pub struct ObjectLayout {
     pub keys_kind_at: usize,
 }
 
+/// The widest item [`ObjectLayout::sized_type`] accepts (a type's `PyMemberDef` is 40 bytes).
+const MAX_ITEM_SIZE: usize = 256;
+
 /// A type object whose instances the scan can size: its basic size and flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SizedType {
     /// `tp_basicsize`.
     pub basicsize: usize,
-    /// `tp_itemsize`: 0, or a pointer's size (an array of `ob_size` references follows the
-    /// basic size, as in a tuple).
+    /// `tp_itemsize`: 0, or a whole number of words (an array of `ob_size` items follows the
+    /// basic size: a tuple's references, a heap type's member definitions).
     pub itemsize: usize,
     /// `tp_flags`.
     pub flags: usize,
@@ -97,9 +100,10 @@ pub struct SizedType {
 
 impl ObjectLayout {
     /// The type object at `words` (its first words, read safely), if its instances are
-    /// `tp_basicsize` bytes after the pre-header plus `ob_size` pointers when it has items: a
-    /// type object (its type is `PyType_Type`), allocating through `PyType_GenericAlloc`, of
-    /// no item size or a pointer's, and no inline values. (An item size of 1, 2 or 4 is left
+    /// `tp_basicsize` bytes after the pre-header plus their items: a type object (its type is
+    /// `PyType_Type`), allocating through `PyType_GenericAlloc`, of no item size or a whole
+    /// number of words (`ob_size` items; see [`object_end`](Self::object_end) for the
+    /// sentinel item of wider ones), and no inline values. (An item size of 1, 2 or 4 is left
     /// out: bytes, code and 3.12's ints count their items otherwise.)
     pub fn sized_type(&self, words: &[usize]) -> Option<SizedType> {
         let word = std::mem::size_of::<usize>();
@@ -108,7 +112,8 @@ impl ObjectLayout {
         let (flags, alloc) = (at(self.flags_at)?, at(self.alloc_at)?);
         (at(word)? == self.type_type
             && alloc == self.generic_alloc
-            && (itemsize == 0 || itemsize == word)
+            && itemsize % word == 0
+            && itemsize <= MAX_ITEM_SIZE
             && flags & self.inline_values_flag == 0
             && (2 * word..=4096).contains(&basicsize))
         .then_some(SizedType {
@@ -184,13 +189,20 @@ impl ObjectLayout {
                 (true, true) => 4,
                 (false, true) => return None,
             };
-            let items = match t.itemsize {
-                0 => 0,
-                _ => t.itemsize * (*block.get(header + 2)?).min(1 << 16),
-            };
-            (header == expected)
-                .then(|| fits(header * word + t.basicsize + items))
-                .flatten()
+            if header != expected {
+                return None;
+            }
+            let start = header * word + t.basicsize;
+            if t.itemsize == 0 {
+                return fits(start);
+            }
+            // `PyType_GenericAlloc` allocates one item more than `ob_size`: a heap type's
+            // members end with a zeroed sentinel. Items of a word are counted without it (a
+            // tuple is allocated without it, and the two sizes may round alike); wider ones
+            // with or without, whichever this block's size fits (at most one does).
+            let items = (*block.get(header + 2)?).min(1 << 16);
+            let with_sentinel = (t.itemsize > word).then(|| start + t.itemsize * (items + 1));
+            fits(start + t.itemsize * items).or_else(|| with_sentinel.and_then(fits))
         })
     }
 
@@ -202,6 +214,12 @@ impl ObjectLayout {
     /// object has no type to be sized by, and the slack after it keeps old pointers (seen
     /// hiding a leaked list).
     pub fn keys_end(&self, block: &[usize], size: usize) -> Option<usize> {
+        self.keys_end_where(block, &|end| end.next_multiple_of(16) == size)
+    }
+
+    /// As [`keys_end`](Self::keys_end), for a block whose allocator rounds a request of `end`
+    /// bytes to this block's size when `rounds(end)`.
+    fn keys_end_where(&self, block: &[usize], rounds: &dyn Fn(usize) -> bool) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
         if self.keys_header == 0 {
             return None;
@@ -233,7 +251,7 @@ impl ObjectLayout {
         };
         let usable = ((1usize << log2_size) << 1) / 3;
         let end = self.keys_header + (1 << log2_index_bytes) + entry * usable;
-        (end.next_multiple_of(16) == size).then_some(end)
+        rounds(end).then_some(end)
     }
 
     /// The end of a compact str (its characters and terminator after the header).
@@ -260,9 +278,11 @@ pub const CHUNK_FIRST_WORDS: usize = 8;
 
 /// Where the memory of an in-use glibc chunk of `chunk_size` bytes (header included) stops
 /// holding references, in bytes from its first byte of memory, when it holds a Python object
-/// too big for pymalloc: from a code object's bytecode on (see [`PoolLayout::code_type`]), or
-/// from the word the object ends in (see [`ObjectLayout::object_end`]) when the object's size
-/// is exactly what malloc rounds to this chunk's size. The rest up to the next chunk's size
+/// (too big for pymalloc, or shrunk by `realloc` after it was made too big: bytes and str
+/// resized in place) or a dict keys object: from a code object's bytecode on (see
+/// [`PoolLayout::code_type`]), or from the word the object ends in (see
+/// [`ObjectLayout::object_end`], [`ObjectLayout::keys_end`]) when its size is exactly what
+/// malloc rounds to this chunk's size. The rest up to the next chunk's size
 /// field is what earlier occupants left. `first`: the chunk's first words of memory (see
 /// [`CHUNK_FIRST_WORDS`]). `None`: no Python object known here; the chunk is read whole.
 pub fn chunk_object_slack(
@@ -279,7 +299,10 @@ pub fn chunk_object_slack(
         return (refcount != 0 && refcount <= u32::MAX as usize)
             .then_some(layout.code_bytecode.next_multiple_of(word));
     }
-    let end = layout.objects?.object_end_where(first, &rounds, types)?;
+    let objects = layout.objects?;
+    let end = objects
+        .object_end_where(first, &rounds, types)
+        .or_else(|| objects.keys_end_where(first, &rounds))?;
     Some(end / word * word)
 }
 
@@ -594,6 +617,74 @@ pub(super) mod tests {
         let buffer = [0x7f00_0000_2000, 0x8200, 0, 0, 0, 0, 0, 0];
         assert_eq!(
             chunk_object_slack(&buffer, 0x2b0, &layout, &mut types),
+            None
+        );
+    }
+
+    #[test]
+    fn a_type_objects_chunk_is_read_up_to_its_sentinel_member() {
+        // A heap type (3.11): a GC head, 904 bytes of type, then `ob_size` member definitions
+        // of 40 bytes and the zeroed one PyType_GenericAlloc adds: no slots, 16 + 904 + 40 =
+        // 960 bytes, which malloc gives a 0x3d0-byte chunk: its last word is slack.
+        let layout = small_pools(0, 0, Some(objects()));
+        let type_type = SizedType {
+            basicsize: 904,
+            itemsize: 40,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| (t == 0x7000).then_some(type_type);
+        let class = [0x9000, 0x9100, 3, 0x7000, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&class, 0x3d0, &layout, &mut types),
+            Some(960)
+        );
+        // One slot: 1000 bytes, a 0x3f0-byte chunk; without the sentinel (960) it would fit
+        // the 0x3d0 chunk: the item count decides.
+        let mut one_slot = class;
+        one_slot[4] = 1;
+        assert_eq!(
+            chunk_object_slack(&one_slot, 0x3f0, &layout, &mut types),
+            Some(1000)
+        );
+        assert_eq!(
+            chunk_object_slack(&one_slot, 0x3d0, &layout, &mut types),
+            Some(960)
+        );
+        assert_eq!(chunk_object_slack(&class, 0x3e0, &layout, &mut types), None);
+        // What the scan sizes from a type object: a word-multiple item size up to 256 bytes.
+        let o = objects();
+        let mut type_words = [0usize; 8];
+        type_words[1] = o.type_type;
+        type_words[4] = 904;
+        type_words[5] = 40;
+        type_words[6] = 1 << 14;
+        type_words[7] = o.generic_alloc;
+        assert_eq!(o.sized_type(&type_words), Some(type_type));
+        type_words[5] = 4;
+        assert_eq!(o.sized_type(&type_words), None);
+        type_words[5] = 264;
+        assert_eq!(o.sized_type(&type_words), None);
+    }
+
+    #[test]
+    fn small_chunks_and_dict_keys_in_chunks_are_read_up_to_the_object() {
+        // A bytes object of 425 characters made bigger and shrunk by realloc stays in a glibc
+        // chunk of pymalloc's sizes: 32 + 425 + 1 = 458 bytes in a 0x1e0-byte chunk.
+        let layout = small_pools(0, 0, Some(objects()));
+        let bytes = [1, 0x7300, 425, 0x1234_5678, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&bytes, 0x1e0, &layout, &mut |_| None),
+            Some(456)
+        );
+        // A dict keys object of 64 str-keyed slots: 32 + 64 + 42 * 16 = 768 bytes, a
+        // 0x310-byte chunk.
+        let keys = [1, 0x02_0606, 0, 0, 0, 0, 0, 0];
+        assert_eq!(
+            chunk_object_slack(&keys, 0x310, &layout, &mut |_| None),
+            Some(768)
+        );
+        assert_eq!(
+            chunk_object_slack(&keys, 0x320, &layout, &mut |_| None),
             None
         );
     }
