@@ -5,6 +5,7 @@ happens to name a leaked block's address can hide it from the conservative scan.
 
     python benches/leak_precision.py freelist [--runs 40]   # tests/test_leaks.py's free-list session
     python benches/leak_precision.py same     [--runs 10]   # one leak's lost bytes, run to run
+    (add --vary-layout to give each pair of runs an environment of another size)
     python benches/leak_precision.py collect  [--runs 10]   # tests/test_leak_collect.py's session
 
 Run it with the interpreter that has heapgate installed (`--python` to name another one). Half
@@ -56,7 +57,7 @@ def build(python: str, source: Path, out_dir: Path) -> None:
     )
 
 
-def session(python: str, cwd: Path, logging: bool, *extra: str) -> str:
+def session(python: str, cwd: Path, logging: bool, *extra: str, pad: int = 0) -> str:
     args = [python, "-m", "pytest", "-p", "no:cacheprovider", "--native-leaks", *extra]
     if not logging:
         args += ["-p", "no:logging"]
@@ -64,6 +65,10 @@ def session(python: str, cwd: Path, logging: bool, *extra: str) -> str:
     # As the test suite's inner sessions run (tests/conftest.py): no other plugin installed.
     addopts = " ".join(f"-p no:{name}" for name in constant(TESTS / "conftest.py", "OTHER_PLUGINS"))
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(path), PYTEST_ADDOPTS=addopts)
+    if pad:
+        # The environment's size moves the process's first stack and heap contents: runs with
+        # different sizes sample layouts that address randomisation alone may repeat.
+        env["HEAPGATE_BENCH_PAD"] = "x" * pad
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=300).stdout
 
 
@@ -79,14 +84,14 @@ def section_kinds(text: str, test: str) -> dict[str, int] | None:
     return found
 
 
-def freelist(python: str, work: Path, runs: int) -> None:
+def freelist(python: str, work: Path, runs: int, vary: bool = False) -> None:
     (work / "test_free_lists.py").write_text(constant(TESTS / "test_leaks.py", "FREE_LIST_TESTS"))
     misses: collections.Counter[str] = collections.Counter()
     over: collections.Counter[str] = collections.Counter()
     per_run = []
     for i in range(runs):
         logging = i % 2 == 0
-        text = session(python, work, logging)
+        text = session(python, work, logging, pad=pad_for(i, vary))
         sizes = json.loads((work / "sizes.json").read_text())
         row = {}
         for kind, size in sizes.items():
@@ -118,11 +123,16 @@ def test_leaks():
 """
 
 
-def same(python: str, work: Path, runs: int) -> None:
+def pad_for(run: int, vary: bool) -> int:
+    """The padding of run `run` (see `session`): 0..36 bytes in steps of 4 when `vary`."""
+    return 4 * ((run // 2) % 10) if vary else 0
+
+
+def same(python: str, work: Path, runs: int, vary: bool = False) -> None:
     (work / "test_same.py").write_text(SAME_TEST)
     totals = []
     for i in range(runs):
-        text = session(python, work, i % 2 == 0)
+        text = session(python, work, i % 2 == 0, pad=pad_for(i, vary))
         found = section_kinds(text, "test_leaks")
         totals.append(sum(found.values()) if found else 0)
         print(f"run {i:2} {found}", flush=True)
@@ -149,6 +159,11 @@ def main() -> None:
     parser.add_argument("what", choices=["freelist", "same", "collect"])
     parser.add_argument("--runs", type=int, default=None)
     parser.add_argument("--python", default=sys.executable)
+    parser.add_argument(
+        "--vary-layout", action="store_true",
+        help="give each pair of runs an environment of another size (HEAPGATE_BENCH_PAD), so the "
+        "runs sample more stack and heap layouts",
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="heapgate-precision-") as tmp:
         work = Path(tmp)
@@ -156,9 +171,9 @@ def main() -> None:
         build(args.python, TESTS / "csrc" / "hgleak.c", work / "ext")
         build(args.python, TESTS / "csrc" / "hgcycle.c", work / "ext")
         if args.what == "freelist":
-            freelist(args.python, work, args.runs or 40)
+            freelist(args.python, work, args.runs or 40, args.vary_layout)
         elif args.what == "same":
-            same(args.python, work, args.runs or 10)
+            same(args.python, work, args.runs or 10, args.vary_layout)
         else:
             collect(args.python, work, args.runs or 10)
 

@@ -184,6 +184,16 @@ pub fn scan_leaks(
     // happens between reads.
     let types = std::cell::RefCell::new(&mut size_type);
     let objects = pools.and_then(|p| p.objects);
+    let candidates: Vec<Candidate> = match objects {
+        Some(o) => candidates
+            .into_iter()
+            .map(|c| {
+                let start = object_start(&c, &o, &mut |ty| (*types.borrow_mut())(ty));
+                c.with_object_start(start)
+            })
+            .collect(),
+        None => candidates,
+    };
     let mut gc_heads: Vec<usize> = candidates
         .iter()
         .filter_map(|c| {
@@ -474,6 +484,24 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     // SAFETY: a live tracked block of at least four words (as in `scan_leaks`'s `read_block`).
     let first = unsafe { std::slice::from_raw_parts(start as *const usize, 4) };
     gc_head(start, first, &mut word_at)
+}
+
+/// Where the Python object a candidate holds starts, when the block is exactly that object
+/// (see [`ObjectLayout::object_start`]). The caller holds the tracker's lock, so the block
+/// stays allocated.
+fn object_start(
+    c: &Candidate,
+    objects: &ObjectLayout,
+    types: &mut dyn FnMut(usize) -> Option<SizedType>,
+) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    let mut first = [0usize; CHUNK_FIRST_WORDS];
+    let len = (c.size as usize / word).min(first.len());
+    let first = &mut first[..len];
+    if len < 2 || read_words(c.start_address(), first) != len {
+        return None;
+    }
+    objects.object_start(first, c.size as usize, types)
 }
 
 /// The GC head of a candidate that holds an object of a GC type the collector does not track

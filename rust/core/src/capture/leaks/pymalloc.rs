@@ -153,6 +153,20 @@ impl ObjectLayout {
         self.object_end_where(block, &|end| end.next_multiple_of(16) == size, types)
     }
 
+    /// Where the Python object in a block of exactly `size` requested bytes starts, in bytes
+    /// from the block's start, when its size is exactly that (see
+    /// [`object_end`](Self::object_end)): after no header, a GC head, or a pre-header and a GC
+    /// head. Such an object is referenced by its start alone; `None` for anything else.
+    pub fn object_start(
+        &self,
+        block: &[usize],
+        size: usize,
+        types: &mut dyn FnMut(usize) -> Option<SizedType>,
+    ) -> Option<usize> {
+        self.object_extent_where(block, &|end| end == size, types)
+            .map(|(start, _)| start)
+    }
+
     /// As [`object_end`](Self::object_end), for a block whose allocator rounds a request of
     /// `end` bytes to this block's size when `rounds(end)`.
     fn object_end_where(
@@ -161,9 +175,20 @@ impl ObjectLayout {
         rounds: &dyn Fn(usize) -> bool,
         types: &mut dyn FnMut(usize) -> Option<SizedType>,
     ) -> Option<usize> {
+        self.object_extent_where(block, rounds, types)
+            .map(|(_, end)| end)
+    }
+
+    /// The (start, end) of the object found by [`object_end_where`](Self::object_end_where).
+    fn object_extent_where(
+        &self,
+        block: &[usize],
+        rounds: &dyn Fn(usize) -> bool,
+        types: &mut dyn FnMut(usize) -> Option<SizedType>,
+    ) -> Option<(usize, usize)> {
         let word = std::mem::size_of::<usize>();
-        let fits = |end: usize| rounds(end).then_some(end);
         [0usize, 2, 4].into_iter().find_map(|header| {
+            let fits = |end: usize| rounds(end).then_some((header * word, end));
             let (refcount, ty) = (*block.get(header)?, *block.get(header + 1)?);
             if refcount == 0 || refcount > u32::MAX as usize || ty % word != 0 || ty < 4096 {
                 return None;
@@ -664,6 +689,30 @@ pub(super) mod tests {
         assert_eq!(o.sized_type(&type_words), None);
         type_words[5] = 264;
         assert_eq!(o.sized_type(&type_words), None);
+    }
+
+    #[test]
+    fn an_object_filling_its_block_exactly_has_a_known_start() {
+        let o = objects();
+        let list_type = SizedType {
+            basicsize: 40,
+            itemsize: 0,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| (t == 0x8300).then_some(list_type);
+        // A list: its GC head, then the object (16 + 40 bytes), requested as 56 bytes.
+        let list = [0x9000, 0x9100, 1, 0x8300, 0, 0, 0];
+        assert_eq!(o.object_start(&list, 56, &mut types), Some(16));
+        assert_eq!(o.object_start(&list, 64, &mut types), None);
+        // An ASCII str of 41 characters: 40 + 41 + 1 bytes, from the block's start.
+        let mut text = [0usize; 8];
+        text[0] = 1;
+        text[1] = o.str_type;
+        text[2] = 41;
+        text[4] = 0x20 | 0x40 | (1 << 2); // compact, ascii, kind 1
+        assert_eq!(o.object_start(&text, 82, &mut types), Some(0));
+        // A buffer (no reference count and type where an object's header would be): none.
+        assert_eq!(o.object_start(&[0x7f00_0000_2000; 8], 56, &mut types), None);
     }
 
     #[test]

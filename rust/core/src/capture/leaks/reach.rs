@@ -24,7 +24,12 @@ pub struct Candidate {
     pub site: u32,
     /// Bytes.
     pub size: u64,
+    /// Where the Python object the block holds starts, in bytes (`NO_OBJECT`: none known).
+    object_start: u32,
 }
+
+/// [`Candidate::object_start`] of a block not known to hold a Python object.
+const NO_OBJECT: u32 = u32::MAX;
 
 impl Candidate {
     /// A candidate block at `start` of `size` bytes.
@@ -35,7 +40,20 @@ impl Candidate {
             usable_end_tagged: (start + size as usize) | TAG,
             site,
             size,
+            object_start: NO_OBJECT,
         }
+    }
+
+    /// The block holds a Python object starting `offset` bytes in, whose size is the block's
+    /// (see `ObjectLayout::object_start`): CPython refers to an object by its start alone, so
+    /// a word pointing anywhere else in the block (a str's characters, a list's fields, its
+    /// GC head) is no reference to it. Stale words naming a field of a freed object whose
+    /// memory the test's object got were seen hiding leaked lists and strs.
+    pub fn with_object_start(mut self, offset: Option<usize>) -> Candidate {
+        self.object_start = offset
+            .and_then(|o| u32::try_from(o).ok())
+            .unwrap_or(NO_OBJECT);
+        self
     }
 
     /// The allocator gave `usable` bytes for this block (at least its size).
@@ -223,8 +241,16 @@ impl Scanner<'_> {
                     // 3.12's inline-values pointer is such an address minus its tag. Within
                     // the first word it is the start with flags in its low bits (a tagged
                     // pointer: numpy keeps an array's buffer info as its address | 3).
-                    let offset = w - self.candidates[i].start();
+                    let c = &self.candidates[i];
+                    let offset = w - c.start();
                     let word = std::mem::size_of::<usize>();
+                    if c.object_start != NO_OBJECT {
+                        // The object's start exactly; anything else is no reference.
+                        if offset == c.object_start as usize {
+                            hit(i, true);
+                        }
+                        continue;
+                    }
                     let aligned = offset % word == 0
                         || offset < word
                         || (self.values_tag != 0 && (offset + self.values_tag) % word == 0);
@@ -617,6 +643,39 @@ mod tests {
         assert_eq!(
             run(&memory, &candidates, &roots, &[]),
             [StillReachable, PossiblyLost]
+        );
+    }
+
+    #[test]
+    fn a_python_object_is_referenced_by_its_start_alone() {
+        use LeakKind::*;
+        // Three 56-byte lists (a GC head, then the object at +16): one pointed to at its
+        // start, one a byte past it, one in a field (+48) and at its head's second word (+8).
+        // Without the object's start known, +48 would read as a reference.
+        let memory = Memory {
+            words: vec![
+                (0x1000, vec![0; 7]),
+                (0x2000, vec![0; 7]),
+                (0x3000, vec![0; 7]),
+                (0x9000, vec![0x1010, 0x2011, 0x3030, 0x3008]),
+            ],
+        };
+        let lists: Vec<Candidate> = [0x1000, 0x2000, 0x3000]
+            .into_iter()
+            .map(|b| Candidate::new(b, 56, 0).with_object_start(Some(16)))
+            .collect();
+        let roots = [Region::new(0x9000, 0x9020, false)];
+        assert_eq!(
+            run(&memory, &lists, &roots, &[]),
+            [StillReachable, DefinitelyLost, DefinitelyLost]
+        );
+        let unknown: Vec<Candidate> = [0x1000, 0x2000, 0x3000]
+            .into_iter()
+            .map(|b| Candidate::new(b, 56, 0))
+            .collect();
+        assert_eq!(
+            run(&memory, &unknown, &roots, &[]),
+            [StillReachable, PossiblyLost, StillReachable]
         );
     }
 
