@@ -509,6 +509,32 @@ def test_readline_termcap_buffer_is_no_reference(run, pytester: pytest.Pytester,
     assert kinds(result, "test_term_buffer") == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}
 
 
+BUFFERED_IO = """
+import io
+import struct
+
+import hgleak
+
+KEPT = io.BufferedWriter(io.BytesIO(), 4096)
+
+
+def test_buffered():
+    KEPT.write(struct.pack("Q", hgleak.leak_address(4096)) * 4)
+"""
+
+
+@exact_scan
+def test_a_buffered_writers_buffer_is_no_reference(run, pytester: pytest.Pytester) -> None:
+    # io.BufferedReader and BufferedWriter keep bytes in a buffer of their own (4 KiB for
+    # pipes): its unused part keeps what the memory held before, and stale object addresses
+    # there hid a leaked float. Bytes, never references: here the buffer holds the address of
+    # a leaked block, as bytes written to the file, which must not hide it.
+    pytester.makepyfile(test_buffered=BUFFERED_IO)
+    result = run("--native-leaks", *EXACT)
+    result.assert_outcomes(failed=1)
+    assert kinds(result, "test_buffered") == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}
+
+
 GENERATOR_SLOTS = """
 import hgleak
 

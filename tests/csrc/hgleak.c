@@ -251,6 +251,15 @@ static void *readline_term_buffer(const char *path) {
     return NULL;
 }
 
+/* malloc(n) and forgotten; its address returned as an int. */
+static PyObject *leak_address(PyObject *self, PyObject *args) {
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "n", &n)) return NULL;
+    void *p = malloc(n);
+    memset(p, 0x55, n);
+    return PyLong_FromVoidPtr(p);
+}
+
 /* malloc(n), its address written into readline's termcap buffer. */
 static PyObject *leak_into_readline_term_buffer(PyObject *self, PyObject *args) {
     const char *path;
@@ -280,6 +289,7 @@ static PyMethodDef methods[] = {
      "a dict leaked, its GC head's address kept"},
     {"leak_into_readline_history", leak_into_readline_history, METH_VARARGS,
      "malloc(n), its address in readline's unused history slots"},
+    {"leak_address", leak_address, METH_VARARGS, "malloc(n), forgotten; its address"},
     {"leak_into_readline_term_buffer", leak_into_readline_term_buffer, METH_VARARGS,
      "malloc(n), its address in readline's termcap buffer"},
     {NULL, NULL, 0, NULL},

@@ -23,6 +23,7 @@ extern "C" {
     fn hg_py_values_tag() -> size_t;
     fn hg_py_object_layout(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_collect_among(heads: *const usize, n: size_t) -> ffi::Py_ssize_t;
+    fn hg_py_probe_buffered() -> c_int;
     fn hg_py_make_scan_function(
         module: *mut ffi::PyObject,
         callback: ScanCallback,
@@ -101,8 +102,8 @@ fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     tagged_pairs(words)
 }
 
-/// Every list's spare capacity and the dead slots of generators' and frame objects' frames
-/// that do not run, as (start, end) ranges: a walk of all the interpreter's containers, so
+/// Every list's spare capacity, the dead slots of generators' and frame objects' frames that
+/// do not run, and buffered I/O objects' buffers (bytes), as (start, end) ranges: a walk of all the interpreter's containers, so
 /// asked for only when the scan reads the heap and anonymous memory (where they are).
 fn container_stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     // Sized as the last scan needed.
@@ -498,6 +499,9 @@ fn collect_test_garbage(py: Python<'_>) -> PyResult<bool> {
 /// (call after `gc.collect()`, before `stop`) and returns the totals as `LeakKinds`; per site
 /// figures appear in the report's sites.
 pub(crate) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // SAFETY: the GIL is held (the bound module); the shim makes and closes a writer over a
+    // BytesIO, at import, before any test is tracked.
+    unsafe { hg_py_probe_buffered() };
     m.add_function(wrap_pyfunction!(clear_free_lists, m)?)?;
     m.add_function(wrap_pyfunction!(empty_free_lists_on_call, m)?)?;
     m.add_function(wrap_pyfunction!(collect_test_garbage, m)?)?;
