@@ -91,8 +91,9 @@ const MAX_ITEM_SIZE: usize = 256;
 pub struct SizedType {
     /// `tp_basicsize`.
     pub basicsize: usize,
-    /// `tp_itemsize`: 0, or a whole number of words (an array of `ob_size` items follows the
-    /// basic size: a tuple's references, a heap type's member definitions).
+    /// `tp_itemsize`: 0, 1, 2, 4, or a whole number of words (an array of `ob_size` items
+    /// follows the basic size: a regular expression's code, a tuple's references, a heap
+    /// type's member definitions).
     pub itemsize: usize,
     /// `tp_flags`.
     pub flags: usize,
@@ -101,10 +102,11 @@ pub struct SizedType {
 impl ObjectLayout {
     /// The type object at `words` (its first words, read safely), if its instances are
     /// `tp_basicsize` bytes after the pre-header plus their items: a type object (its type is
-    /// `PyType_Type`), allocating through `PyType_GenericAlloc`, of no item size or a whole
-    /// number of words (`ob_size` items; see [`object_end`](Self::object_end) for the
-    /// sentinel item of wider ones), and no inline values. (An item size of 1, 2 or 4 is left
-    /// out: bytes, code and 3.12's ints count their items otherwise.)
+    /// `PyType_Type`), allocating through `PyType_GenericAlloc`, of no item size, 1, 2 or 4
+    /// bytes, or a whole number of words (`ob_size` items; see
+    /// [`object_end`](Self::object_end) for the sentinel item of wider ones), and no inline
+    /// values. Items narrower than a word hold no pointer, so where their count means
+    /// something else (3.12's ints) the scan can only leave out bytes that hold none.
     pub fn sized_type(&self, words: &[usize]) -> Option<SizedType> {
         let word = std::mem::size_of::<usize>();
         let at = |offset: usize| words.get(offset / word).copied();
@@ -112,7 +114,7 @@ impl ObjectLayout {
         let (flags, alloc) = (at(self.flags_at)?, at(self.alloc_at)?);
         (at(word)? == self.type_type
             && alloc == self.generic_alloc
-            && itemsize % word == 0
+            && (matches!(itemsize, 1 | 2 | 4) || itemsize % word == 0)
             && itemsize <= MAX_ITEM_SIZE
             && flags & self.inline_values_flag == 0
             && (2 * word..=4096).contains(&basicsize))
@@ -521,8 +523,9 @@ pub(super) mod tests {
             }
         );
         assert_eq!(o.type_bytes(), 64);
-        // Not a type object, a custom allocator, an item size, inline values: not sized.
-        for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 4), (6, 1 << 2)] {
+        // Not a type object, a custom allocator, an item size neither narrow (1, 2, 4) nor
+        // whole words, inline values: not sized.
+        for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 12), (6, 1 << 2)] {
             let mut t = float_type;
             t[i] = v;
             assert_eq!(o.sized_type(&t), None, "word {i}");
@@ -700,7 +703,7 @@ pub(super) mod tests {
         type_words[6] = 1 << 14;
         type_words[7] = o.generic_alloc;
         assert_eq!(o.sized_type(&type_words), Some(type_type));
-        type_words[5] = 4;
+        type_words[5] = 12;
         assert_eq!(o.sized_type(&type_words), None);
         type_words[5] = 264;
         assert_eq!(o.sized_type(&type_words), None);
@@ -728,6 +731,36 @@ pub(super) mod tests {
         assert_eq!(o.object_start(&text, 82, &mut types), Some(0));
         // A buffer (no reference count and type where an object's header would be): none.
         assert_eq!(o.object_start(&[0x7f00_0000_2000; 8], 56, &mut types), None);
+    }
+
+    #[test]
+    fn an_object_with_narrow_items_is_read_up_to_its_items() {
+        // A compiled regular expression (3.11: a GC head, 152 bytes of pattern, then `ob_size`
+        // 4-byte code words): 9 words, 16 + 152 + 36 = 204 bytes, in a 208-byte block; its
+        // last word (stale in the block, seen naming a leaked list) is not read.
+        let layout = small_pools(0, 0, Some(objects()));
+        let pattern_type = SizedType {
+            basicsize: 152,
+            itemsize: 4,
+            flags: 1 << 14,
+        };
+        let mut types = |t: usize| (t == 0x8400).then_some(pattern_type);
+        let o = objects();
+        let pattern = [0x9000, 0x9100, 2, 0x8400, 9, 0, 0, 0];
+        assert_eq!(o.object_end(&pattern, 208, &mut types), Some(204));
+        let mut pool = vec![0usize; 64];
+        pool[0] = 1; // one block in use
+        pool[4] = 12usize << 32; // szidx 12: 208-byte blocks
+        pool[5] = ((512 - 208) << 32) | (48 + 208); // maxnextoffset, nextoffset
+        pool[6..14].copy_from_slice(&pattern);
+        pool[6 + 25] = 0x7f00_0000_2000; // the block's last word: slack
+        let layout512 = PoolLayout {
+            pool_size: 512,
+            ..layout
+        };
+        let mask = pool_mask(&pool, 0x10000, &layout512, &mut types).expect("a pool");
+        let scanned: Vec<usize> = (0..64).filter(|i| mask[*i]).collect();
+        assert_eq!(scanned, (6..6 + 25).collect::<Vec<_>>());
     }
 
     #[test]
