@@ -621,16 +621,6 @@ static int hg_buffered_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *en
     return 1;
 }
 
-/* Append (start, end) to `out` (room for `cap` words) when it fits; *n counts the words all
- * ranges need. */
-static void hg_push_range(uintptr_t *out, size_t cap, size_t *n, uintptr_t start, uintptr_t end) {
-    if (*n + 2 <= cap) {
-        out[*n] = start;
-        out[*n + 1] = end;
-    }
-    *n += 2;
-}
-
 size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     struct _gc_runtime_state *gc = &interp->gc;
@@ -641,22 +631,34 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
         for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
              p = (PyGC_Head *)p->_gc_next) {
             PyObject *op = (PyObject *)(p + 1);
-            uintptr_t start, end;
 #if PY_VERSION_HEX >= 0x030B0000
+            uintptr_t start, end;
             if (hg_frame_stale_slots(op, &start, &end)) {
-                hg_push_range(out, cap, &n, start, end);
+                if (n + 2 <= cap) {
+                    out[n] = start;
+                    out[n + 1] = end;
+                }
+                n += 2;
                 continue;
             }
 #endif
-            if (hg_buffered_stale_slots(op, &start, &end)) {
-                hg_push_range(out, cap, &n, start, end);
+            uintptr_t buffer_start, buffer_end;
+            if (hg_buffered_stale_slots(op, &buffer_start, &buffer_end)) {
+                if (n + 2 <= cap) {
+                    out[n] = buffer_start;
+                    out[n + 1] = buffer_end;
+                }
+                n += 2;
                 continue;
             }
             if (!PyList_Check(op)) continue;
             PyListObject *list = (PyListObject *)op;
             if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
-            hg_push_range(out, cap, &n, (uintptr_t)(list->ob_item + Py_SIZE(list)),
-                          (uintptr_t)(list->ob_item + list->allocated));
+            if (n + 2 <= cap) {
+                out[n] = (uintptr_t)(list->ob_item + Py_SIZE(list));
+                out[n + 1] = (uintptr_t)(list->ob_item + list->allocated);
+            }
+            n += 2;
         }
     }
     return n;
