@@ -196,6 +196,7 @@ fn readline_term_buffer(holders: Option<&TermBufferHolders>) -> Option<usize> {
         .collect();
     in_ncurses.sort_unstable();
     in_ncurses.dedup();
+    let chunk = (TERM_BUFFER_REQUEST + word).next_multiple_of(2 * word);
     holders
         .readline
         .iter()
@@ -203,25 +204,8 @@ fn readline_term_buffer(holders: Option<&TermBufferHolders>) -> Option<usize> {
         .filter(|p| in_ncurses.binary_search(p).is_ok())
         .find(|p| {
             // glibc's size field before the memory: a chunk of the request's size, not mmapped.
-            let chunk = (TERM_BUFFER_REQUEST + word).next_multiple_of(2 * word);
-            read_word(*p - word).is_some_and(|size| size & !7 == chunk && size & 2 == 0)
+            capture::word_at(*p - word).is_some_and(|size| size & !7 == chunk && size & 2 == 0)
         })
-}
-
-/// One word of this process's memory, or `None` where nothing is mapped.
-fn read_word(address: usize) -> Option<usize> {
-    let mut value = 0usize;
-    let local = libc::iovec {
-        iov_base: &mut value as *mut usize as *mut libc::c_void,
-        iov_len: std::mem::size_of::<usize>(),
-    };
-    let remote = libc::iovec {
-        iov_base: address as *mut libc::c_void,
-        iov_len: std::mem::size_of::<usize>(),
-    };
-    // SAFETY: the kernel copies one word into `value` or fails (it checks the remote range).
-    let copied = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    (copied == std::mem::size_of::<usize>() as isize).then_some(value)
 }
 
 /// Where readline's terminal capability strings are: `_rl_init_terminal_io` copies them, with

@@ -28,7 +28,9 @@ pub use crate::model::{
 };
 pub use guard::Guard;
 pub(crate) use leaks::NativeOrigins;
-pub use leaks::{gc_candidates, scan_leaks, take_leak_explanations, ObjectLayout, PoolLayout};
+pub use leaks::{
+    gc_candidates, scan_leaks, take_leak_explanations, word_at, ObjectLayout, PoolLayout,
+};
 pub use objects::writable_segments_of;
 pub use python::{
     set_python_stack_source, PyFrameRef, PythonStack, PythonStackSource, MAX_PYTHON_FRAMES,

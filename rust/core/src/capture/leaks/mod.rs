@@ -943,8 +943,8 @@ pub fn take_leak_explanations() -> Vec<String> {
     lines
 }
 
-/// The word at `addr`, if it is readable (see [`read_words`]).
-fn word_at(addr: usize) -> Option<usize> {
+/// The word at `addr` of this process, if it is readable (see [`read_words`]).
+pub fn word_at(addr: usize) -> Option<usize> {
     let mut w = [0usize];
     (read_words(addr, &mut w) == 1).then_some(w[0])
 }
