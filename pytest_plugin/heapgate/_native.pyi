@@ -8,6 +8,7 @@ __all__ = [
     "start",
     "stop",
     "checkpoint",
+    "_keep_word_in_own_memory",
     "is_active",
     "install",
     "hooks_installed",
@@ -332,6 +333,10 @@ def scan_leaks() -> LeakKinds:
 def leak_explanations() -> list[str]:
     """With HEAPGATE_EXPLAIN_LEAKS=1, where the last scan_leaks() found each reference to one of
     the test's blocks (and empties the list); empty without the variable."""
+
+def _keep_word_in_own_memory(word: int) -> None:
+    """For tests of the leak scan: keep `word` in a block of heapgate's own (untracked) heap
+    memory until the process ends; the scan must not read it as a reference."""
 
 def collect_test_garbage() -> bool:
     """Collect the tracked test's garbage before scan_leaks(): its own GC objects alone where the

@@ -273,6 +273,89 @@ static PyObject *leak_into_readline_term_buffer(PyObject *self, PyObject *args) 
     Py_RETURN_TRUE;
 }
 
+/* GNU readline's key maps bound under its standard ones (the prefixes of key sequences, such
+ * as the arrow keys' ESC [) are malloc'd: 257 entries of 16 bytes in a chunk 8 bytes bigger.
+ * malloc(n), its address written into those 8 bytes of the first such map found. */
+static PyObject *leak_into_readline_keymap_slack(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
+    void *module = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (module == NULL) Py_RETURN_FALSE;
+    const char *names[] = {"emacs_standard_keymap", "emacs_meta_keymap", "emacs_ctlx_keymap"};
+    char *found = NULL;
+    for (int m = 0; m < 3 && found == NULL; m++) {
+        char *map = dlsym(module, names[m]);
+        for (int i = 0; map != NULL && i < 257 && found == NULL; i++) {
+            char *sub = *(char **)(map + i * 16 + 8);
+            Dl_info info;
+            /* ISKMAP, and not in a loaded object's data: on the heap */
+            if (map[i * 16] == 1 && sub != NULL && !dladdr(sub, &info) &&
+                malloc_usable_size(sub) >= 257 * 16 + sizeof(void *))
+                found = sub;
+        }
+    }
+    dlclose(module);
+    if (found == NULL) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x88, n);
+    memcpy(found + 257 * 16, &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* The word at `addr` of this process, read without faulting; 0 when unreadable. */
+static size_t word_or_zero(const void *addr) {
+    size_t w = 0;
+    struct iovec local = {&w, sizeof w}, remote = {(void *)addr, sizeof w};
+    return process_vm_readv(getpid(), &local, 1, &remote, 1, 0) == sizeof w ? w : 0;
+}
+
+/* ncurses' tparm keeps the format it analyses in a malloc'd buffer beside its size in bytes,
+ * in the terminal (cur_term); malloc(n), its address written into the buffer past the size. */
+static PyObject *leak_into_ncurses_tparm_buffer(PyObject *self, PyObject *args) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
+    void *module = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (module == NULL) Py_RETURN_FALSE;
+    void **cur_term = dlsym(module, "cur_term");
+    dlclose(module);
+    if (cur_term == NULL || *cur_term == NULL) Py_RETURN_FALSE;
+    size_t *words = *cur_term;
+    size_t count = malloc_usable_size(words) / sizeof(size_t);
+    char *found = NULL;
+    size_t bytes = 0;
+    for (size_t i = 0; i + 1 < count && found == NULL; i++) {
+        char *buffer = (char *)words[i];
+        size_t size = words[i + 1];
+        if ((uintptr_t)buffer < 0x10000 || (uintptr_t)buffer % 16 != 0 || size == 0 || size > 4096)
+            continue;
+        Dl_info info;
+        if (dladdr(buffer, &info)) continue;
+        /* glibc's size field before it: the chunk of a request of `size` bytes (not mmapped),
+         * with a word to spare past them */
+        size_t field = word_or_zero(buffer - sizeof(size_t));
+        size_t chunk = (size + sizeof(size_t) + 15) & ~(size_t)15;
+        if (chunk < 32) chunk = 32;
+        if ((field & ~(size_t)7) != chunk || (field & 2)) continue;
+        size_t usable = chunk - sizeof(size_t);
+        if (usable - size >= sizeof(void *) && strnlen(buffer, size) < size) {
+            found = buffer;
+            bytes = size;
+        }
+    }
+    if (found == NULL) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x99, n);
+    size_t at = (bytes + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
+    if (at + sizeof(void *) > malloc_usable_size(found)) Py_RETURN_FALSE;
+    memcpy(found + at, &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -292,6 +375,10 @@ static PyMethodDef methods[] = {
     {"leak_address", leak_address, METH_VARARGS, "malloc(n), forgotten; its address"},
     {"leak_into_readline_term_buffer", leak_into_readline_term_buffer, METH_VARARGS,
      "malloc(n), its address in readline's termcap buffer"},
+    {"leak_into_readline_keymap_slack", leak_into_readline_keymap_slack, METH_VARARGS,
+     "malloc(n), its address past a malloc'd readline key map"},
+    {"leak_into_ncurses_tparm_buffer", leak_into_ncurses_tparm_buffer, METH_VARARGS,
+     "malloc(n), its address past the text in ncurses' tparm format buffer"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -162,6 +162,8 @@ struct Readline {
     history: Option<(usize, usize)>,
     /// Where the two pointers to readline's termcap buffer live (see [`readline_term_buffer`]).
     term_buffer_holders: Option<TermBufferHolders>,
+    /// ncurses' `TERMINAL *cur_term` (its address; 0: not found), see [`ncurses_byte_buffers`].
+    cur_term: usize,
 }
 
 /// ncurses' `_nc_globals` and GNU readline's writable segments (data and bss), as (start, end).
@@ -202,10 +204,56 @@ fn readline_term_buffer(holders: Option<&TermBufferHolders>) -> Option<usize> {
         .iter()
         .flat_map(|segment| words_of(*segment).iter().copied())
         .filter(|p| in_ncurses.binary_search(p).is_ok())
-        .find(|p| {
-            // glibc's size field before the memory: a chunk of the request's size, not mmapped.
-            capture::word_at(*p - word).is_some_and(|size| size & !7 == chunk && size & 2 == 0)
-        })
+        .find(|p| heap_chunk_size(*p) == Some(chunk))
+}
+
+/// ncurses' byte buffers: `tparm` keeps the format it analyses and the string it builds in
+/// buffers it mallocs and grows (`fmt_buff`, `out_buff`), each beside its size in bytes, in
+/// the terminal (`cur_term`, ncurses 6.3 and later) or in `_nc_globals` (before). They hold
+/// characters only and are written only as far as the text goes: the rest keeps what the
+/// memory held before (a freed dict of the compiler's there hid a leaked list when readline
+/// set up the terminal). Found as a pointer followed by a size whose glibc chunk is that of a
+/// request of that size; returns their addresses.
+fn ncurses_byte_buffers(readline: &Readline) -> Vec<usize> {
+    let word = std::mem::size_of::<usize>();
+    let mut places = Vec::new();
+    if let Some(holders) = &readline.term_buffer_holders {
+        places.push(holders.nc_globals);
+    }
+    if readline.cur_term != 0 {
+        // SAFETY: ncurses' exported `TERMINAL *cur_term`, read under the GIL, the only caller
+        // of readline (and so of ncurses).
+        let terminal = unsafe { *(readline.cur_term as *const usize) };
+        if let Some(size) = heap_chunk_size(terminal) {
+            places.push((terminal, terminal + size - word));
+        }
+    }
+    let mut out = Vec::new();
+    for (start, end) in places {
+        // SAFETY: `_nc_globals`'s own bytes, or the memory of the chunk `cur_term` points to
+        // (up to its size field's end), read under the GIL as above.
+        let words =
+            unsafe { std::slice::from_raw_parts(start as *const usize, (end - start) / word) };
+        for pair in words.windows(2) {
+            let (buffer, bytes) = (pair[0], pair[1]);
+            if buffer == 0 || buffer % (2 * word) != 0 || bytes == 0 || bytes > 1 << 20 {
+                continue;
+            }
+            let chunk = (bytes + word).next_multiple_of(2 * word).max(4 * word);
+            if heap_chunk_size(buffer) == Some(chunk) {
+                out.push(buffer);
+            }
+        }
+    }
+    out
+}
+
+/// The size of the glibc chunk whose memory starts at `memory`, unless it is mmapped (or its
+/// size field cannot be read).
+fn heap_chunk_size(memory: usize) -> Option<usize> {
+    let word = std::mem::size_of::<usize>();
+    let size = capture::word_at(memory.checked_sub(word)?)?;
+    (size & 2 == 0 && size & !7 >= 4 * word).then_some(size & !7)
 }
 
 /// Where readline's terminal capability strings are: `_rl_init_terminal_io` copies them, with
@@ -265,17 +313,31 @@ fn readline_history_spare(history: Option<(usize, usize)>) -> Vec<usize> {
 /// before, seen to name the address of a leaked object. Returns the (start, end) word pairs of
 /// every entry's first word (type and padding: no reference), for the standard maps `maps` and
 /// every map bound under them.
+///
+/// A map bound under another (`rl_make_bare_keymap`, for the prefixes of key sequences such
+/// as the arrow keys' `ESC [`) is malloc'd: 4112 bytes, whose chunk has 8 bytes more that
+/// nothing writes either (a stale address of the compiler's there hid a leaked list). Those
+/// 8 bytes are returned too.
 fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
     const KEYMAP_SIZE: usize = 257; // readline 6.0 and later (ANYOTHERKEY is the last entry)
     const ISKMAP: u8 = 1;
     const ENTRY: usize = 16;
+    let word = std::mem::size_of::<usize>();
+    let statics = maps.clone();
     let mut seen = Vec::new();
     let mut out = Vec::new();
     while let Some(map) = maps.pop() {
-        if seen.contains(&map) || seen.len() >= 4096 || map % std::mem::size_of::<usize>() != 0 {
+        if seen.contains(&map) || seen.len() >= 4096 || map % word != 0 {
             continue;
         }
         seen.push(map);
+        if !statics.contains(&map) {
+            // The chunk's last word (the next chunk's first) is this chunk's while in use.
+            let chunk = (KEYMAP_SIZE * ENTRY + word).next_multiple_of(2 * word);
+            if heap_chunk_size(map) == Some(chunk) {
+                out.extend([map + KEYMAP_SIZE * ENTRY, map + chunk - word]);
+            }
+        }
         for i in 0..KEYMAP_SIZE {
             let entry = map + i * ENTRY;
             // SAFETY: a key map of readline's (a static map or one it bound under one), of
@@ -358,6 +420,7 @@ fn lookup_symbols(path: &str) -> Readline {
             history: Some((symbol(c"history_list"), symbol(c"history_length")))
                 .filter(|(list, length)| *list != 0 && *length != 0),
             term_buffer_holders: term_buffer_holders(symbol(c"_nc_globals"), version),
+            cur_term: symbol(c"cur_term"),
         }
     } else {
         Readline::default()
@@ -401,6 +464,7 @@ fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<L
     let readline = readline(py);
     let mut term_strings = term_string_addresses(&readline.term_strings);
     term_strings.extend(readline_term_buffer(readline.term_buffer_holders.as_ref()));
+    term_strings.extend(ncurses_byte_buffers(&readline));
     let kinds = capture::scan_leaks(
         &mut || stale_slots(py, &readline),
         &mut || container_stale_slots(py),

@@ -146,6 +146,16 @@ fn leak_explanations() -> Vec<String> {
     capture::take_leak_explanations()
 }
 
+/// For tests of the leak scan: keep `word` until the process ends in a block of heapgate's
+/// own heap memory, allocated as heapgate allocates (untracked), as heapgate's structures may
+/// hold a copy of a word of the program's. The scan must not read it as a reference.
+#[pyfunction]
+fn _keep_word_in_own_memory(word: usize) {
+    static KEPT: std::sync::Mutex<Vec<usize>> = std::sync::Mutex::new(Vec::new());
+    let _untracked = capture::Guard::enter();
+    KEPT.lock().unwrap_or_else(|e| e.into_inner()).push(word);
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(start, m)?)?;
@@ -156,6 +166,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(hooks_installed, m)?)?;
     m.add_function(wrap_pyfunction!(check_supported, m)?)?;
     m.add_function(wrap_pyfunction!(leak_explanations, m)?)?;
+    m.add_function(wrap_pyfunction!(_keep_word_in_own_memory, m)?)?;
     m.add("TrackingError", m.py().get_type::<TrackingError>())?;
     results::register(m)?;
     records::register(m)?;

@@ -1,6 +1,8 @@
 //! heapgate's own memory must never look like a reference to a block the leak scan
-//! classifies. Three tools: an allocator that zeroes heapgate's heap memory when it is freed
-//! (freed memory is scanned, and stale copies of pointers there would hide leaks), big blocks
+//! classifies. Four tools: an allocator that zeroes heapgate's heap memory when it is freed
+//! (freed memory is scanned, and stale copies of pointers there would hide leaks) and marks
+//! each of its blocks as heapgate's (a block's live bytes can be stale too: a value built on
+//! the stack and moved into a box brings along whatever its padding held), big blocks
 //! mapped on their own and left out of the scan's roots (the live table alone is tens of MiB
 //! of tagged addresses: reading it was 40% of a scan), and scratch memory mapped privately,
 //! outside every region the scan reads.
@@ -96,21 +98,54 @@ pub(crate) fn big_blocks() -> Vec<(usize, usize)> {
     ranges
 }
 
+/// Bytes before each of heapgate's blocks served by `System` (with an alignment up to this):
+/// the first word holds [`own_block_mark`].
+const HEADER: usize = 16;
+
+/// What the first word of the memory at `memory` holds when heapgate's allocator made it
+/// (its address mixed in, so a copy of the word elsewhere is no mark).
+pub(crate) fn own_block_mark(memory: usize) -> usize {
+    const HEAPGATE: usize = 0x6865_6170_6761_7465; // "heapgate"
+    HEAPGATE ^ memory
+}
+
+/// The layout asked of `System` for a block of `layout` with its header, if it has one.
+fn with_header(layout: Layout) -> Option<Layout> {
+    if layout.align() > HEADER {
+        return None;
+    }
+    Layout::from_size_align(layout.size().checked_add(HEADER)?, HEADER).ok()
+}
+
 /// The system allocator, handing out zeroed blocks and zeroing them again before they are
 /// freed (the unused capacity of a live buffer would otherwise keep whatever the memory held
-/// before). Blocks of 1 MiB and more are mapped on their own (see [`big_blocks`]).
+/// before). Each block it gets from the C library starts with a header that marks it as
+/// heapgate's ([`own_block_mark`]): the scan reads no such block in glibc's main heap.
+/// Blocks of 1 MiB and more are mapped on their own (see [`big_blocks`]).
 /// Installed as the global allocator of the `heapgate._native` module.
 pub struct ScrubbingAllocator;
 
-// SAFETY: delegates to `System` or maps page-aligned blocks of its own (fresh mappings are
-// zeroed), only adding zeroing writes to memory it owns.
+// SAFETY: delegates to `System` (with a header before the block when the alignment allows)
+// or maps page-aligned blocks of its own (fresh mappings are zeroed), only adding zeroing
+// writes and the header's mark to memory it owns.
 unsafe impl GlobalAlloc for ScrubbingAllocator {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if let Some(ptr) = map_big(layout) {
             return ptr;
         }
-        // SAFETY: same contract as System::alloc_zeroed.
-        unsafe { System.alloc_zeroed(layout) }
+        let Some(full) = with_header(layout) else {
+            // SAFETY: same contract as System::alloc_zeroed.
+            return unsafe { System.alloc_zeroed(layout) };
+        };
+        // SAFETY: same contract as System::alloc_zeroed; the header lies inside the block.
+        unsafe {
+            let base = System.alloc_zeroed(full);
+            if base.is_null() {
+                return base;
+            }
+            (base as *mut usize).write(own_block_mark(base as usize));
+            base.add(HEADER)
+        }
     }
 
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
@@ -122,10 +157,15 @@ unsafe impl GlobalAlloc for ScrubbingAllocator {
         if layout.size() >= BIG_BLOCK && unmap_big(ptr) {
             return;
         }
-        // SAFETY: `ptr` owns `layout.size()` bytes until it is handed back below.
+        let (base, full) = match with_header(layout) {
+            // SAFETY: alloc put the block HEADER bytes into the one it got for `full`.
+            Some(full) => (unsafe { ptr.sub(HEADER) }, full),
+            None => (ptr, layout),
+        };
+        // SAFETY: `base` owns `full.size()` bytes until it is handed back below.
         unsafe {
-            std::ptr::write_bytes(ptr, 0, layout.size());
-            System.dealloc(ptr, layout);
+            std::ptr::write_bytes(base, 0, full.size());
+            System.dealloc(base, full);
         }
     }
 
@@ -227,13 +267,21 @@ mod tests {
                 Layout::from_size_align(4 << 20, 8).expect("a layout"),
             );
             assert!(!big_blocks().iter().any(|r| r.0 == grown as usize));
-            // Small blocks stay with the C library.
+            // Small blocks stay with the C library, marked as heapgate's.
             let small = Layout::from_size_align(64, 8).expect("a layout");
             let p = ScrubbingAllocator.alloc(small);
             assert!(!big_blocks()
                 .iter()
                 .any(|r| r.0 <= p as usize && (p as usize) < r.1));
+            let base = p as usize - HEADER;
+            assert_eq!(*(base as *const usize), own_block_mark(base));
+            assert!(std::slice::from_raw_parts(p, 64).iter().all(|b| *b == 0));
             ScrubbingAllocator.dealloc(p, small);
+            // Over-aligned blocks have no header.
+            let aligned = Layout::from_size_align(64, 64).expect("a layout");
+            let q = ScrubbingAllocator.alloc(aligned);
+            assert_eq!(q as usize % 64, 0);
+            ScrubbingAllocator.dealloc(q, aligned);
         }
     }
 }

@@ -388,6 +388,11 @@ fn heap_dead_ranges(
         let memory = chunk + 2 * word;
         // Up to the next chunk's size field: its first word is this chunk's memory.
         let memory_end = chunk + size + word;
+        // heapgate's own block: nothing in it is the program's.
+        if objects.word_at(memory) == Some(scrub::own_block_mark(memory)) {
+            slack.push((memory, memory_end));
+            return;
+        }
         let i = text.partition_point(|a| *a < memory);
         if text.get(i).is_some_and(|a| *a < memory_end) {
             slack.push((memory, memory_end));
@@ -904,12 +909,40 @@ fn heap_chunk_of(heap: Region, addr: usize) -> String {
     // The chunk's first words say what it holds (a Python object: a reference count and a type).
     let mut first = [0usize; 4];
     let n = read_words(chunk + 2 * word, &mut first);
+    let first_word = first[0];
     let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
     format!(
-        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x}, starts [{}])",
+        " (chunk {chunk:#x}, {:#x} bytes, in use: {in_use:?}, at +{:#x}, starts [{}]{})",
         size & !7,
         addr - chunk,
-        first.join(" ")
+        first.join(" "),
+        symbol_of(first_word)
+    )
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the loaded object and symbol `addr` lies in, if any (a
+/// chunk's first word naming a static, such as a type object, says who made it).
+fn symbol_of(addr: usize) -> String {
+    // SAFETY: dladdr only reads the loader's tables; `info` is written by it.
+    let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; a null name pointer is checked before it is read.
+    if unsafe { libc::dladdr(addr as *const libc::c_void, &mut info) } == 0 {
+        return String::new();
+    }
+    let name = |p: *const libc::c_char| {
+        if p.is_null() {
+            String::from("?")
+        } else {
+            // SAFETY: dladdr's names are NUL-terminated strings owned by the loader.
+            unsafe { std::ffi::CStr::from_ptr(p) }
+                .to_string_lossy()
+                .into_owned()
+        }
+    };
+    format!(
+        " (first word in {} at {})",
+        name(info.dli_fname),
+        name(info.dli_sname)
     )
 }
 
