@@ -164,6 +164,21 @@ static PyObject *leak_into_slack(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* malloc'd and forgotten, its address left in the word after `obj` (a GC-tracked object in a
+ * pymalloc block: GC head plus object take `used` bytes, as sys.getsizeof says) when that
+ * word is still in the object's 16-byte aligned block. False when it is not. */
+static PyObject *leak_past_object(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t used, n;
+    if (!PyArg_ParseTuple(args, "Onn", &obj, &used, &n)) return NULL;
+    if (!PyObject_IS_GC(obj)) return PyErr_Format(PyExc_TypeError, "a GC-tracked object");
+    if (used % 16 != 8) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x5a, n);
+    memcpy((char *)obj - 2 * sizeof(void *) + used, &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
 /* A dict (untracked by the collector: it holds no container) whose reference is leaked, its
  * GC head's address kept in a static, as a stale link of the collector's lists would be. */
 static void *stale_gc_link = NULL;
@@ -368,6 +383,8 @@ static PyMethodDef methods[] = {
     {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
     {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
     {"leak_into_slack", leak_into_slack, METH_VARARGS, "malloc(n), its address in obj's slack"},
+    {"leak_past_object", leak_past_object, METH_VARARGS,
+     "malloc(n), its address in the word after a GC object of `used` bytes"},
     {"leak_dict_behind_a_gc_link", leak_dict_behind_a_gc_link, METH_NOARGS,
      "a dict leaked, its GC head's address kept"},
     {"leak_into_readline_history", leak_into_readline_history, METH_VARARGS,

@@ -165,6 +165,23 @@ PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) 
     return PyCFunction_NewEx(&scan_leaks_def, module, NULL);
 }
 
+#if PY_VERSION_HEX >= 0x030B0000 && !(PY_VERSION_HEX >= 0x030D0000 && defined(Py_GIL_DISABLED))
+/* Each thread's Python data stack above its top: slots of frames that have returned.
+ * Appends (start, end) pairs to `out` from word `n` while they fit in `cap`; returns the new
+ * count. */
+static size_t hg_data_stacks_stale_slots(PyInterpreterState *interp, uintptr_t *out, size_t n,
+                                         size_t cap) {
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
+         t = PyThreadState_Next(t)) {
+        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
+            out[n++] = (uintptr_t)t->datastack_top;
+            out[n++] = (uintptr_t)t->datastack_limit;
+        }
+    }
+    return n;
+}
+#endif
+
 /* Empty CPython's free lists of lists, dicts (and their keys), tuples and floats, as a full
  * collection does, for the leak scan: an object handed out from a free list was allocated
  * before the test, so a leaked one would be no candidate and would root whatever it points to.
@@ -240,8 +257,8 @@ int hg_py_clear_free_lists(void) {
 
 /* Interpreter memory that holds no references: the unused slots of the free-list arrays
  * (from the count up; CPython leaves the address of every object it took back out there)
- * and the data stacks' slots above their tops. Writes (start, end) pairs
- * into `out` (at most `cap` words), returns the number of words written. */
+ * and the data stacks' slots above their tops (see hg_data_stacks_stale_slots). Writes
+ * (start, end) pairs into `out` (at most `cap` words), returns the number of words written. */
 size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     size_t n = 0;
@@ -259,15 +276,7 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
              PyDict_MAXFREELIST)
 #endif
 #undef HG_STALE
-    /* Each thread's Python data stack above its top: slots of frames that have returned. */
-    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
-         t = PyThreadState_Next(t)) {
-        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
-            out[n++] = (uintptr_t)t->datastack_top;
-            out[n++] = (uintptr_t)t->datastack_limit;
-        }
-    }
-    return n;
+    return hg_data_stacks_stale_slots(interp, out, n, cap);
 }
 #elif PY_VERSION_HEX >= 0x030D0000 && !defined(Py_GIL_DISABLED)
 /* 3.13 keeps the same free lists in one struct per interpreter (per thread only in the
@@ -354,14 +363,7 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     HG_STALE(fl->dictkeys.items, fl->dictkeys.numfree, PyDict_MAXFREELIST)
 #endif
 #undef HG_STALE
-    for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
-         t = PyThreadState_Next(t)) {
-        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
-            out[n++] = (uintptr_t)t->datastack_top;
-            out[n++] = (uintptr_t)t->datastack_limit;
-        }
-    }
-    return n;
+    return hg_data_stacks_stale_slots(interp, out, n, cap);
 }
 #else
 Py_ssize_t hg_py_collect_among(const uintptr_t *heads, size_t n);
@@ -458,8 +460,9 @@ int hg_py_empty_free_lists_on_call(PyObject *function, int on) {
  *   cyclic GC visits exactly the slots below the top (`_PyFrame_Traverse`), so the rest are
  *   dead. A running frame's saved top is stale (CPython updates it only when the frame
  *   suspends or calls a Python function inline), so running frames and the threads' data
- *   stacks are left alone. pluggy's hook wrappers are generators: their dead slots keep
- *   addresses that the test's objects may reuse.
+ *   stacks are left alone; the rest of a generator's block after its last slot is dead in
+ *   any state. pluggy's hook wrappers are generators: their dead slots keep addresses that
+ *   the test's objects may reuse.
  * Writes (start, end) pairs into `out` while they fit in `cap` words; returns the number of
  * words all pairs need (call again with a larger buffer when that is more than `cap`). */
 #include "internal/pycore_interp.h"
@@ -515,9 +518,22 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
 #else
         int suspended = state == FRAME_CREATED || state == FRAME_SUSPENDED;
 #endif
-        if (!suspended && state != FRAME_CLEARED) return 0;
-        return hg_frame_slots_above(op, (_PyInterpreterFrame *)gen->gi_iframe,
-                                    state == FRAME_CLEARED, start, end);
+        _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
+        Py_ssize_t slots = hg_frame_slot_count(frame);
+        if (slots <= 0 || (char *)frame->localsplus != (char *)op + Py_TYPE(op)->tp_basicsize)
+            return 0;
+        /* A running frame's top is not known (above); past the last slot, the rest of the
+         * 16-byte aligned block is not the object's in any state (seen holding a stale
+         * address in a pluggy hook wrapper's generator). */
+        Py_ssize_t top = slots;
+        if (state == FRAME_CLEARED) {
+            top = 0;
+        } else if (suspended && frame->stacktop >= 0 && frame->stacktop <= slots) {
+            top = frame->stacktop;
+        }
+        *start = (uintptr_t)(frame->localsplus + top);
+        *end = ((uintptr_t)(frame->localsplus + slots) + 15) & ~(uintptr_t)15;
+        return *start < *end;
     }
     if (PyFrame_Check(op)) {
         PyFrameObject *f = (PyFrameObject *)op;
