@@ -457,118 +457,55 @@ def assert_one_block_definitely_lost(result: pytest.RunResult, test: str) -> Non
     assert kinds(result, test) == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}
 
 
-HISTORY = """
-import readline
+# Memory GNU readline (and its ncurses) allocates as CPython's readline module is imported
+# (pytest's capture plugin imports it in every session) and never writes in part: it keeps what
+# the memory held before. Each place held entries of a dict the compiler had freed, which hid
+# leaked objects in benches/leak_precision.py's `same` workload; a C helper leaves a leaked
+# block's address there. Place: (helper, TERM must name a terminal, why the place may be absent
+# or None when it must be there).
+READLINE_PLACES = {
+    # The history array (502 slots): one entry is added and cleared at import; the slots past
+    # the NULL after the last entry are never written (five leaked lists, with the logging
+    # plugin, in every process).
+    "history": ("leak_into_readline_history", False, None),
+    # The 4080 bytes readline mallocs for tgetent, which ncurses' emulation ignores (up to 50
+    # leaked lists when TERM named a terminal).
+    "termcap buffer": ("leak_into_readline_term_buffer", True, "TERM names no terminfo entry"),
+    # The 8 bytes after each key map readline mallocs for a key sequence's prefix (the arrow
+    # keys' ESC [): 4112 bytes in a chunk of 4120 (a leaked list).
+    "key map": ("leak_into_readline_keymap_slack", False, None),
+    # ncurses' tparm format buffer, written only as far as the text goes (a leaked list).
+    "tparm buffer": ("leak_into_ncurses_tparm_buffer", True, "no tparm buffer in the terminal"),
+}
 
-import hgleak
-
-
-def test_history():
-    assert hgleak.leak_into_readline_history(readline.__file__, 4096)
-"""
-
-
-@exact_scan
-def test_readline_history_slots_past_its_end_are_no_references(run, pytester: pytest.Pytester) -> None:
-    # CPython's readline module makes GNU readline allocate its history array (502 slots) as it
-    # is imported and writes one entry; the slots past the NULL after the last entry are never
-    # written and keep what the memory held before: a freed dict's entries there hid five
-    # leaked lists in every process of benches/leak_precision.py's `same` workload with the
-    # logging plugin.
-    readline = pytest.importorskip("readline")
-    if "libedit" in (readline.__doc__ or ""):
-        pytest.skip("the history of GNU readline")
-    pytester.makepyfile(test_history=HISTORY)
-    result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_history")
-
-
-TERM_BUFFER = """
+READLINE_TEST = """
 import pytest
 import readline
 
 import hgleak
 
 
-def test_term_buffer():
-    if not hgleak.leak_into_readline_term_buffer(readline.__file__, 4096):
-        pytest.skip("readline kept no termcap buffer (TERM names no terminfo entry)")
+def test_place():
+    placed = hgleak.{helper}(readline.__file__, 4096)
+    {check}
 """
 
 
 @exact_scan
-def test_readline_termcap_buffer_is_no_reference(run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    # GNU readline mallocs 4080 bytes for tgetent as CPython's readline module is imported
-    # (pytest's capture plugin imports it in every session), and ncurses' tgetent ignores
-    # them: never written, they keep what the memory held before. A freed dict of the
-    # compiler's there hid up to 50 leaked lists in most processes of
-    # benches/leak_precision.py's `same` workload when TERM named a terminal.
+@pytest.mark.parametrize("place", list(READLINE_PLACES))
+def test_readlines_unwritten_memory_is_no_reference(place: str, run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
+    helper, needs_terminal, absent = READLINE_PLACES[place]
     readline = pytest.importorskip("readline")
     if "libedit" in (readline.__doc__ or ""):
-        pytest.skip("the termcap buffer of GNU readline")
-    monkeypatch.setenv("TERM", "xterm")
-    pytester.makepyfile(test_term_buffer=TERM_BUFFER)
+        pytest.skip("GNU readline's memory")
+    if needs_terminal:
+        monkeypatch.setenv("TERM", "xterm")
+    check = "assert placed" if absent is None else f"if not placed: pytest.skip({absent!r})"
+    pytester.makepyfile(test_place=READLINE_TEST.format(helper=helper, check=check))
     result = run("--native-leaks", *EXACT)
     if result.parseoutcomes().get("skipped"):
-        pytest.skip("no terminfo entry for xterm here")
-    assert_one_block_definitely_lost(result, "test_term_buffer")
-
-
-KEYMAP_SLACK = """
-import pytest
-import readline
-
-import hgleak
-
-
-def test_keymap():
-    if not hgleak.leak_into_readline_keymap_slack(readline.__file__, 4096):
-        pytest.skip("readline bound no key map under its standard ones")
-"""
-
-
-@exact_scan
-def test_the_slack_after_a_malloced_readline_keymap_is_no_reference(run, pytester: pytest.Pytester) -> None:
-    # The key maps GNU readline binds for the prefixes of key sequences (the arrow keys' ESC [,
-    # as CPython's readline module is imported) are malloc'd: 4112 bytes in a chunk with 8 more
-    # that nothing writes. A stale address of the compiler's there hid a leaked list in
-    # benches/leak_precision.py's `same` workload.
-    readline = pytest.importorskip("readline")
-    if "libedit" in (readline.__doc__ or ""):
-        pytest.skip("the key maps of GNU readline")
-    pytester.makepyfile(test_keymap=KEYMAP_SLACK)
-    result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_keymap")
-
-
-TPARM_BUFFER = """
-import pytest
-import readline
-
-import hgleak
-
-
-def test_tparm():
-    if not hgleak.leak_into_ncurses_tparm_buffer(readline.__file__, 4096):
-        pytest.skip("ncurses keeps no tparm format buffer in its terminal")
-"""
-
-
-@exact_scan
-def test_ncurses_tparm_buffers_are_no_references(run, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> None:
-    # As readline sets up the terminal, ncurses' tparm mallocs a buffer for the format string
-    # it analyses and writes it only as far as the text goes: a stale address of the
-    # compiler's past the text hid a leaked list in benches/leak_precision.py's `same`
-    # workload.
-    readline = pytest.importorskip("readline")
-    if "libedit" in (readline.__doc__ or ""):
-        pytest.skip("GNU readline on ncurses")
-    monkeypatch.setenv("TERM", "xterm")
-    pytester.makepyfile(test_tparm=TPARM_BUFFER)
-    result = run("--native-leaks", *EXACT)
-    if result.parseoutcomes().get("skipped"):
-        pytest.skip("no tparm buffer in this ncurses' terminal")
-    assert_one_block_definitely_lost(result, "test_tparm")
+        pytest.skip(f"{absent} here")
+    assert_one_block_definitely_lost(result, "test_place")
 
 
 GENERATOR_SLACK = """
