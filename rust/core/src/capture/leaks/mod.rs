@@ -862,12 +862,35 @@ fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
     let block = pool + layout.overhead + offset / size * size;
     let mut first = [0usize; 4];
     let n = read_words(block, &mut first);
+    // A Python object's type: the second word, or the fourth after a GC head.
+    let types: Vec<String> = [first[1], first[3]]
+        .iter()
+        .filter_map(|ty| type_name(*ty))
+        .collect();
     let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
     format!(
-        " (pool block {block:#x}, {size} bytes, at +{:#x}, starts [{}])",
+        " (pool block {block:#x}, {size} bytes, at +{:#x}, starts [{}]{})",
         addr - block,
-        first.join(" ")
+        first.join(" "),
+        if types.is_empty() {
+            String::new()
+        } else {
+            format!(" (type {})", types.join(" or "))
+        }
     )
+}
+
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the name of the type object at `ty`, if it looks like one (its
+/// `tp_name`, the word after the variable-size header, names printable text).
+fn type_name(ty: usize) -> Option<String> {
+    let word = std::mem::size_of::<usize>();
+    let name_at = word_at(ty.checked_add(3 * word)?)?;
+    let mut words = [0usize; 8];
+    let n = read_words(name_at, &mut words);
+    let bytes: Vec<u8> = words[..n].iter().flat_map(|w| w.to_ne_bytes()).collect();
+    let name: Vec<u8> = bytes.into_iter().take_while(|b| *b != 0).collect();
+    let printable = name.iter().all(|b| b.is_ascii_graphic());
+    (!name.is_empty() && printable).then(|| String::from_utf8_lossy(&name).into_owned())
 }
 
 /// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr`, and
