@@ -224,7 +224,8 @@ fn ncurses_byte_buffers(readline: &Readline) -> Vec<usize> {
         // SAFETY: ncurses' exported `TERMINAL *cur_term`, read under the GIL, the only caller
         // of readline (and so of ncurses).
         let terminal = unsafe { *(readline.cur_term as *const usize) };
-        if let Some(size) = heap_chunk_size(terminal) {
+        // (A TERMINAL is under 1 KiB; a bigger size is no chunk of one.)
+        if let Some(size) = heap_chunk_size(terminal).filter(|s| *s <= 1 << 16) {
             places.push((terminal, terminal + size - word));
         }
     }
