@@ -862,6 +862,25 @@ fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
     let block = pool + layout.overhead + offset / size * size;
     let mut first = [0usize; 4];
     let n = read_words(block, &mut first);
+    // Where the scan takes the object to end (the rest of the block is not read).
+    let mut whole = vec![0usize; size / std::mem::size_of::<usize>()];
+    let sized = (read_words(block, &mut whole) == whole.len())
+        .then(|| {
+            let objects = layout.objects?;
+            let mut types = |ty: usize| {
+                let mut words = [0usize; 64];
+                let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
+                let words = words.get_mut(..len)?;
+                (read_words(ty, words) == len)
+                    .then(|| objects.sized_type(words))
+                    .flatten()
+            };
+            objects
+                .object_end(&whole, size, &mut types)
+                .or_else(|| objects.keys_end(&whole, size))
+        })
+        .flatten()
+        .map_or(String::new(), |end| format!(", object ends at +{end:#x}"));
     // A Python object's type: the second word, or the fourth after a GC head.
     let types: Vec<String> = [first[1], first[3]]
         .iter()
@@ -869,7 +888,7 @@ fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
         .collect();
     let first: Vec<String> = first[..n].iter().map(|w| format!("{w:#x}")).collect();
     format!(
-        " (pool block {block:#x}, {size} bytes, at +{:#x}, starts [{}]{})",
+        " (pool block {block:#x}, {size} bytes{sized}, at +{:#x}, starts [{}]{})",
         addr - block,
         first.join(" "),
         if types.is_empty() {
