@@ -417,6 +417,29 @@ def test_the_slack_after_a_big_python_object_is_no_reference(run, pytester: pyte
         assert found == {"definitely lost": 64, "indirectly lost": 0, "possibly lost": 0}, found
 
 
+STR_STATE = """
+import hgleak
+
+# Too big for pymalloc: a chunk of the C library's heap.
+TEXT = "".join(chr(97 + i % 26) for i in range(1000))
+
+
+def test_str_state():
+    assert hgleak.leak_into_str_state(TEXT, 4096)
+"""
+
+
+@exact_scan
+def test_a_big_strs_state_word_is_no_reference(run, pytester: pytest.Pytester) -> None:
+    # A str's 32-bit state is followed by bits and padding CPython never writes: in a str too
+    # big for pymalloc (a docstring's chunk), they completed the upper bytes of an old pointer
+    # into a leaked block, which read as possibly lost. As in pymalloc blocks, the state word
+    # holds no reference.
+    pytester.makepyfile(test_str_state=STR_STATE)
+    result = run("--native-leaks", *EXACT)
+    assert_one_block_definitely_lost(result, "test_str_state")
+
+
 GC_LINK = """
 import hgleak
 

@@ -179,6 +179,22 @@ static PyObject *leak_past_object(PyObject *self, PyObject *args) {
     Py_RETURN_TRUE;
 }
 
+/* malloc(n), forgotten; a point 256 bytes into it left in the unused bits of str `s`'s state
+ * word (its 32-bit state's unnamed bits and the padding after it, which CPython never writes
+ * or reads), under the state's first byte. False unless `s` is a compact str. */
+static PyObject *leak_into_str_state(PyObject *self, PyObject *args) {
+    PyObject *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "Un", &s, &n)) return NULL;
+    if (!PyUnicode_IS_COMPACT(s) || n < 512) Py_RETURN_FALSE;
+    char *p = malloc(n);
+    memset(p, 0x6a, n);
+    uintptr_t *state = (uintptr_t *)((char *)s + offsetof(PyASCIIObject, state));
+    uintptr_t inside = (uintptr_t)(p + 256);
+    *state = (inside & ~(uintptr_t)0xff) | (*state & 0xff);
+    Py_RETURN_TRUE;
+}
+
 /* A dict (untracked by the collector: it holds no container) whose reference is leaked, its
  * GC head's address kept in a static, as a stale link of the collector's lists would be. */
 static void *stale_gc_link = NULL;
@@ -383,6 +399,8 @@ static PyMethodDef methods[] = {
     {"leak_objects", leak_objects, METH_VARARGS, "n such objects, references leaked"},
     {"leak_reference", leak_reference, METH_O, "Py_INCREF(obj), never released"},
     {"leak_into_slack", leak_into_slack, METH_VARARGS, "malloc(n), its address in obj's slack"},
+    {"leak_into_str_state", leak_into_str_state, METH_VARARGS,
+     "malloc(n), a point inside it in the unused bits of a str's state word"},
     {"leak_past_object", leak_past_object, METH_VARARGS,
      "malloc(n), its address in the word after a GC object of `used` bytes"},
     {"leak_dict_behind_a_gc_link", leak_dict_behind_a_gc_link, METH_NOARGS,

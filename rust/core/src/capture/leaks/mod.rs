@@ -413,6 +413,13 @@ fn heap_dead_ranges(
             .count();
         if let Some(from) = chunk_object_slack(&first[..n], size, layout, types) {
             slack.push((memory + from, memory_end));
+            // A str's state word: the bits and padding after its 32-bit state are never
+            // written, as in a pymalloc block (see `pool_mask`; seen here too, in a docstring's
+            // chunk, naming a point inside a leaked block).
+            if let Some(o) = layout.objects.filter(|o| first.get(1) == Some(&o.str_type)) {
+                let at = memory + o.str_state_at / word * word;
+                slack.push((at, at + word));
+            }
         }
     };
     let Some(mut dead) =
