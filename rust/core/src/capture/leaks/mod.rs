@@ -169,14 +169,9 @@ pub fn scan_leaks(
         if i == 0 || ty >= readable[i - 1].1 {
             return None;
         }
-        let sized = *sized_types.entry(ty).or_insert_with(|| {
-            let mut words = [0usize; 64];
-            let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
-            let words = words.get_mut(..len)?;
-            (read_words(ty, words) == len)
-                .then(|| objects.sized_type(words))
-                .flatten()
-        });
+        let sized = *sized_types
+            .entry(ty)
+            .or_insert_with(|| read_sized_type(&objects, ty));
         last_type = Some((ty, sized));
         sized
     };
@@ -874,14 +869,7 @@ fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
     let sized = (read_words(block, &mut whole) == whole.len())
         .then(|| {
             let objects = layout.objects?;
-            let mut types = |ty: usize| {
-                let mut words = [0usize; 64];
-                let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
-                let words = words.get_mut(..len)?;
-                (read_words(ty, words) == len)
-                    .then(|| objects.sized_type(words))
-                    .flatten()
-            };
+            let mut types = |ty: usize| read_sized_type(&objects, ty);
             objects
                 .object_end(&whole, size, &mut types)
                 .or_else(|| objects.keys_end(&whole, size))
@@ -1023,6 +1011,17 @@ pub fn take_leak_explanations() -> Vec<String> {
         lines.push(format!("... {dropped} more references not shown"));
     }
     lines
+}
+
+/// The type object at `ty`, read safely, if the scan can size its instances (see
+/// [`ObjectLayout::sized_type`]).
+fn read_sized_type(objects: &ObjectLayout, ty: usize) -> Option<SizedType> {
+    let mut words = [0usize; 64];
+    let len = objects.type_bytes().div_ceil(std::mem::size_of::<usize>());
+    let words = words.get_mut(..len)?;
+    (read_words(ty, words) == len)
+        .then(|| objects.sized_type(words))
+        .flatten()
 }
 
 /// The word at `addr` of this process, if it is readable (see [`read_words`]).
