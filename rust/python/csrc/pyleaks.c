@@ -497,15 +497,19 @@ static int hg_frame_dead_slots(_PyInterpreterFrame *frame, int cleared, uintptr_
     return 1;
 }
 
-/* As above, for a frame held inside an object (generators, coroutines, frame objects: CPython
- * sizes them for the frame's code, with the slots starting at the type's basic size; their
- * header is not variable-sized, so the count comes from the code). */
+/* Is `frame` held inside `op` as CPython lays out generators, coroutines and frame objects:
+ * sized for the frame's code, with the slots starting at the type's basic size (their header
+ * is not variable-sized, so the count comes from the code)? */
+static int hg_frame_in_object(PyObject *op, _PyInterpreterFrame *frame) {
+    PyTypeObject *type = Py_TYPE(op);
+    return (char *)frame->localsplus == (char *)op + type->tp_basicsize &&
+           type->tp_itemsize == sizeof(PyObject *);
+}
+
+/* As hg_frame_dead_slots, for a frame held inside an object (see hg_frame_in_object). */
 static int hg_frame_slots_above(PyObject *op, _PyInterpreterFrame *frame, int cleared,
                                 uintptr_t *start, uintptr_t *end) {
-    PyTypeObject *type = Py_TYPE(op);
-    if ((char *)frame->localsplus != (char *)op + type->tp_basicsize ||
-        type->tp_itemsize != sizeof(PyObject *))
-        return 0;
+    if (!hg_frame_in_object(op, frame)) return 0;
     return hg_frame_dead_slots(frame, cleared, start, end);
 }
 
@@ -520,8 +524,7 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
 #endif
         _PyInterpreterFrame *frame = (_PyInterpreterFrame *)gen->gi_iframe;
         Py_ssize_t slots = hg_frame_slot_count(frame);
-        if (slots <= 0 || (char *)frame->localsplus != (char *)op + Py_TYPE(op)->tp_basicsize)
-            return 0;
+        if (slots <= 0 || !hg_frame_in_object(op, frame)) return 0;
         /* A running frame's top is not known (above); past the last slot, the rest of the
          * 16-byte aligned block is not the object's in any state (seen holding a stale
          * address in a pluggy hook wrapper's generator). */

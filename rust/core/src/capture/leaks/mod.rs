@@ -408,11 +408,10 @@ fn heap_dead_ranges(
             .count();
         if let Some(from) = chunk_object_slack(&first[..n], size, layout, types) {
             slack.push((memory + from, memory_end));
-            // A str's state word: the bits and padding after its 32-bit state are never
-            // written, as in a pymalloc block (see `pool_mask`; seen here too, in a docstring's
+            // A str's state word, as in a pymalloc block (seen here too, in a docstring's
             // chunk, naming a point inside a leaked block).
-            if let Some(o) = layout.objects.filter(|o| first.get(1) == Some(&o.str_type)) {
-                let at = memory + o.str_state_at / word * word;
+            if let Some(i) = layout.objects.and_then(|o| o.str_state_word(&first[..n])) {
+                let at = memory + i * word;
                 slack.push((at, at + word));
             }
         }
@@ -862,11 +861,13 @@ fn pool_block_of(layout: &PoolLayout, addr: usize) -> String {
         return " (pool header)".to_string();
     };
     let block = pool + layout.overhead + offset / size * size;
-    let mut first = [0usize; 4];
-    let n = read_words(block, &mut first);
-    // Where the scan takes the object to end (the rest of the block is not read).
     let mut whole = vec![0usize; size / std::mem::size_of::<usize>()];
-    let sized = (read_words(block, &mut whole) == whole.len())
+    let read = read_words(block, &mut whole);
+    let mut first = [0usize; 4];
+    let n = read.min(first.len());
+    first[..n].copy_from_slice(&whole[..n]);
+    // Where the scan takes the object to end (the rest of the block is not read).
+    let sized = (read == whole.len())
         .then(|| {
             let objects = layout.objects?;
             let mut types = |ty: usize| read_sized_type(&objects, ty);

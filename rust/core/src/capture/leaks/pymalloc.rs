@@ -281,6 +281,15 @@ impl ObjectLayout {
         rounds(end).then_some(end)
     }
 
+    /// The index of the word holding a str's state when `block` (a block's first words) holds
+    /// a str: a 32-bit bit field whose unnamed bits, and the padding after it, CPython never
+    /// writes, so stale upper bytes of an old pointer under its low byte can read as a
+    /// pointer (seen: "possibly lost" for a definitely lost block). It holds no reference.
+    pub fn str_state_word(&self, block: &[usize]) -> Option<usize> {
+        let word = std::mem::size_of::<usize>();
+        (block.get(1) == Some(&self.str_type)).then_some(self.str_state_at / word)
+    }
+
     /// The end of a compact str (its characters and terminator after the header).
     fn str_end(&self, block: &[usize]) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
@@ -414,17 +423,14 @@ pub fn pool_mask(
             // word-aligned), only its last bytes — a str's terminator — and the slack after
             // them: a stale pointer whose low byte the terminator overwrote was seen there.
             last = last.min(first + end / word);
-            if words[first + 1] == objects.str_type {
-                state_word = Some(first + objects.str_state_at / word);
-            }
+            state_word = objects
+                .str_state_word(&words[first..last])
+                .map(|i| first + i);
         }
         if first < last {
             mask[first..last].fill(true);
         }
-        // A str's state is a 32-bit bit field whose unnamed bits, and the padding after it,
-        // CPython never writes: the stale upper bytes of an old pointer under the state's low
-        // byte were read as a pointer into a lost block (seen: "possibly lost" for a
-        // definitely lost one). Its state holds no reference.
+        // A str's state word holds no reference (see `ObjectLayout::str_state_word`).
         if let Some(i) = state_word.filter(|i| *i < last) {
             mask[i] = false;
         }
