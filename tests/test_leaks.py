@@ -579,6 +579,38 @@ def test_the_rest_of_a_generators_block_is_no_reference(run, pytester: pytest.Py
     assert_one_block_definitely_lost(result, "test_generator")
 
 
+NARROW_ITEMS = """
+import hgleak
+
+KEPT = []
+
+
+def test_stale_word_after_the_items():
+    # Declares one item in its basic size: 4 items take 40 + 16 bytes, written up to 48.
+    KEPT.append(hgleak.narrow_object(True, 4, 0, 4096))
+
+
+def test_a_field_before_the_items():
+    # Its basic size ends where its items start: 32 bytes, so its last field (24 to 32) ends
+    # past its basic size less one item.
+    KEPT.append(hgleak.narrow_object(False, 4, 2048, 0))
+"""
+
+
+@exact_scan
+def test_the_bytes_after_narrow_items_are_no_reference(run, pytester: pytest.Pytester) -> None:
+    # Items narrower than a word hold no pointer, so an object's references end with its
+    # fields. 3.12's compiled regular expressions declare one code word in their basic size, so
+    # each is allocated a word more than it writes, and that word kept a stale address that hid
+    # a leaked list in benches/leak_precision.py's `same` workload. The field just before the
+    # items is still read: a block held there is still reachable.
+    pytester.makepyfile(test_narrow=NARROW_ITEMS)
+    result = run("--native-leaks", *EXACT)
+    result.assert_outcomes(failed=1, passed=1)
+    found = kinds(result, "test_stale_word_after_the_items")
+    assert found == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}, found
+
+
 OWN_MEMORY = """
 import hgleak
 from heapgate import _native

@@ -387,6 +387,69 @@ static PyObject *leak_into_ncurses_tparm_buffer(PyObject *self, PyObject *args) 
     Py_RETURN_TRUE;
 }
 
+/* Objects with 4-byte items, sized as CPython sizes its variable-size objects (basic size plus
+ * the items). NarrowDeclared declares one item in its basic size, as 3.12's compiled regular
+ * expressions do (`code[1]`): it is allocated that item and its padding more than it writes.
+ * NarrowFlexible's basic size ends where its items start. `native` is a malloc'd block or
+ * NULL. Made by PyObject_NewVar, which clears nothing. */
+typedef struct {
+    PyObject_VAR_HEAD
+    void *native;
+    uint32_t items[1];
+} NarrowObject;
+
+static void narrow_dealloc(PyObject *self) { PyObject_Free(self); }
+
+static PyTypeObject NarrowDeclared = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hgleak.NarrowDeclared",
+    .tp_basicsize = sizeof(NarrowObject),
+    .tp_itemsize = sizeof(uint32_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = narrow_dealloc,
+};
+
+static PyTypeObject NarrowFlexible = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "hgleak.NarrowFlexible",
+    .tp_basicsize = offsetof(NarrowObject, items),
+    .tp_itemsize = sizeof(uint32_t),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_dealloc = narrow_dealloc,
+};
+
+/* An object of `items` 4-byte items (written), NarrowDeclared or NarrowFlexible; its `native`
+ * holds malloc(native) when native > 0; when stale > 0, malloc(stale) is forgotten and its
+ * address left in the object's last word, which its items do not reach (an error if they do),
+ * as a block's previous occupant would have left it. */
+static PyObject *narrow_object(PyObject *self, PyObject *args) {
+    int declared;
+    Py_ssize_t items, native, stale;
+    if (!PyArg_ParseTuple(args, "pnnn", &declared, &items, &native, &stale)) return NULL;
+    PyTypeObject *type = declared ? &NarrowDeclared : &NarrowFlexible;
+    if (PyType_Ready(type) < 0) return NULL;
+    NarrowObject *obj = PyObject_NewVar(NarrowObject, type, items);
+    if (obj == NULL) return NULL;
+    size_t size = (size_t)_PyObject_VAR_SIZE(type, items);
+    size_t written = offsetof(NarrowObject, items) + (size_t)items * sizeof(uint32_t);
+    memset((char *)obj + offsetof(NarrowObject, native), 0, size - offsetof(NarrowObject, native));
+    for (Py_ssize_t i = 0; i < items; i++) obj->items[i] = 0x01020304u;
+    if (native > 0) {
+        obj->native = malloc(native);
+        memset(obj->native, 0x4e, native);
+    }
+    if (stale > 0) {
+        if (written + sizeof(void *) > size) {
+            Py_DECREF(obj);
+            return PyErr_Format(PyExc_ValueError, "the items reach the object's last word");
+        }
+        void *p = malloc(stale);
+        memset(p, 0x5e, stale);
+        memcpy((char *)obj + size - sizeof p, &p, sizeof p);
+    }
+    return (PyObject *)obj;
+}
+
 static PyMethodDef methods[] = {
     {"leak_malloc", leak_malloc, METH_VARARGS, "malloc(n), forgotten"},
     {"leak_calloc", leak_calloc, METH_VARARGS, "calloc(count, size), forgotten"},
@@ -407,6 +470,8 @@ static PyMethodDef methods[] = {
      "a dict leaked, its GC head's address kept"},
     {"leak_into_readline_history", leak_into_readline_history, METH_VARARGS,
      "malloc(n), its address in readline's unused history slots"},
+    {"narrow_object", narrow_object, METH_VARARGS,
+     "an object of 4-byte items, holding a malloc'd block or leaving one's address after them"},
     {"leak_address", leak_address, METH_VARARGS, "malloc(n), forgotten; its address"},
     {"leak_into_readline_term_buffer", leak_into_readline_term_buffer, METH_VARARGS,
      "malloc(n), its address in readline's termcap buffer"},

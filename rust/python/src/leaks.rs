@@ -52,7 +52,7 @@ fn pool_layout() -> PoolLayout {
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
 fn object_layout() -> Option<ObjectLayout> {
-    let mut w = [0usize; 25];
+    let mut w = [0usize; 26];
     // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
     let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
     (n == w.len()).then_some(ObjectLayout {
@@ -63,24 +63,25 @@ fn object_layout() -> Option<ObjectLayout> {
         itemsize_at: w[4],
         flags_at: w[5],
         alloc_at: w[6],
-        gc_flag: w[7],
-        preheader_flags: w[8],
-        inline_values_flag: w[9],
-        str_length_at: w[10],
-        str_state_at: w[11],
-        str_kind_bits: w[12],
-        str_compact_bit: w[13],
-        str_ascii_bit: w[14],
-        str_ascii_header: w[15],
-        str_compact_header: w[16],
-        bytes_type: w[17],
-        bytes_header: w[18],
-        keys_header: w[19],
-        keys_entry: w[20],
-        keys_unicode_entry: w[21],
-        keys_log2_size_at: w[22],
-        keys_index_bytes_at: w[23],
-        keys_kind_at: w[24],
+        dictoffset_at: w[7],
+        gc_flag: w[8],
+        preheader_flags: w[9],
+        inline_values_flag: w[10],
+        str_length_at: w[11],
+        str_state_at: w[12],
+        str_kind_bits: w[13],
+        str_compact_bit: w[14],
+        str_ascii_bit: w[15],
+        str_ascii_header: w[16],
+        str_compact_header: w[17],
+        bytes_type: w[18],
+        bytes_header: w[19],
+        keys_header: w[20],
+        keys_entry: w[21],
+        keys_unicode_entry: w[22],
+        keys_log2_size_at: w[23],
+        keys_index_bytes_at: w[24],
+        keys_kind_at: w[25],
     })
 }
 

@@ -183,8 +183,8 @@ pub fn scan_leaks(
         Some(o) => candidates
             .into_iter()
             .map(|c| {
-                let start = object_start(&c, &o, &mut |ty| (*types.borrow_mut())(ty));
-                c.with_object_start(start)
+                let object = object_extent(&c, &o, &mut |ty| (*types.borrow_mut())(ty));
+                c.with_object(object)
             })
             .collect(),
         None => candidates,
@@ -492,14 +492,14 @@ fn candidate_gc_head(c: &Candidate) -> Option<usize> {
     gc_head(start, first, &mut word_at)
 }
 
-/// Where the Python object a candidate holds starts, when the block is exactly that object
-/// (see [`ObjectLayout::object_start`]). The caller holds the tracker's lock, so the block
-/// stays allocated.
-fn object_start(
+/// Where the Python object a candidate holds starts and its references end, when the block is
+/// exactly that object (see [`ObjectLayout::object_extent`]). The caller holds the tracker's
+/// lock, so the block stays allocated.
+fn object_extent(
     c: &Candidate,
     objects: &ObjectLayout,
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
-) -> Option<usize> {
+) -> Option<(usize, usize)> {
     let word = std::mem::size_of::<usize>();
     let mut first = [0usize; CHUNK_FIRST_WORDS];
     let len = (c.size as usize / word).min(first.len());
@@ -507,7 +507,7 @@ fn object_start(
     if len < 2 || read_words(c.start_address(), first) != len {
         return None;
     }
-    objects.object_start(first, c.size as usize, types)
+    objects.object_extent(first, c.size as usize, types)
 }
 
 /// The GC head of a candidate that holds an object of a GC type the collector does not track

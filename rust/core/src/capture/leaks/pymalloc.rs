@@ -44,6 +44,8 @@ pub struct ObjectLayout {
     pub flags_at: usize,
     /// Byte offset of `tp_alloc`.
     pub alloc_at: usize,
+    /// Byte offset of `tp_dictoffset` (negative with items: the dict pointer follows them).
+    pub dictoffset_at: usize,
     /// Type flag: tracked by the cyclic GC (a 16-byte GC head before the object).
     pub gc_flag: usize,
     /// Type flags of a pre-header (3.11+: 16 more bytes before the GC head).
@@ -97,6 +99,9 @@ pub struct SizedType {
     pub itemsize: usize,
     /// `tp_flags`.
     pub flags: usize,
+    /// A negative `tp_dictoffset` with items: the dict pointer is stored after the items
+    /// (a subclass of int or bytes with a `__dict__`), so they are not the object's end.
+    pub dict_after_items: bool,
 }
 
 impl ObjectLayout {
@@ -112,6 +117,7 @@ impl ObjectLayout {
         let at = |offset: usize| words.get(offset / word).copied();
         let (basicsize, itemsize) = (at(self.basicsize_at)?, at(self.itemsize_at)?);
         let (flags, alloc) = (at(self.flags_at)?, at(self.alloc_at)?);
+        let dictoffset = at(self.dictoffset_at)? as isize;
         (at(word)? == self.type_type
             && alloc == self.generic_alloc
             && (matches!(itemsize, 1 | 2 | 4) || itemsize % word == 0)
@@ -122,6 +128,7 @@ impl ObjectLayout {
             basicsize,
             itemsize,
             flags,
+            dict_after_items: itemsize != 0 && dictoffset < 0,
         })
     }
 
@@ -132,6 +139,7 @@ impl ObjectLayout {
             self.itemsize_at,
             self.flags_at,
             self.alloc_at,
+            self.dictoffset_at,
         ]
         .into_iter()
         .max()
@@ -139,12 +147,13 @@ impl ObjectLayout {
             + std::mem::size_of::<usize>()
     }
 
-    /// Where the Python object in `block` (a pymalloc block of `size` bytes in use) ends, in
-    /// bytes from the block's start, if the block holds one: its reference count (at most
-    /// 2^32: never an address) is followed by `str`, `bytes` or a type the scan can size
-    /// (`types`: see [`sized_type`](Self::sized_type)) whose flags put the object where it is
-    /// found (after no header, a GC head, or a pre-header and a GC head), and the object's size
-    /// rounds up to exactly this block's size class. Anything else (a buffer, an object of
+    /// Where the references of the Python object in `block` (a pymalloc block of `size` bytes
+    /// in use) end, in bytes from the block's start — the object's end, or its fields' end
+    /// when its items are narrower than a word — if the block holds one: its reference count
+    /// (at most 2^32: never an address) is followed by `str`, `bytes` or a type the scan can
+    /// size (`types`: see [`sized_type`](Self::sized_type)) whose flags put the object where it
+    /// is found (after no header, a GC head, or a pre-header and a GC head), and the object's
+    /// size rounds up to exactly this block's size class. Anything else (a buffer, an object of
     /// another layout): `None`, and the block is read whole.
     pub fn object_end(
         &self,
@@ -155,18 +164,18 @@ impl ObjectLayout {
         self.object_end_where(block, &|end| end.next_multiple_of(16) == size, types)
     }
 
-    /// Where the Python object in a block of exactly `size` requested bytes starts, in bytes
-    /// from the block's start, when its size is exactly that (see
-    /// [`object_end`](Self::object_end)): after no header, a GC head, or a pre-header and a GC
-    /// head. Such an object is referenced by its start alone; `None` for anything else.
-    pub fn object_start(
+    /// Where the Python object in a block of exactly `size` requested bytes starts and where
+    /// its references end, in bytes from the block's start, when its size is exactly that (see
+    /// [`object_end`](Self::object_end)): it starts after no header, a GC head, or a pre-header
+    /// and a GC head, and is referenced by its start alone; its references end with it, or
+    /// with its fields when its items are narrower than a word. `None` for anything else.
+    pub fn object_extent(
         &self,
         block: &[usize],
         size: usize,
         types: &mut dyn FnMut(usize) -> Option<SizedType>,
-    ) -> Option<usize> {
+    ) -> Option<(usize, usize)> {
         self.object_extent_where(block, &|end| end == size, types)
-            .map(|(start, _)| start)
     }
 
     /// As [`object_end`](Self::object_end), for a block whose allocator rounds a request of
@@ -181,7 +190,8 @@ impl ObjectLayout {
             .map(|(_, end)| end)
     }
 
-    /// The (start, end) of the object found by [`object_end_where`](Self::object_end_where).
+    /// Where the object found by [`object_end_where`](Self::object_end_where) starts, and
+    /// where its references end.
     fn object_extent_where(
         &self,
         block: &[usize],
@@ -229,7 +239,18 @@ impl ObjectLayout {
             // with or without, whichever this block's size fits (at most one does).
             let items = (*block.get(header + 2)?).min(1 << 16);
             let with_sentinel = (t.itemsize > word).then(|| start + t.itemsize * (items + 1));
-            fits(start + t.itemsize * items).or_else(|| with_sentinel.and_then(fits))
+            let (start, end) =
+                fits(start + t.itemsize * items).or_else(|| with_sentinel.and_then(fits))?;
+            // Items narrower than a word hold no pointer: the object's references end with
+            // its last word-aligned field, before its items. A type that declares one item in
+            // its basic size (3.12's `re.Pattern`: `code[1]`) is allocated that item and its
+            // padding more than it writes, and those bytes keep an old pointer (seen naming a
+            // leaked list).
+            if t.itemsize < word && !t.dict_after_items {
+                let fields = (t.basicsize - t.itemsize).next_multiple_of(word);
+                return Some((start, (header * word + fields).min(end)));
+            }
+            Some((start, end))
         })
     }
 
@@ -493,6 +514,7 @@ pub(super) mod tests {
             itemsize_at: 40,
             flags_at: 48,
             alloc_at: 56,
+            dictoffset_at: 64,
             gc_flag: 1 << 14,
             preheader_flags: 1 << 4,
             inline_values_flag: 1 << 2,
@@ -517,18 +539,20 @@ pub(super) mod tests {
     #[test]
     fn the_slack_after_a_sized_object_is_no_root() {
         let o = objects();
-        // A type object: its type, then basic size 24, no item size, flags, generic alloc.
-        let float_type = [1, 0x7000, 0, 0, 24, 0, 0, 0x7100];
+        // A type object: its type, then basic size 24, no item size, flags, generic alloc, no
+        // dict offset.
+        let float_type = [1, 0x7000, 0, 0, 24, 0, 0, 0x7100, 0];
         let sized = o.sized_type(&float_type).expect("a sized type");
         assert_eq!(
             sized,
             SizedType {
                 basicsize: 24,
                 itemsize: 0,
-                flags: 0
+                flags: 0,
+                dict_after_items: false,
             }
         );
-        assert_eq!(o.type_bytes(), 64);
+        assert_eq!(o.type_bytes(), 72);
         // Not a type object, a custom allocator, an item size neither narrow (1, 2, 4) nor
         // whole words, inline values: not sized.
         for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 12), (6, 1 << 2)] {
@@ -536,15 +560,25 @@ pub(super) mod tests {
             t[i] = v;
             assert_eq!(o.sized_type(&t), None, "word {i}");
         }
+        // An int subclass with a `__dict__`: 4-byte items, dict pointer after them.
+        let mut int_subclass = float_type;
+        int_subclass[5] = 4;
+        int_subclass[8] = -8isize as usize;
+        let sized_subclass = o.sized_type(&int_subclass).expect("a sized type");
+        assert!(sized_subclass.dict_after_items);
+        int_subclass[8] = 16;
+        assert!(!o.sized_type(&int_subclass).unwrap().dict_after_items);
         let gc_type = SizedType {
             basicsize: 136,
             itemsize: 0,
             flags: 1 << 14,
+            dict_after_items: false,
         };
         let tuple_type = SizedType {
             basicsize: 24,
             itemsize: 8,
             flags: 1 << 14,
+            dict_after_items: false,
         };
         let mut types = |t: usize| match t {
             0x8000 => Some(sized),
@@ -620,6 +654,7 @@ pub(super) mod tests {
             basicsize: 24,
             itemsize: 8,
             flags: 1 << 14,
+            dict_after_items: false,
         };
         let mut types = |t: usize| (t == 0x8200).then_some(tuple_type);
         // A code object: read up to its bytecode (the first whole word of it), whatever the
@@ -675,6 +710,7 @@ pub(super) mod tests {
             basicsize: 904,
             itemsize: 40,
             flags: 1 << 14,
+            dict_after_items: false,
         };
         let mut types = |t: usize| (t == 0x7000).then_some(type_type);
         let class = [0x9000, 0x9100, 3, 0x7000, 0, 0, 0, 0];
@@ -702,7 +738,7 @@ pub(super) mod tests {
         assert_eq!(chunk_object_slack(&class, 0x3f0, &layout, &mut types), None);
         // What the scan sizes from a type object: a word-multiple item size up to 256 bytes.
         let o = objects();
-        let mut type_words = [0usize; 8];
+        let mut type_words = [0usize; 9];
         type_words[1] = o.type_type;
         type_words[4] = 904;
         type_words[5] = 40;
@@ -722,38 +758,73 @@ pub(super) mod tests {
             basicsize: 40,
             itemsize: 0,
             flags: 1 << 14,
+            dict_after_items: false,
         };
         let mut types = |t: usize| (t == 0x8300).then_some(list_type);
         // A list: its GC head, then the object (16 + 40 bytes), requested as 56 bytes.
         let list = [0x9000, 0x9100, 1, 0x8300, 0, 0, 0];
-        assert_eq!(o.object_start(&list, 56, &mut types), Some(16));
-        assert_eq!(o.object_start(&list, 64, &mut types), None);
+        assert_eq!(o.object_extent(&list, 56, &mut types), Some((16, 56)));
+        assert_eq!(o.object_extent(&list, 64, &mut types), None);
         // An ASCII str of 41 characters: 40 + 41 + 1 bytes, from the block's start.
         let mut text = [0usize; 8];
         text[0] = 1;
         text[1] = o.str_type;
         text[2] = 41;
         text[4] = 0x20 | 0x40 | (1 << 2); // compact, ascii, kind 1
-        assert_eq!(o.object_start(&text, 82, &mut types), Some(0));
+        assert_eq!(o.object_extent(&text, 82, &mut types), Some((0, 82)));
         // A buffer (no reference count and type where an object's header would be): none.
-        assert_eq!(o.object_start(&[0x7f00_0000_2000; 8], 56, &mut types), None);
+        assert_eq!(
+            o.object_extent(&[0x7f00_0000_2000; 8], 56, &mut types),
+            None
+        );
     }
 
     #[test]
     fn an_object_with_narrow_items_is_read_up_to_its_items() {
         // A compiled regular expression (3.11: a GC head, 152 bytes of pattern, then `ob_size`
-        // 4-byte code words): 9 words, 16 + 152 + 36 = 204 bytes, in a 208-byte block; its
-        // last word (stale in the block, seen naming a leaked list) is not read.
+        // 4-byte code words): 9 words, 16 + 152 + 36 = 204 bytes, in a 208-byte block. Its
+        // references end with its fields: its code and the block's last word (stale in the
+        // block, seen naming a leaked list) are not read.
         let layout = small_pools(0, 0, Some(objects()));
         let pattern_type = SizedType {
             basicsize: 152,
             itemsize: 4,
             flags: 1 << 14,
+            dict_after_items: false,
         };
-        let mut types = |t: usize| (t == 0x8400).then_some(pattern_type);
+        // 3.12's declares one code word in its basic size (`code[1]`, then padding): 88 bytes
+        // of fields, 96 of basic size, and 9 items make 16 + 96 + 36 = 148 bytes, of which the
+        // last 8 are never written.
+        let pattern12_type = SizedType {
+            basicsize: 96,
+            ..pattern_type
+        };
+        // A subclass whose dict pointer follows its items (negative `tp_dictoffset`).
+        let with_dict = SizedType {
+            dict_after_items: true,
+            ..pattern12_type
+        };
+        let mut types = |t: usize| match t {
+            0x8400 => Some(pattern_type),
+            0x8500 => Some(pattern12_type),
+            0x8600 => Some(with_dict),
+            _ => None,
+        };
         let o = objects();
         let pattern = [0x9000, 0x9100, 2, 0x8400, 9, 0, 0, 0];
-        assert_eq!(o.object_end(&pattern, 208, &mut types), Some(204));
+        assert_eq!(o.object_end(&pattern, 208, &mut types), Some(168));
+        let mut pattern12 = pattern;
+        pattern12[3] = 0x8500;
+        assert_eq!(o.object_end(&pattern12, 160, &mut types), Some(112));
+        // As a block of exactly its size (a candidate of the scan).
+        assert_eq!(
+            o.object_extent(&pattern12, 148, &mut types),
+            Some((16, 112))
+        );
+        // Still sized by its items: not in a block of another size.
+        assert_eq!(o.object_end(&pattern12, 176, &mut types), None);
+        pattern12[3] = 0x8600;
+        assert_eq!(o.object_end(&pattern12, 160, &mut types), Some(148));
         let mut pool = vec![0usize; 64];
         pool[0] = 1; // one block in use
         pool[4] = 12usize << 32; // szidx 12: 208-byte blocks
@@ -766,7 +837,7 @@ pub(super) mod tests {
         };
         let mask = pool_mask(&pool, 0x10000, &layout512, &mut types).expect("a pool");
         let scanned: Vec<usize> = (0..64).filter(|i| mask[*i]).collect();
-        assert_eq!(scanned, (6..6 + 25).collect::<Vec<_>>());
+        assert_eq!(scanned, (6..6 + 21).collect::<Vec<_>>());
     }
 
     #[test]

@@ -26,6 +26,9 @@ pub struct Candidate {
     pub size: u64,
     /// Where the Python object the block holds starts, in bytes (`NO_OBJECT`: none known).
     object_start: u32,
+    /// Bytes from the block's start that can hold references: its size, or where the
+    /// references of the Python object it holds end (before narrow items).
+    refs_len: usize,
 }
 
 /// [`Candidate::object_start`] of a block not known to hold a Python object.
@@ -41,6 +44,7 @@ impl Candidate {
             site,
             size,
             object_start: NO_OBJECT,
+            refs_len: size as usize,
         }
     }
 
@@ -48,11 +52,13 @@ impl Candidate {
     /// (see `ObjectLayout::object_start`): CPython refers to an object by its start alone, so
     /// a word pointing anywhere else in the block (a str's characters, a list's fields, its
     /// GC head) is no reference to it. Stale words naming a field of a freed object whose
-    /// memory the test's object got were seen hiding leaked lists and strs.
-    pub fn with_object_start(mut self, offset: Option<usize>) -> Candidate {
-        self.object_start = offset
-            .and_then(|o| u32::try_from(o).ok())
-            .unwrap_or(NO_OBJECT);
+    /// memory the test's object got were seen hiding leaked lists and strs. Its references
+    /// end `refs_end` bytes in (see `ObjectLayout::object_extent`): the rest is not read.
+    pub fn with_object(mut self, object: Option<(usize, usize)>) -> Candidate {
+        if let Some((offset, refs_end)) = object {
+            self.object_start = u32::try_from(offset).unwrap_or(NO_OBJECT);
+            self.refs_len = self.refs_len.min(refs_end);
+        }
         self
     }
 
@@ -74,6 +80,11 @@ impl Candidate {
 
     fn len(&self) -> usize {
         (self.end_tagged & !TAG) - self.start()
+    }
+
+    /// Bytes of the block read for references (see [`with_object`](Self::with_object)).
+    fn refs_len(&self) -> usize {
+        self.refs_len.min(self.len())
     }
 }
 
@@ -320,7 +331,7 @@ pub fn classify(
     roots(&mut |words| {
         scanner.targets(words, |i, start| reach(i, start, &mut work));
         while let Some(i) = work.pop() {
-            let words = read_block(candidates[i].start(), candidates[i].len());
+            let words = read_block(candidates[i].start(), candidates[i].refs_len());
             scanner.targets(&words, |j, start| reach(j, start, &mut work));
         }
         if unreached.get() == 0 {
@@ -341,7 +352,7 @@ pub fn classify(
     let mut pointed = vec![false; n];
     let mut edges: Vec<Vec<usize>> = vec![Vec::new(); n];
     for i in (0..n).filter(|i| !reachable[*i]) {
-        let words = read_block(candidates[i].start(), candidates[i].len());
+        let words = read_block(candidates[i].start(), candidates[i].refs_len());
         scanner.targets(&words, |j, _| {
             if j != i && !reachable[j] {
                 pointed[j] = true;
@@ -662,7 +673,7 @@ mod tests {
         };
         let lists: Vec<Candidate> = [0x1000, 0x2000, 0x3000]
             .into_iter()
-            .map(|b| Candidate::new(b, 56, 0).with_object_start(Some(16)))
+            .map(|b| Candidate::new(b, 56, 0).with_object(Some((16, 56))))
             .collect();
         let roots = [Region::new(0x9000, 0x9020, false)];
         assert_eq!(
