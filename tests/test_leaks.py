@@ -499,6 +499,11 @@ READLINE_PLACES = {
     "key map": ("leak_into_readline_keymap_slack", False, None),
     # ncurses' tparm format buffer, written only as far as the text goes (a leaked list).
     "tparm buffer": ("leak_into_ncurses_tparm_buffer", True, "no tparm buffer in the terminal"),
+    # The function map's entries (16 bytes each, about 170, in chunks of 24 bytes or more) and
+    # its array's slots past the NULL after the last entry (an entry's chunk named a leaked list
+    # in every process on 3.13).
+    "function map entry": ("leak_into_readline_funmap_entry", False, None),
+    "function map array": ("leak_into_readline_funmap_array", False, None),
 }
 
 READLINE_TEST = """
@@ -609,6 +614,35 @@ def test_the_bytes_after_narrow_items_are_no_reference(run, pytester: pytest.Pyt
     result.assert_outcomes(failed=1, passed=1)
     found = kinds(result, "test_stale_word_after_the_items")
     assert found == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}, found
+
+
+INLINE_VALUES = """
+import hgleak
+
+
+class Point:
+    def __init__(self):
+        self.x = 1
+
+
+# Made before the test, as the object whose memory hid a leak was.
+KEPT = [Point()]
+
+
+def test_values():
+    assert hgleak.leak_into_inline_values(KEPT[0], 4096)
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 13), reason="inline values are 3.13's")
+def test_the_unwritten_order_of_inline_values_is_no_reference(run, pytester: pytest.Pytester) -> None:
+    # 3.13 keeps an instance's attributes inline, followed by an array of a byte per value
+    # giving their order, written only as far as there are values: the rest of a 25-value
+    # array kept a leaked list's address in every process of benches/leak_precision.py's
+    # `same` workload. An instance's references end with its values.
+    pytester.makepyfile(test_values=INLINE_VALUES)
+    result = run("--native-leaks", *EXACT)
+    assert_one_block_definitely_lost(result, "test_values")
 
 
 OWN_MEMORY = """

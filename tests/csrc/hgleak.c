@@ -334,6 +334,70 @@ static PyObject *leak_into_readline_keymap_slack(PyObject *self, PyObject *args)
     Py_RETURN_TRUE;
 }
 
+/* 3.13 keeps an instance's attribute values inline after its basic size: a word whose first
+ * two bytes are their capacity and count, the values, then an insertion-order array of a byte
+ * per value, rounded up to a word and written only up to the count. malloc(n), its address
+ * left in that array's first whole word past the count. False before 3.13 or without room. */
+static PyObject *leak_into_inline_values(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "On", &obj, &n)) return NULL;
+#if PY_VERSION_HEX >= 0x030D0000 && defined(Py_TPFLAGS_INLINE_VALUES)
+    if (!PyType_HasFeature(Py_TYPE(obj), Py_TPFLAGS_INLINE_VALUES)) Py_RETURN_FALSE;
+    uint8_t *values = (uint8_t *)obj + Py_TYPE(obj)->tp_basicsize;
+    size_t capacity = values[0], count = values[1];
+    uint8_t *order = values + sizeof(void *) + capacity * sizeof(void *);
+    size_t from = (count + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
+    size_t end = (capacity + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
+    if (from + sizeof(void *) > end) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x9f, n);
+    memcpy(order + from, &p, sizeof p);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* GNU readline's function map: `funmap`, an array grown 64 slots at a time and written up to
+ * the NULL after its last entry, of malloc'd 16-byte entries (a name and a function) in chunks
+ * of 24 bytes of memory or more. malloc(n), its address written past the first entry's two
+ * words (`in_entry`) or into the array's slot after that NULL. */
+static void *funmap_place(const char *path, int in_entry) {
+    void *module = dlopen(path, RTLD_LAZY | RTLD_NOLOAD);
+    if (module == NULL) return NULL;
+    char ***funmap = dlsym(module, "funmap");
+    dlclose(module);
+    if (funmap == NULL || *funmap == NULL) return NULL;
+    char **array = *funmap;
+    size_t entries = 0;
+    while (array[entries] != NULL) entries++;
+    if (in_entry)
+        return entries > 0 && malloc_usable_size(array[0]) >= 24 ? array[0] + 16 : NULL;
+    size_t slots = malloc_usable_size(array) / sizeof(char *);
+    return entries + 2 <= slots ? &array[entries + 1] : NULL;
+}
+
+static PyObject *leak_into_readline_funmap(PyObject *self, PyObject *args, int in_entry) {
+    const char *path;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
+    void *place = funmap_place(path, in_entry);
+    if (place == NULL) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x8f, n);
+    memcpy(place, &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *leak_into_readline_funmap_entry(PyObject *self, PyObject *args) {
+    return leak_into_readline_funmap(self, args, 1);
+}
+
+static PyObject *leak_into_readline_funmap_array(PyObject *self, PyObject *args) {
+    return leak_into_readline_funmap(self, args, 0);
+}
+
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -477,6 +541,12 @@ static PyMethodDef methods[] = {
      "malloc(n), its address in readline's termcap buffer"},
     {"leak_into_readline_keymap_slack", leak_into_readline_keymap_slack, METH_VARARGS,
      "malloc(n), its address past a malloc'd readline key map"},
+    {"leak_into_inline_values", leak_into_inline_values, METH_VARARGS,
+     "malloc(n), its address past the written part of an instance's inline values' order"},
+    {"leak_into_readline_funmap_entry", leak_into_readline_funmap_entry, METH_VARARGS,
+     "malloc(n), its address past a readline function map entry's two words"},
+    {"leak_into_readline_funmap_array", leak_into_readline_funmap_array, METH_VARARGS,
+     "malloc(n), its address in the function map's slot after its NULL"},
     {"leak_into_ncurses_tparm_buffer", leak_into_ncurses_tparm_buffer, METH_VARARGS,
      "malloc(n), its address past the text in ncurses' tparm format buffer"},
     {NULL, NULL, 0, NULL},

@@ -56,12 +56,13 @@ void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {
  * addresses of PyType_Type, PyType_GenericAlloc and PyUnicode_Type; the offsets in a type
  * object of tp_basicsize, tp_itemsize, tp_flags, tp_alloc and tp_dictoffset; the type flags of
  * a GC object, of a pre-header (3.11+: dict and weakref pointers before the GC head), and of
- * 3.13's inline values (objects whose size is not their basic size); then a str's layout: the
- * offset of its length and its state, the state's kind, compact and ascii bits, and the header
- * sizes of a compact ASCII and a compact non-ASCII str; the address of PyBytes_Type and the
- * offset of a bytes object's characters; then a dict keys object's (3.11+, zeros before): the
- * offset of its indices, the sizes of a general and a str-keyed entry, and the offsets of its
- * log2 size, log2 index bytes and kind. Returns the number of words written. */
+ * 3.13's inline values (after the basic size), and the offset of those values after their
+ * capacity (0 before 3.13); then a str's layout: the offset of its length and its state, the
+ * state's kind, compact and ascii bits, and the header sizes of a compact ASCII and a compact
+ * non-ASCII str; the address of PyBytes_Type and the offset of a bytes object's characters;
+ * then a dict keys object's (3.11+, zeros before): the offset of its indices, the sizes of a
+ * general and a str-keyed entry, and the offsets of its log2 size, log2 index bytes and kind.
+ * Returns the number of words written. */
 size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
     PyASCIIObject probe;
     uint32_t kind = 0, compact = 0, ascii = 0;
@@ -83,8 +84,10 @@ size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
 #endif
 #ifdef Py_TPFLAGS_INLINE_VALUES
     uintptr_t inline_values = Py_TPFLAGS_INLINE_VALUES;
+    uintptr_t values_header = offsetof(PyDictValues, values);
 #else
     uintptr_t inline_values = 0;
+    uintptr_t values_header = 0;
 #endif
     uintptr_t layout[] = {
         (uintptr_t)&PyType_Type,
@@ -98,6 +101,7 @@ size_t hg_py_object_layout(uintptr_t *out, size_t cap) {
         Py_TPFLAGS_HAVE_GC,
         preheader,
         inline_values,
+        values_header,
         offsetof(PyASCIIObject, length),
         offsetof(PyASCIIObject, state),
         kind,

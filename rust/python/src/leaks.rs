@@ -52,7 +52,7 @@ fn pool_layout() -> PoolLayout {
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
 fn object_layout() -> Option<ObjectLayout> {
-    let mut w = [0usize; 26];
+    let mut w = [0usize; 27];
     // SAFETY: the shim writes at most `w.len()` words and returns how many it wrote.
     let n = unsafe { hg_py_object_layout(w.as_mut_ptr(), w.len()) };
     (n == w.len()).then_some(ObjectLayout {
@@ -67,21 +67,22 @@ fn object_layout() -> Option<ObjectLayout> {
         gc_flag: w[8],
         preheader_flags: w[9],
         inline_values_flag: w[10],
-        str_length_at: w[11],
-        str_state_at: w[12],
-        str_kind_bits: w[13],
-        str_compact_bit: w[14],
-        str_ascii_bit: w[15],
-        str_ascii_header: w[16],
-        str_compact_header: w[17],
-        bytes_type: w[18],
-        bytes_header: w[19],
-        keys_header: w[20],
-        keys_entry: w[21],
-        keys_unicode_entry: w[22],
-        keys_log2_size_at: w[23],
-        keys_index_bytes_at: w[24],
-        keys_kind_at: w[25],
+        values_header: w[11],
+        str_length_at: w[12],
+        str_state_at: w[13],
+        str_kind_bits: w[14],
+        str_compact_bit: w[15],
+        str_ascii_bit: w[16],
+        str_ascii_header: w[17],
+        str_compact_header: w[18],
+        bytes_type: w[19],
+        bytes_header: w[20],
+        keys_header: w[21],
+        keys_entry: w[22],
+        keys_unicode_entry: w[23],
+        keys_log2_size_at: w[24],
+        keys_index_bytes_at: w[25],
+        keys_kind_at: w[26],
     })
 }
 
@@ -100,6 +101,7 @@ fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     words.truncate(n.min(words.len()));
     words.extend(readline_keymap_padding(readline.keymaps.clone()));
     words.extend(readline_history_spare(readline.history));
+    words.extend(readline_funmap_spare(readline.funmap));
     tagged_pairs(words)
 }
 
@@ -158,6 +160,8 @@ fn readline(py: Python<'_>) -> Readline {
 #[derive(Clone, Debug, Default)]
 struct Readline {
     keymaps: Vec<usize>,
+    /// `FUNMAP **funmap` (its address; 0: not found), see [`readline_funmap_spare`].
+    funmap: usize,
     term_strings: Vec<usize>,
     /// `history_list` (a function) and `history_length` (an `int`), when both are found.
     history: Option<(usize, usize)>,
@@ -199,7 +203,7 @@ fn readline_term_buffer(holders: Option<&TermBufferHolders>) -> Option<usize> {
         .collect();
     in_ncurses.sort_unstable();
     in_ncurses.dedup();
-    let chunk = (TERM_BUFFER_REQUEST + word).next_multiple_of(2 * word);
+    let chunk = capture::chunk_for_request(TERM_BUFFER_REQUEST);
     holders
         .readline
         .iter()
@@ -241,8 +245,7 @@ fn ncurses_byte_buffers(readline: &Readline) -> Vec<usize> {
             if buffer == 0 || buffer % (2 * word) != 0 || bytes == 0 || bytes > 1 << 20 {
                 continue;
             }
-            let chunk = (bytes + word).next_multiple_of(2 * word).max(4 * word);
-            if heap_chunk_size(buffer) == Some(chunk) {
+            if heap_chunk_size(buffer) == Some(capture::chunk_for_request(bytes)) {
                 out.push(buffer);
             }
         }
@@ -310,6 +313,47 @@ fn readline_history_spare(history: Option<(usize, usize)>) -> Vec<usize> {
     }
 }
 
+/// GNU readline's function map: `rl_add_funmap_entry` mallocs 16 bytes (a name and a function)
+/// for each bindable function, about 170 as readline starts, and keeps them in `funmap`, an
+/// array it grows 64 entries at a time and writes only up to the NULL after the last entry.
+/// The array's slots past that NULL, and each entry's chunk past its two words (8 bytes, or 24
+/// in a chunk malloc did not split), keep what the memory held before (an entry's chunk named
+/// a leaked list in every process of benches/leak_precision.py's `same` workload on 3.13).
+/// Returns them as (start, end) word pairs.
+fn readline_funmap_spare(funmap: usize) -> Vec<usize> {
+    const ENTRY: usize = 16; // FUNMAP: name, function
+    let word = std::mem::size_of::<usize>();
+    let mut out = Vec::new();
+    let Some(array) = (funmap != 0).then(|| capture::word_at(funmap)).flatten() else {
+        return out;
+    };
+    let Some(array_chunk) = (array != 0 && array % word == 0)
+        .then(|| heap_chunk_size(array))
+        .flatten()
+    else {
+        return out;
+    };
+    // The array's memory runs up to its chunk's end (the next chunk's size field excluded).
+    let array_end = array + array_chunk - word;
+    let mut slot = array;
+    while slot < array_end {
+        let Some(entry) = capture::word_at(slot) else {
+            return out;
+        };
+        if entry == 0 {
+            out.extend([slot + word, array_end]);
+            break;
+        }
+        if let Some(chunk) = heap_chunk_size(entry)
+            .filter(|c| entry % word == 0 && capture::chunk_holds_request(*c, ENTRY))
+        {
+            out.extend([entry + ENTRY, entry + chunk - word]);
+        }
+        slot += word;
+    }
+    out
+}
+
 /// GNU readline's key maps: 257 entries of a type byte and a function pointer each, allocated
 /// without being cleared, so the 7 padding bytes after each type keep what the memory held
 /// before, seen to name the address of a leaked object. Returns the (start, end) word pairs of
@@ -335,7 +379,7 @@ fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
         seen.push(map);
         if !statics.contains(&map) {
             // The chunk's last word (the next chunk's first) is this chunk's while in use.
-            let chunk = (KEYMAP_SIZE * ENTRY + word).next_multiple_of(2 * word);
+            let chunk = capture::chunk_for_request(KEYMAP_SIZE * ENTRY);
             if heap_chunk_size(map) == Some(chunk) {
                 out.extend([map + KEYMAP_SIZE * ENTRY, map + chunk - word]);
             }
@@ -414,6 +458,7 @@ fn lookup_symbols(path: &str) -> Readline {
             .map(symbol)
             .filter(|a| *a != 0)
             .collect(),
+            funmap: symbol(c"funmap"),
             term_strings: TERM_STRINGS
                 .into_iter()
                 .map(symbol)

@@ -1,5 +1,20 @@
 //! glibc's main heap: which of its memory is free (and so holds no roots).
 
+/// The size of the chunk `malloc(n)` takes from glibc's heap, header included: `n` plus the
+/// chunk's size field, rounded up to 16 bytes, 32 at least.
+pub fn chunk_for_request(n: usize) -> usize {
+    let word = std::mem::size_of::<usize>();
+    (n + word).next_multiple_of(2 * word).max(4 * word)
+}
+
+/// Whether a chunk in use of `chunk` bytes can be what `malloc(n)` returned: the chunk of that
+/// request, or 16 bytes more, as malloc does not split a free chunk when less than 32 bytes
+/// would be left (seen: a class's 960 bytes in a 992-byte chunk).
+pub fn chunk_holds_request(chunk: usize, n: usize) -> bool {
+    let rounded = chunk_for_request(n);
+    chunk == rounded || chunk == rounded + 2 * std::mem::size_of::<usize>()
+}
+
 /// The free memory of glibc's main heap `[base, end)` (`base`: the heap's first byte, where
 /// its first chunk starts), read a word at a time through `word_at` (None: unreadable): chunks
 /// in bins (the next chunk's PREV_INUSE bit is clear), the top chunk (also when its size runs

@@ -40,6 +40,7 @@ use super::tagged::{tagged, untagged};
 use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
+pub use glibc::{chunk_for_request, chunk_holds_request};
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};

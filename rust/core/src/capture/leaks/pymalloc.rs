@@ -1,5 +1,7 @@
 //! pymalloc's pools: which words of a pool belong to blocks in use.
 
+use super::glibc::chunk_holds_request;
+
 /// pymalloc's pool geometry for the running CPython (the pool header layout is the same in
 /// 3.9–3.13: `ref`, `freeblock`, `nextpool`, `prevpool`, `arenaindex`, `szidx`, `nextoffset`,
 /// `maxnextoffset`).
@@ -52,6 +54,9 @@ pub struct ObjectLayout {
     pub preheader_flags: usize,
     /// Type flag of inline values after the basic size (3.13; 0 elsewhere).
     pub inline_values_flag: usize,
+    /// Byte offset of the values in inline values (3.13: after a word whose first byte is
+    /// their capacity; 0 elsewhere).
+    pub values_header: usize,
     /// Byte offset of a str's length.
     pub str_length_at: usize,
     /// Byte offset of a str's state (a 32-bit field).
@@ -102,6 +107,8 @@ pub struct SizedType {
     /// A negative `tp_dictoffset` with items: the dict pointer is stored after the items
     /// (a subclass of int or bytes with a `__dict__`), so they are not the object's end.
     pub dict_after_items: bool,
+    /// Instances keep their attributes' values inline after the basic size (3.13).
+    pub inline_values: bool,
 }
 
 impl ObjectLayout {
@@ -109,26 +116,28 @@ impl ObjectLayout {
     /// `tp_basicsize` bytes after the pre-header plus their items: a type object (its type is
     /// `PyType_Type`), allocating through `PyType_GenericAlloc`, of no item size, 1, 2 or 4
     /// bytes, or a whole number of words (`ob_size` items; see
-    /// [`object_end`](Self::object_end) for the sentinel item of wider ones), and no inline
-    /// values. Items narrower than a word hold no pointer, so where their count means
-    /// something else (3.12's ints) the scan can only leave out bytes that hold none.
+    /// [`object_end`](Self::object_end) for the sentinel item of wider ones), and inline values
+    /// only without items. Items narrower than a word hold no pointer, so where their count
+    /// means something else (3.12's ints) the scan can only leave out bytes that hold none.
     pub fn sized_type(&self, words: &[usize]) -> Option<SizedType> {
         let word = std::mem::size_of::<usize>();
         let at = |offset: usize| words.get(offset / word).copied();
         let (basicsize, itemsize) = (at(self.basicsize_at)?, at(self.itemsize_at)?);
         let (flags, alloc) = (at(self.flags_at)?, at(self.alloc_at)?);
         let dictoffset = at(self.dictoffset_at)? as isize;
+        let inline_values = flags & self.inline_values_flag != 0;
         (at(word)? == self.type_type
             && alloc == self.generic_alloc
             && (matches!(itemsize, 1 | 2 | 4) || itemsize % word == 0)
             && itemsize <= MAX_ITEM_SIZE
-            && flags & self.inline_values_flag == 0
+            && !(inline_values && (itemsize != 0 || self.values_header == 0))
             && (2 * word..=4096).contains(&basicsize))
         .then_some(SizedType {
             basicsize,
             itemsize,
             flags,
             dict_after_items: itemsize != 0 && dictoffset < 0,
+            inline_values,
         })
     }
 
@@ -230,6 +239,26 @@ impl ObjectLayout {
                 return None;
             }
             let start = header * word + t.basicsize;
+            if t.inline_values {
+                // 3.13's inline values: a word whose first byte is their capacity, the values,
+                // then an insertion-order array of a byte per value, rounded up to a word,
+                // which holds no reference and is written only as far as there are values
+                // (the rest of a 25-value array kept a leaked list's address in every
+                // process of benches/leak_precision.py's `same` workload). The instance is
+                // allocated for the capacity its class's shared keys had, which CPython lowers
+                // by one as it sets up the values while more than one slot is left.
+                if start % word != 0 {
+                    return None;
+                }
+                let capacity = *block.get(start / word)? & 0xff;
+                let refs_end = start + self.values_header + capacity * word;
+                let size_for = |slots: usize| {
+                    start + self.values_header + slots * word + slots.next_multiple_of(word)
+                };
+                return fits(size_for(capacity))
+                    .or_else(|| fits(size_for(capacity + 1)))
+                    .map(|(object, _)| (object, refs_end));
+            }
             if t.itemsize == 0 {
                 return fits(start);
             }
@@ -349,13 +378,7 @@ pub fn chunk_object_slack(
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
 ) -> Option<usize> {
     let word = std::mem::size_of::<usize>();
-    // malloc(n) gives a chunk of n plus its size field, rounded up to 16 bytes (32 at least),
-    // or 16 bytes more: a free chunk is not split when less than 32 bytes would be left (seen:
-    // a class's 960 bytes in a 992-byte chunk).
-    let rounds = |end: usize| {
-        let rounded = (end + word).next_multiple_of(2 * word).max(4 * word);
-        chunk_size == rounded || chunk_size == rounded + 2 * word
-    };
+    let rounds = |end: usize| chunk_holds_request(chunk_size, end);
     if layout.code_type != 0 && first.get(1) == Some(&layout.code_type) {
         let refcount = *first.first()?;
         return (refcount != 0 && refcount <= u32::MAX as usize)
@@ -518,6 +541,7 @@ pub(super) mod tests {
             gc_flag: 1 << 14,
             preheader_flags: 1 << 4,
             inline_values_flag: 1 << 2,
+            values_header: 8,
             str_length_at: 16,
             str_state_at: 32,
             str_kind_bits: 0x1c,
@@ -550,16 +574,23 @@ pub(super) mod tests {
                 itemsize: 0,
                 flags: 0,
                 dict_after_items: false,
+                inline_values: false,
             }
         );
         assert_eq!(o.type_bytes(), 72);
         // Not a type object, a custom allocator, an item size neither narrow (1, 2, 4) nor
         // whole words, inline values: not sized.
-        for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 12), (6, 1 << 2)] {
+        for (i, v) in [(1, 0x7001), (7, 0x7101), (5, 12)] {
             let mut t = float_type;
             t[i] = v;
             assert_eq!(o.sized_type(&t), None, "word {i}");
         }
+        // Inline values, not with items.
+        let mut with_values = float_type;
+        with_values[6] = 1 << 2;
+        assert!(o.sized_type(&with_values).unwrap().inline_values);
+        with_values[5] = 8;
+        assert_eq!(o.sized_type(&with_values), None);
         // An int subclass with a `__dict__`: 4-byte items, dict pointer after them.
         let mut int_subclass = float_type;
         int_subclass[5] = 4;
@@ -573,12 +604,14 @@ pub(super) mod tests {
             itemsize: 0,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         let tuple_type = SizedType {
             basicsize: 24,
             itemsize: 8,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         let mut types = |t: usize| match t {
             0x8000 => Some(sized),
@@ -655,6 +688,7 @@ pub(super) mod tests {
             itemsize: 8,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         let mut types = |t: usize| (t == 0x8200).then_some(tuple_type);
         // A code object: read up to its bytecode (the first whole word of it), whatever the
@@ -711,6 +745,7 @@ pub(super) mod tests {
             itemsize: 40,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         let mut types = |t: usize| (t == 0x7000).then_some(type_type);
         let class = [0x9000, 0x9100, 3, 0x7000, 0, 0, 0, 0];
@@ -759,6 +794,7 @@ pub(super) mod tests {
             itemsize: 0,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         let mut types = |t: usize| (t == 0x8300).then_some(list_type);
         // A list: its GC head, then the object (16 + 40 bytes), requested as 56 bytes.
@@ -791,6 +827,7 @@ pub(super) mod tests {
             itemsize: 4,
             flags: 1 << 14,
             dict_after_items: false,
+            inline_values: false,
         };
         // 3.12's declares one code word in its basic size (`code[1]`, then padding): 88 bytes
         // of fields, 96 of basic size, and 9 items make 16 + 96 + 36 = 148 bytes, of which the
@@ -838,6 +875,41 @@ pub(super) mod tests {
         let mask = pool_mask(&pool, 0x10000, &layout512, &mut types).expect("a pool");
         let scanned: Vec<usize> = (0..64).filter(|i| mask[*i]).collect();
         assert_eq!(scanned, (6..6 + 21).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn inline_values_are_read_up_to_their_insertion_order() {
+        // A 3.13 instance of a class: pre-header and GC head (32 bytes), reference count and
+        // type (its basic size, 16), then inline values: a word whose first byte is their
+        // capacity (25), 25 values, and 25 order bytes rounded up to 32: 288 bytes. The order
+        // array's unwritten bytes kept a stale address.
+        let o = objects();
+        let class = SizedType {
+            basicsize: 16,
+            itemsize: 0,
+            flags: (1 << 14) | (1 << 4) | (1 << 2),
+            dict_after_items: false,
+            inline_values: true,
+        };
+        let mut types = |t: usize| (t == 0x8700).then_some(class);
+        let mut instance = vec![0usize; 36];
+        instance[..7].copy_from_slice(&[0, 0, 0x9000, 0x9100, 1, 0x8700, 0x0101_0019]);
+        instance[32] = 0x0706_0504_0302_0100;
+        instance[34] = 0x7f00_0000_2000;
+        assert_eq!(o.object_end(&instance, 288, &mut types), Some(256));
+        assert_eq!(o.object_end(&instance, 320, &mut types), None);
+        assert_eq!(o.object_extent(&instance, 288, &mut types), Some((32, 256)));
+        // Capacity 23: 48 + 8 + 184 + 24 = 264 bytes, in a 272-byte block.
+        instance[6] = 0x0101_0017;
+        assert_eq!(o.object_end(&instance, 272, &mut types), Some(240));
+        // Capacity 29, allocated for 30: 48 + 8 + 240 + 32 = 328 bytes; the order array
+        // starts after 29 values.
+        instance.resize(42, 0);
+        instance[6] = 0x0101_001d;
+        assert_eq!(o.object_end(&instance, 336, &mut types), Some(288));
+        assert_eq!(o.object_extent(&instance, 328, &mut types), Some((32, 288)));
+        assert_eq!(o.object_extent(&instance, 320, &mut types), Some((32, 288)));
+        assert_eq!(o.object_extent(&instance, 312, &mut types), None);
     }
 
     #[test]
