@@ -49,7 +49,7 @@ impl Candidate {
     }
 
     /// The block holds a Python object starting `offset` bytes in, whose size is the block's
-    /// (see `ObjectLayout::object_start`): CPython refers to an object by its start alone, so
+    /// (see `ObjectLayout::object_extent`): CPython refers to an object by its start alone, so
     /// a word pointing anywhere else in the block (a str's characters, a list's fields, its
     /// GC head) is no reference to it. Stale words naming a field of a freed object whose
     /// memory the test's object got were seen hiding leaked lists and strs. Its references
@@ -82,9 +82,10 @@ impl Candidate {
         (self.end_tagged & !TAG) - self.start()
     }
 
-    /// Bytes of the block read for references (see [`with_object`](Self::with_object)).
+    /// Bytes of the block read for references (see [`with_object`](Self::with_object)): at
+    /// most its size, which `new` starts it at.
     fn refs_len(&self) -> usize {
-        self.refs_len.min(self.len())
+        self.refs_len
     }
 }
 
