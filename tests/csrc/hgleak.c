@@ -359,6 +359,110 @@ static PyObject *leak_into_inline_values(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* An instance's split attribute values (3.11-3.13, for a type that manages its dict but keeps
+ * no values inline, such as a subclass of list) come with a byte per value giving their
+ * insertion order, written only as far as there are values. 3.11 and 3.12 keep that array in a
+ * prefix before the values (sized by its last byte, written downwards from the count before
+ * it), found from the instance's pre-header; 3.13 keeps it after the values, in a block found
+ * from the instance's dict whose first bytes are the capacity and count. malloc(n), its
+ * address left in the array's first unwritten word. False when there is no such array. */
+static PyObject *leak_into_split_values(PyObject *self, PyObject *args) {
+    PyObject *obj;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "On", &obj, &n)) return NULL;
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+    const size_t word = sizeof(void *);
+    if (!PyType_HasFeature(Py_TYPE(obj), Py_TPFLAGS_MANAGED_DICT)) Py_RETURN_FALSE;
+    uint8_t *values, *slot;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyDictObject *dict = *(PyDictObject **)((char *)obj - 3 * word);
+    if (dict == NULL || dict->ma_values == NULL) Py_RETURN_FALSE;
+    values = (uint8_t *)dict->ma_values;
+    if (values[2] /* embedded in the object */) Py_RETURN_FALSE;
+    size_t capacity = values[0], count = values[1];
+    size_t from = (count + word - 1) / word * word, end = (capacity + word - 1) / word * word;
+    if (from + word > end) Py_RETURN_FALSE;
+    slot = values + word + capacity * word + from;
+#else
+#if PY_VERSION_HEX >= 0x030C0000
+    uintptr_t tagged = ((uintptr_t *)obj)[-3]; /* the values' address less one */
+    if (!(tagged & 1)) Py_RETURN_FALSE;
+    values = (uint8_t *)(tagged + 1);
+#else
+    values = ((uint8_t **)obj)[-4];
+    if (values == NULL) Py_RETURN_FALSE;
+#endif
+    size_t prefix = values[-1], count = values[-2];
+    if (prefix < word + 2 + count) Py_RETURN_FALSE;
+    slot = values - prefix;
+#endif
+    void *p = malloc(n);
+    memset(p, 0x5d, n);
+    memcpy(slot, &p, sizeof p);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* A class's docstring is copied into a block of its length and terminator: malloc(n), its
+ * address left in the first whole word after the terminator, within pymalloc's 16-byte
+ * multiple. False when there is no such word. */
+static PyObject *leak_into_type_doc(PyObject *self, PyObject *args) {
+    PyObject *type;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!n", &PyType_Type, &type, &n)) return NULL;
+    char *doc = (char *)((PyTypeObject *)type)->tp_doc;
+    if (doc == NULL) Py_RETURN_FALSE;
+    size_t size = strlen(doc) + 1;
+    size_t slot = (size + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
+    if (slot + sizeof(void *) > ((size + 15) & ~(size_t)15)) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x3d, n);
+    memcpy(doc + slot, &p, sizeof p);
+    Py_RETURN_TRUE;
+}
+
+/* A generator's coroutine-origin / async-generator-finalizer word, which no generator sets
+ * (3.11+: CPython leaves it as the memory was). malloc(n), its address left there. */
+static PyObject *leak_into_generator_origin(PyObject *self, PyObject *args) {
+    PyObject *gen;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!n", &PyGen_Type, &gen, &n)) return NULL;
+#if PY_VERSION_HEX >= 0x030B0000
+    void *p = malloc(n);
+    memset(p, 0x4f, n);
+    memcpy(&((PyGenObject *)gen)->gi_origin_or_finalizer, &p, sizeof p);
+    Py_RETURN_TRUE;
+#else
+    Py_RETURN_FALSE;
+#endif
+}
+
+/* A frame object made while its frame runs elsewhere (a thread's stack of frames, a
+ * generator) has room for a copy of the frame, written only when the frame returns: its
+ * basic size ends where the copy's slots would start. malloc(n), its address left in the
+ * first slot. False when the object has no slot. */
+static PyObject *leak_into_frame_room(PyObject *self, PyObject *args) {
+#if PY_VERSION_HEX < 0x030B0000
+    (void)args;
+    Py_RETURN_FALSE;
+#else
+    PyObject *frame;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "O!n", &PyFrame_Type, &frame, &n)) return NULL;
+    PyCodeObject *code = PyFrame_GetCode((PyFrameObject *)frame);
+    /* Made with a slot for each of its code's (a frame object has no item count). */
+    int slots = code->co_nlocalsplus + code->co_stacksize;
+    Py_DECREF(code);
+    if (slots < 1 || Py_TYPE(frame)->tp_itemsize != sizeof(void *)) Py_RETURN_FALSE;
+    void *p = malloc(n);
+    memset(p, 0x6e, n);
+    memcpy((char *)frame + Py_TYPE(frame)->tp_basicsize, &p, sizeof p);
+    Py_RETURN_TRUE;
+#endif
+}
+
 /* GNU readline's function map: `funmap`, an array grown 64 slots at a time and written up to
  * the NULL after its last entry, of malloc'd 16-byte entries (a name and a function) in chunks
  * of 24 bytes of memory or more. malloc(n), its address written past the first entry's two
@@ -543,6 +647,14 @@ static PyMethodDef methods[] = {
      "malloc(n), its address past a malloc'd readline key map"},
     {"leak_into_inline_values", leak_into_inline_values, METH_VARARGS,
      "malloc(n), its address past the written part of an instance's inline values' order"},
+    {"leak_into_split_values", leak_into_split_values, METH_VARARGS,
+     "malloc(n), its address left in the unwritten order bytes of obj's split values"},
+    {"leak_into_type_doc", leak_into_type_doc, METH_VARARGS,
+     "malloc(n), its address in the block of a class's docstring, past its end"},
+    {"leak_into_generator_origin", leak_into_generator_origin, METH_VARARGS,
+     "malloc(n), its address in a generator's unused origin/finalizer word"},
+    {"leak_into_frame_room", leak_into_frame_room, METH_VARARGS,
+     "malloc(n), its address in the unwritten room of a frame object whose frame runs"},
     {"leak_into_readline_funmap_entry", leak_into_readline_funmap_entry, METH_VARARGS,
      "malloc(n), its address past a readline function map entry's two words"},
     {"leak_into_readline_funmap_array", leak_into_readline_funmap_array, METH_VARARGS,

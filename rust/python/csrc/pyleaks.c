@@ -187,6 +187,27 @@ static size_t hg_data_stacks_stale_slots(PyInterpreterState *interp, uintptr_t *
 }
 #endif
 
+#if PY_VERSION_HEX >= 0x030B0000 && !(PY_VERSION_HEX >= 0x030D0000 && defined(Py_GIL_DISABLED))
+#include "internal/pycore_gc.h"
+
+/* The blocks of the `count` objects of a free-list array of GC objects of `object_size`
+ * bytes: an object there holds nothing (its fields are what its last user left: a list's
+ * freed item array, a stale GC link), only the array holds it. Each block runs from its GC
+ * head to the end of pymalloc's 16-byte multiple. Appends (start, end) pairs to `out` from
+ * word `n` while they fit in `cap`; returns the new count. */
+static size_t hg_free_list_bodies(PyObject *const *items, int count, size_t object_size,
+                                  uintptr_t *out, size_t n, size_t cap) {
+    size_t block = (sizeof(PyGC_Head) + object_size + 15) & ~(size_t)15;
+    for (int i = 0; i < count; i++) {
+        if (items[i] == NULL || n + 2 > cap) continue;
+        uintptr_t start = (uintptr_t)items[i] - sizeof(PyGC_Head);
+        out[n++] = start;
+        out[n++] = start + block;
+    }
+    return n;
+}
+#endif
+
 /* Empty CPython's free lists of lists, dicts (and their keys), tuples and floats, as a full
  * collection does, for the leak scan: an object handed out from a free list was allocated
  * before the test, so a leaked one would be no candidate and would root whatever it points to.
@@ -261,8 +282,9 @@ int hg_py_clear_free_lists(void) {
 }
 
 /* Interpreter memory that holds no references: the unused slots of the free-list arrays
- * (from the count up; CPython leaves the address of every object it took back out there)
- * and the data stacks' slots above their tops (see hg_data_stacks_stale_slots). Writes
+ * (from the count up; CPython leaves the address of every object it took back out there),
+ * the bodies of the lists and dicts in them (see hg_free_list_bodies), and the data stacks'
+ * slots above their tops (see hg_data_stacks_stale_slots). Writes
  * (start, end) pairs into `out` (at most `cap` words), returns the number of words written. */
 size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
@@ -281,6 +303,14 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
              PyDict_MAXFREELIST)
 #endif
 #undef HG_STALE
+#if PyList_MAXFREELIST > 0
+    n = hg_free_list_bodies((PyObject *const *)interp->list.free_list, interp->list.numfree,
+                            sizeof(PyListObject), out, n, cap);
+#endif
+#if PyDict_MAXFREELIST > 0
+    n = hg_free_list_bodies((PyObject *const *)interp->dict_state.free_list,
+                            interp->dict_state.numfree, sizeof(PyDictObject), out, n, cap);
+#endif
     return hg_data_stacks_stale_slots(interp, out, n, cap);
 }
 #elif PY_VERSION_HEX >= 0x030D0000 && !defined(Py_GIL_DISABLED)
@@ -368,6 +398,14 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     HG_STALE(fl->dictkeys.items, fl->dictkeys.numfree, PyDict_MAXFREELIST)
 #endif
 #undef HG_STALE
+#if PyList_MAXFREELIST > 0
+    n = hg_free_list_bodies((PyObject *const *)fl->lists.items, fl->lists.numfree,
+                            sizeof(PyListObject), out, n, cap);
+#endif
+#if PyDict_MAXFREELIST > 0
+    n = hg_free_list_bodies((PyObject *const *)fl->dicts.items, fl->dicts.numfree,
+                            sizeof(PyDictObject), out, n, cap);
+#endif
     return hg_data_stacks_stale_slots(interp, out, n, cap);
 }
 #else
@@ -518,6 +556,21 @@ static int hg_frame_slots_above(PyObject *op, _PyInterpreterFrame *frame, int cl
     return hg_frame_dead_slots(frame, cleared, start, end);
 }
 
+/* A frame object's room for its frame while the frame runs elsewhere (a thread's data stack,
+ * a generator): unwritten until the frame returns and is copied in, to the 16-byte multiple
+ * of its block. 0 when the object holds its frame. */
+static int hg_frame_object_unused(PyFrameObject *f, uintptr_t *start, uintptr_t *end) {
+    if (f->f_frame == NULL || f->f_frame == (_PyInterpreterFrame *)f->_f_frame_data) return 0;
+    /* Made with a slot for each of its code's (a frame object has no item count). */
+    Py_ssize_t slots = hg_frame_slot_count(f->f_frame);
+    if (slots < 0) slots = 0;
+    PyTypeObject *type = Py_TYPE(f);
+    size_t size = (size_t)type->tp_basicsize + (size_t)slots * (size_t)type->tp_itemsize;
+    *start = (uintptr_t)f->_f_frame_data;
+    *end = ((uintptr_t)f + size + 15) & ~(uintptr_t)15;
+    return *start < *end;
+}
+
 static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) {
     if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
         PyGenObject *gen = (PyGenObject *)op;
@@ -546,10 +599,52 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
     if (PyFrame_Check(op)) {
         PyFrameObject *f = (PyFrameObject *)op;
         /* Only a frame object that owns its frame (the frame has returned) has a saved top. */
-        if (f->f_frame != (_PyInterpreterFrame *)f->_f_frame_data) return 0;
-        return hg_frame_slots_above(op, f->f_frame, 0, start, end);
+        if (f->f_frame == (_PyInterpreterFrame *)f->_f_frame_data) {
+            return hg_frame_slots_above(op, f->f_frame, 0, start, end);
+        }
+        return hg_frame_object_unused(f, start, end);
     }
     return 0;
+}
+
+/* The frame objects of frames that run (each thread's, from the innermost out, and a
+ * generator's): untracked until their frame returns, so not in the collector's lists. */
+static size_t hg_running_frame_objects(PyObject *gen_or_null, uintptr_t *out, size_t n,
+                                       size_t cap) {
+    uintptr_t start, end;
+    if (gen_or_null != NULL) {
+        _PyInterpreterFrame *frame = (_PyInterpreterFrame *)((PyGenObject *)gen_or_null)->gi_iframe;
+        if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
+            if (n + 2 <= cap) {
+                out[n] = start;
+                out[n + 1] = end;
+            }
+            n += 2;
+        }
+        return n;
+    }
+    for (PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Get()); t != NULL;
+         t = PyThreadState_Next(t)) {
+#if PY_VERSION_HEX >= 0x030D0000
+        _PyInterpreterFrame *frame = t->current_frame;
+#else
+        _PyInterpreterFrame *frame = t->cframe != NULL ? t->cframe->current_frame : NULL;
+#endif
+        for (; frame != NULL; frame = frame->previous) {
+#if PY_VERSION_HEX >= 0x030C0000
+            /* An entry frame on the C stack sets only the fields the evaluator reads. */
+            if (frame->owner == FRAME_OWNED_BY_CSTACK) continue;
+#endif
+            if (frame->frame_obj == NULL || !hg_frame_object_unused(frame->frame_obj, &start, &end))
+                continue;
+            if (n + 2 <= cap) {
+                out[n] = start;
+                out[n + 1] = end;
+            }
+            n += 2;
+        }
+    }
+    return n;
 }
 #endif
 
@@ -645,10 +740,90 @@ static int hg_buffered_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *en
     return 1;
 }
 
+/* The split values of an object's attributes (3.11-3.13), for the leak scan: the values'
+ * block is allocated with a byte per value giving their insertion order, written only as far
+ * as there are values, and nothing in it is a pointer. 3.11 and 3.12 put that array, the
+ * values' count and the array's size in a prefix before the values (written downwards); 3.13
+ * puts capacity and count in the block's first word and the array after the values. The
+ * values are found from a dict (`ma_values`) or from an instance whose type manages its dict,
+ * before that dict exists (3.11, 3.12: in the pre-header) or after (3.13: the dict may be
+ * untracked, so not in the walk). 3.13's values embedded in their object are that object's
+ * (see hg_py_object_layout). The range is (start, end): 0 when `op` has none. */
+#if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030E0000 && !defined(Py_GIL_DISABLED)
+#include "internal/pycore_object.h"
+
+static PyDictValues *hg_split_values(PyObject *op) {
+    if (PyDict_Check(op)) return ((PyDictObject *)op)->ma_values;
+    if (!PyType_HasFeature(Py_TYPE(op), Py_TPFLAGS_MANAGED_DICT)) return NULL;
+#if PY_VERSION_HEX >= 0x030D0000
+    PyDictObject *dict = _PyObject_ManagedDictPointer(op)->dict;
+    return dict != NULL ? dict->ma_values : NULL;
+#elif PY_VERSION_HEX >= 0x030C0000
+    PyDictOrValues dorv = *_PyObject_DictOrValuesPointer(op);
+    if (_PyDictOrValues_IsValues(dorv)) return _PyDictOrValues_GetValues(dorv);
+    return dorv.dict != NULL ? ((PyDictObject *)dorv.dict)->ma_values : NULL;
+#else
+    PyDictValues *values = *_PyObject_ValuesPointer(op);
+    if (values != NULL) return values;
+    PyObject *dict = *_PyObject_ManagedDictPointer(op);
+    return dict != NULL ? ((PyDictObject *)dict)->ma_values : NULL;
+#endif
+}
+
+static int hg_split_values_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) {
+    PyDictValues *values = hg_split_values(op);
+    if (values == NULL) return 0;
+    const size_t word = sizeof(void *);
+#if PY_VERSION_HEX >= 0x030D0000
+    if (values->embedded) return 0;
+    size_t capacity = values->capacity;
+    /* The block new_values() asked for: a word, the values, the order rounded to words. */
+    size_t size = (capacity + 1) * word + (capacity + word - 1) / word * word;
+    *start = (uintptr_t)&values->values[capacity];
+    /* pymalloc's blocks are 16-byte multiples; the rest is the previous occupant's. */
+    if (size <= SMALL_REQUEST_THRESHOLD) size = (size + 15) & ~(size_t)15;
+    *end = (uintptr_t)values + size;
+#else
+    size_t prefix = ((uint8_t *)values)[-1];
+    if (prefix == 0 || prefix % word != 0) return 0;
+    *start = (uintptr_t)values - prefix;
+    *end = (uintptr_t)values;
+#endif
+    return 1;
+}
+#else
+static int hg_split_values_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) {
+    (void)op;
+    (void)start;
+    (void)end;
+    return 0;
+}
+#endif
+
+/* A class's docstring, for the leak scan: CPython copies it into a block of its length and
+ * terminator, so the rest of the block, from the word the terminator is in (a stale address
+ * whose low bytes the text overwrote was seen there), is what the memory held before.
+ * pymalloc's blocks are 16-byte multiples; malloc's chunks of more than 512 bytes give 8
+ * bytes less than a 16-byte multiple of the request and 8. Only heap types: a static type's
+ * doc is the extension's constant. The range is (start, end): 0 when `op` is none. */
+static int hg_type_doc_slack(PyObject *op, uintptr_t *start, uintptr_t *end) {
+    if (!PyType_Check(op) || !PyType_HasFeature((PyTypeObject *)op, Py_TPFLAGS_HEAPTYPE)) return 0;
+    const char *doc = ((PyTypeObject *)op)->tp_doc;
+    if (doc == NULL) return 0;
+    size_t size = strlen(doc) + 1;
+    size_t block = size <= 512 ? (size + 15) & ~(size_t)15 : ((size + 8 + 15) & ~(size_t)15) - 8;
+    *start = ((uintptr_t)doc + size - 1) & ~(uintptr_t)(sizeof(void *) - 1);
+    *end = (uintptr_t)doc + block;
+    return *start < *end;
+}
+
 size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     struct _gc_runtime_state *gc = &interp->gc;
     size_t n = 0;
+#if PY_VERSION_HEX >= 0x030B0000
+    n = hg_running_frame_objects(NULL, out, n, cap);
+#endif
     for (int g = 0; g <= NUM_GENERATIONS; g++) {
         PyGC_Head *head =
             g < NUM_GENERATIONS ? &gc->generations[g].head : &gc->permanent_generation.head;
@@ -657,6 +832,20 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
             PyObject *op = (PyObject *)(p + 1);
 #if PY_VERSION_HEX >= 0x030B0000
             uintptr_t start, end;
+            if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
+                n = hg_running_frame_objects(op, out, n, cap);
+                /* The word of flags before the frame (four bytes and padding) holds no
+                 * reference; nor, in a generator, the coroutine's origin and async
+                 * generator's finalizer before it, which no generator sets (seen holding a
+                 * leaked string's address). */
+                PyGenObject *gen = (PyGenObject *)op;
+                if (n + 2 <= cap) {
+                    out[n] = PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
+                                                  : (uintptr_t)&gen->gi_hooks_inited;
+                    out[n + 1] = (uintptr_t)gen->gi_iframe;
+                }
+                n += 2;
+            }
             if (hg_frame_stale_slots(op, &start, &end)) {
                 if (n + 2 <= cap) {
                     out[n] = start;
@@ -674,6 +863,23 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
                 }
                 n += 2;
                 continue;
+            }
+            uintptr_t doc_start, doc_end;
+            if (hg_type_doc_slack(op, &doc_start, &doc_end)) {
+                if (n + 2 <= cap) {
+                    out[n] = doc_start;
+                    out[n + 1] = doc_end;
+                }
+                n += 2;
+                continue;
+            }
+            uintptr_t values_start, values_end;
+            if (hg_split_values_stale_slots(op, &values_start, &values_end)) {
+                if (n + 2 <= cap) {
+                    out[n] = values_start;
+                    out[n + 1] = values_end;
+                }
+                n += 2; /* and on: a list's subclass has both */
             }
             if (!PyList_Check(op)) continue;
             PyListObject *list = (PyListObject *)op;

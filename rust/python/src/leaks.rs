@@ -95,7 +95,7 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 /// under the tracker's lock, so it calls no Python code (which could start a collection) and
 /// never the loader.
 fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
-    let mut words = vec![0usize; 1024];
+    let mut words = vec![0usize; 2048];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
@@ -106,7 +106,8 @@ fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
 }
 
 /// Every list's spare capacity, the dead slots of generators' and frame objects' frames that
-/// do not run, and buffered I/O objects' buffers (bytes), as (start, end) ranges: a walk of all the interpreter's containers, so
+/// do not run, buffered I/O objects' buffers (bytes), and the insertion-order bytes of dicts'
+/// and instances' split values (3.11-3.13), as (start, end) ranges: a walk of all the interpreter's containers, so
 /// asked for only when the scan reads the heap and anonymous memory (where they are).
 fn container_stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
     // Sized as the last scan needed.

@@ -53,14 +53,18 @@ pub fn glibc_free_chunks(
                 return None;
             }
             top = Some(chunk);
-            break;
         }
+        // A chunk is known free or in use from the next one's header, the top's included (the
+        // chunk before the top was never told: heapgate's own block there was read whole).
         if let Some(prev) = previous {
             if size_field & PREV_INUSE == 0 {
                 free.push((prev, chunk));
             } else {
                 in_use(prev, chunk - prev);
             }
+        }
+        if top.is_some() {
+            break;
         }
         previous = Some(chunk);
         chunk += size;
@@ -150,9 +154,14 @@ mod tests {
         // The heap grew after its mapping was read: the top runs past the end, and the tcache
         // is still walked (it was not, and a stale pointer in a tcache chunk hid a leak).
         let short = top + 0x80;
-        let free = glibc_free_chunks(&mut words_reader(&words, base), base, short, &mut |_, _| {})
-            .expect("walks as a heap");
+        let mut used = Vec::new();
+        let free = glibc_free_chunks(&mut words_reader(&words, base), base, short, &mut |c, s| {
+            used.push((c, s))
+        })
+        .expect("walks as a heap");
         assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, short)]);
+        // The chunk before that top is still told as in use (from the top's header).
+        assert_eq!(used, vec![(base, 0x290), (a, 0x30), (c, 0x20)]);
         let mut none = |_, _| {};
         assert!(glibc_free_chunks(
             &mut words_reader(&[0, 3, 5], 0x1000),

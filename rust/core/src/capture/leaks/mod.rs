@@ -197,6 +197,11 @@ pub fn scan_leaks(
         })
         .collect();
     gc_heads.sort_unstable();
+    // What holds no references is dead in the test's own blocks too (a frame object the test
+    // made, a list's spare capacity): the ranges found so far, to read candidates with.
+    // `heap_stale`'s are added when the scan first needs them, before it reads the memory
+    // they lie in, so before any reference found there leads to a candidate.
+    let dead_in_candidates = std::cell::RefCell::new(merged_tagged(stale.to_vec()));
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some() {
             let mask = vec![true; registers.len()];
@@ -261,8 +266,21 @@ pub fn scan_leaks(
             let types = &mut |ty| (*types.borrow_mut())(ty);
             heap_dead_ranges(heap, pools.as_ref(), &text, types)
         };
-        let mut late_dead =
-            late::LateDead::new(always, &mut find_heap_free, &mut *heap_stale, &statics);
+        let mut heap_stale_for_candidates_too = || {
+            let found = heap_stale();
+            if let Ok(mut dead) = dead_in_candidates.try_borrow_mut() {
+                let mut all = std::mem::take(&mut *dead);
+                all.extend_from_slice(&found);
+                *dead = merged_tagged(all);
+            }
+            found
+        };
+        let mut late_dead = late::LateDead::new(
+            always,
+            &mut find_heap_free,
+            &mut heap_stale_for_candidates_too,
+            &statics,
+        );
         let buffer_bytes = std::mem::size_of_val(scratch.words());
         // The rest of each region: its resident ranges when found already.
         type Resident = Option<Vec<(usize, usize)>>;
@@ -301,12 +319,20 @@ pub fn scan_leaks(
     let read_block = |start: usize, len: usize| -> Vec<usize> {
         // SAFETY: a live tracked block; it cannot be freed while we hold the tracker's lock
         // (the free and munmap hooks take the lock before releasing memory).
-        let words: Vec<usize> = unsafe { std::slice::from_raw_parts(start as *const u8, len) }
+        let mut words: Vec<usize> = unsafe { std::slice::from_raw_parts(start as *const u8, len) }
             .chunks_exact(std::mem::size_of::<usize>())
             .map(|c| usize::from_ne_bytes(c.try_into().expect("word-sized chunk")))
             .collect();
+        let mut mask = vec![true; words.len()];
+        if let Ok(dead) = dead_in_candidates.try_borrow() {
+            mask_out_ranges(&mut mask, start, &dead);
+        }
+        for (w, keep) in words.iter_mut().zip(&mask) {
+            if !keep {
+                *w = 0;
+            }
+        }
         if explain {
-            let mask = vec![true; words.len()];
             explain_references(
                 (&words, &mask, start),
                 Region::new(start, start + len, false),
