@@ -43,7 +43,7 @@ use glibc::glibc_free_chunks;
 pub use glibc::{chunk_for_request, chunk_holds_request};
 use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
-use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, Candidate};
+use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate};
 
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
 /// beyond that the unwind is not trusted and the whole stack above the scan is read.
@@ -323,16 +323,11 @@ pub fn scan_leaks(
             .chunks_exact(std::mem::size_of::<usize>())
             .map(|c| usize::from_ne_bytes(c.try_into().expect("word-sized chunk")))
             .collect();
-        let mut mask = vec![true; words.len()];
         if let Ok(dead) = dead_in_candidates.try_borrow() {
-            mask_out_ranges(&mut mask, start, &dead);
-        }
-        for (w, keep) in words.iter_mut().zip(&mask) {
-            if !keep {
-                *w = 0;
-            }
+            zero_in_ranges(&mut words, start, &dead);
         }
         if explain {
+            let mask = vec![true; words.len()];
             explain_references(
                 (&words, &mask, start),
                 Region::new(start, start + len, false),

@@ -115,8 +115,20 @@ pub fn gc_head(
 /// Clear, in `mask` (words from `base`), the words inside any of the sorted `ranges` (all
 /// tagged, or none: see `tagged`).
 pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]) {
+    set_in_ranges(mask, base, ranges, false);
+}
+
+/// Set to 0 the words of `words` (read from `base`) inside any of the sorted `ranges`, as
+/// [`mask_out_ranges`] clears them: such a word is no reference.
+pub fn zero_in_ranges(words: &mut [usize], base: usize, ranges: &[(usize, usize)]) {
+    set_in_ranges(words, base, ranges, 0);
+}
+
+/// Set to `value` the items of `items` (one per word from `base`) inside any of the sorted
+/// `ranges`.
+fn set_in_ranges<T: Copy>(items: &mut [T], base: usize, ranges: &[(usize, usize)], value: T) {
     let word = std::mem::size_of::<usize>();
-    let end = base + mask.len() * word;
+    let end = base + items.len() * word;
     let first = ranges.partition_point(|(_, e)| untagged(*e) <= base);
     for &(start, stop) in &ranges[first..] {
         let (start, stop) = (untagged(start), untagged(stop));
@@ -125,7 +137,7 @@ pub fn mask_out_ranges(mask: &mut [bool], base: usize, ranges: &[(usize, usize)]
         }
         let from = start.max(base) - base;
         let to = stop.min(end) - base;
-        mask[from.div_ceil(word)..to / word].fill(false);
+        items[from.div_ceil(word)..to / word].fill(value);
     }
 }
 
