@@ -13,6 +13,17 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+/* Append the range [start, end) to `out` at word `n` if it fits in `cap` words; returns the
+ * words all ranges need so far (the caller asks again with room for them when more than
+ * `cap`). */
+static size_t hg_put_range(uintptr_t *out, size_t n, size_t cap, uintptr_t start, uintptr_t end) {
+    if (n + 2 <= cap) {
+        out[n] = start;
+        out[n + 1] = end;
+    }
+    return n + 2;
+}
+
 /* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
  * 3.9-3.13; sizes come from the headers where CPython publishes them). */
 #if PY_VERSION_HEX >= 0x030C0000
@@ -615,11 +626,7 @@ static size_t hg_running_frame_objects(PyObject *gen_or_null, uintptr_t *out, si
     if (gen_or_null != NULL) {
         _PyInterpreterFrame *frame = (_PyInterpreterFrame *)((PyGenObject *)gen_or_null)->gi_iframe;
         if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
-            if (n + 2 <= cap) {
-                out[n] = start;
-                out[n + 1] = end;
-            }
-            n += 2;
+            n = hg_put_range(out, n, cap, start, end);
         }
         return n;
     }
@@ -635,13 +642,9 @@ static size_t hg_running_frame_objects(PyObject *gen_or_null, uintptr_t *out, si
             /* An entry frame on the C stack sets only the fields the evaluator reads. */
             if (frame->owner == FRAME_OWNED_BY_CSTACK) continue;
 #endif
-            if (frame->frame_obj == NULL || !hg_frame_object_unused(frame->frame_obj, &start, &end))
-                continue;
-            if (n + 2 <= cap) {
-                out[n] = start;
-                out[n + 1] = end;
+            if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
+                n = hg_put_range(out, n, cap, start, end);
             }
-            n += 2;
         }
     }
     return n;
@@ -839,56 +842,29 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
                  * generator's finalizer before it, which no generator sets (seen holding a
                  * leaked string's address). */
                 PyGenObject *gen = (PyGenObject *)op;
-                if (n + 2 <= cap) {
-                    out[n] = PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
-                                                  : (uintptr_t)&gen->gi_hooks_inited;
-                    out[n + 1] = (uintptr_t)gen->gi_iframe;
-                }
-                n += 2;
+                n = hg_put_range(out, n, cap,
+                                 PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
+                                                      : (uintptr_t)&gen->gi_hooks_inited,
+                                 (uintptr_t)gen->gi_iframe);
             }
             if (hg_frame_stale_slots(op, &start, &end)) {
-                if (n + 2 <= cap) {
-                    out[n] = start;
-                    out[n + 1] = end;
-                }
-                n += 2;
+                n = hg_put_range(out, n, cap, start, end);
                 continue;
             }
 #endif
-            uintptr_t buffer_start, buffer_end;
-            if (hg_buffered_stale_slots(op, &buffer_start, &buffer_end)) {
-                if (n + 2 <= cap) {
-                    out[n] = buffer_start;
-                    out[n + 1] = buffer_end;
-                }
-                n += 2;
+            uintptr_t from, to;
+            if (hg_buffered_stale_slots(op, &from, &to) || hg_type_doc_slack(op, &from, &to)) {
+                n = hg_put_range(out, n, cap, from, to);
                 continue;
             }
-            uintptr_t doc_start, doc_end;
-            if (hg_type_doc_slack(op, &doc_start, &doc_end)) {
-                if (n + 2 <= cap) {
-                    out[n] = doc_start;
-                    out[n + 1] = doc_end;
-                }
-                n += 2;
-                continue;
-            }
-            uintptr_t values_start, values_end;
-            if (hg_split_values_stale_slots(op, &values_start, &values_end)) {
-                if (n + 2 <= cap) {
-                    out[n] = values_start;
-                    out[n + 1] = values_end;
-                }
-                n += 2; /* and on: a list's subclass has both */
+            if (hg_split_values_stale_slots(op, &from, &to)) {
+                n = hg_put_range(out, n, cap, from, to); /* and on: a list's subclass has both */
             }
             if (!PyList_Check(op)) continue;
             PyListObject *list = (PyListObject *)op;
             if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
-            if (n + 2 <= cap) {
-                out[n] = (uintptr_t)(list->ob_item + Py_SIZE(list));
-                out[n + 1] = (uintptr_t)(list->ob_item + list->allocated);
-            }
-            n += 2;
+            n = hg_put_range(out, n, cap, (uintptr_t)(list->ob_item + Py_SIZE(list)),
+                             (uintptr_t)(list->ob_item + list->allocated));
         }
     }
     return n;
