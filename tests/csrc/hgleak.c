@@ -145,6 +145,14 @@ static PyObject *leak_reference(PyObject *self, PyObject *obj) {
 
 #include <malloc.h> /* malloc_usable_size (kept here: the tests name the lines above) */
 
+/* malloc(n), filled with `fill`, its address written at `slot` (aligned or not) and kept
+ * nowhere else: the leak a test plants where only stale memory should hold it. */
+static void leave_leaked_address_at(void *slot, Py_ssize_t n, int fill) {
+    void *p = malloc(n);
+    memset(p, fill, n);
+    memcpy(slot, &p, sizeof p);
+}
+
 /* malloc'd and forgotten, its address left only in the slack of `obj`'s chunk: the bytes
  * malloc gave past the end of `obj` (a GC-tracked object too big for pymalloc), as a previous
  * occupant of that memory would leave it. False when the chunk has no such word. */
@@ -158,9 +166,7 @@ static PyObject *leak_into_slack(PyObject *self, PyObject *args) {
                  Py_SIZE(obj) * Py_TYPE(obj)->tp_itemsize;
     size_t usable = malloc_usable_size(start);
     if (usable < end + sizeof(void *)) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x55, n);
-    memcpy(start + usable - sizeof(void *), &p, sizeof p);
+    leave_leaked_address_at(start + usable - sizeof(void *), n, 0x55);
     Py_RETURN_TRUE;
 }
 
@@ -173,9 +179,7 @@ static PyObject *leak_past_object(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Onn", &obj, &used, &n)) return NULL;
     if (!PyObject_IS_GC(obj)) return PyErr_Format(PyExc_TypeError, "a GC-tracked object");
     if (used % 16 != 8) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x5a, n);
-    memcpy((char *)obj - 2 * sizeof(void *) + used, &p, sizeof p);
+    leave_leaked_address_at((char *)obj - 2 * sizeof(void *) + used, n, 0x5a);
     Py_RETURN_TRUE;
 }
 
@@ -224,9 +228,7 @@ static PyObject *leak_into_readline_history(PyObject *self, PyObject *args) {
     dlclose(module);
     if (array == NULL || malloc_usable_size(array) < (*history_length + 3) * sizeof(void *))
         Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x66, n);
-    array[*history_length + 2] = p;
+    leave_leaked_address_at(&array[*history_length + 2], n, 0x66);
     Py_RETURN_TRUE;
 }
 
@@ -298,9 +300,7 @@ static PyObject *leak_into_readline_term_buffer(PyObject *self, PyObject *args) 
     if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
     void **buffer = readline_term_buffer(path);
     if (buffer == NULL) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x77, n);
-    buffer[64] = p;
+    leave_leaked_address_at(&buffer[64], n, 0x77);
     Py_RETURN_TRUE;
 }
 
@@ -328,9 +328,7 @@ static PyObject *leak_into_readline_keymap_slack(PyObject *self, PyObject *args)
     }
     dlclose(module);
     if (found == NULL) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x88, n);
-    memcpy(found + 257 * 16, &p, sizeof p);
+    leave_leaked_address_at(found + 257 * 16, n, 0x88);
     Py_RETURN_TRUE;
 }
 
@@ -350,9 +348,7 @@ static PyObject *leak_into_inline_values(PyObject *self, PyObject *args) {
     size_t from = (count + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
     size_t end = (capacity + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
     if (from + sizeof(void *) > end) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x9f, n);
-    memcpy(order + from, &p, sizeof p);
+    leave_leaked_address_at(order + from, n, 0x9f);
     Py_RETURN_TRUE;
 #else
     Py_RETURN_FALSE;
@@ -396,9 +392,7 @@ static PyObject *leak_into_split_values(PyObject *self, PyObject *args) {
     if (prefix < word + 2 + count) Py_RETURN_FALSE;
     slot = values - prefix;
 #endif
-    void *p = malloc(n);
-    memset(p, 0x5d, n);
-    memcpy(slot, &p, sizeof p);
+    leave_leaked_address_at(slot, n, 0x5d);
     Py_RETURN_TRUE;
 #else
     Py_RETURN_FALSE;
@@ -417,9 +411,7 @@ static PyObject *leak_into_type_doc(PyObject *self, PyObject *args) {
     size_t size = strlen(doc) + 1;
     size_t slot = (size + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
     if (slot + sizeof(void *) > ((size + 15) & ~(size_t)15)) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x3d, n);
-    memcpy(doc + slot, &p, sizeof p);
+    leave_leaked_address_at(doc + slot, n, 0x3d);
     Py_RETURN_TRUE;
 }
 
@@ -430,9 +422,7 @@ static PyObject *leak_into_generator_origin(PyObject *self, PyObject *args) {
     Py_ssize_t n;
     if (!PyArg_ParseTuple(args, "O!n", &PyGen_Type, &gen, &n)) return NULL;
 #if PY_VERSION_HEX >= 0x030B0000
-    void *p = malloc(n);
-    memset(p, 0x4f, n);
-    memcpy(&((PyGenObject *)gen)->gi_origin_or_finalizer, &p, sizeof p);
+    leave_leaked_address_at(&((PyGenObject *)gen)->gi_origin_or_finalizer, n, 0x4f);
     Py_RETURN_TRUE;
 #else
     Py_RETURN_FALSE;
@@ -456,9 +446,7 @@ static PyObject *leak_into_frame_room(PyObject *self, PyObject *args) {
     int slots = code->co_nlocalsplus + code->co_stacksize;
     Py_DECREF(code);
     if (slots < 1 || Py_TYPE(frame)->tp_itemsize != sizeof(void *)) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x6e, n);
-    memcpy((char *)frame + Py_TYPE(frame)->tp_basicsize, &p, sizeof p);
+    leave_leaked_address_at((char *)frame + Py_TYPE(frame)->tp_basicsize, n, 0x6e);
     Py_RETURN_TRUE;
 #endif
 }
@@ -488,9 +476,7 @@ static PyObject *leak_into_readline_funmap(PyObject *self, PyObject *args, int i
     if (!PyArg_ParseTuple(args, "sn", &path, &n)) return NULL;
     void *place = funmap_place(path, in_entry);
     if (place == NULL) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x8f, n);
-    memcpy(place, &p, sizeof p);
+    leave_leaked_address_at(place, n, 0x8f);
     Py_RETURN_TRUE;
 }
 
@@ -547,11 +533,9 @@ static PyObject *leak_into_ncurses_tparm_buffer(PyObject *self, PyObject *args) 
         }
     }
     if (found == NULL) Py_RETURN_FALSE;
-    void *p = malloc(n);
-    memset(p, 0x99, n);
     size_t at = (bytes + sizeof(void *) - 1) / sizeof(void *) * sizeof(void *);
     if (at + sizeof(void *) > malloc_usable_size(found)) Py_RETURN_FALSE;
-    memcpy(found + at, &p, sizeof p);
+    leave_leaked_address_at(found + at, n, 0x99);
     Py_RETURN_TRUE;
 }
 
@@ -611,9 +595,7 @@ static PyObject *narrow_object(PyObject *self, PyObject *args) {
             Py_DECREF(obj);
             return PyErr_Format(PyExc_ValueError, "the items reach the object's last word");
         }
-        void *p = malloc(stale);
-        memset(p, 0x5e, stale);
-        memcpy((char *)obj + size - sizeof p, &p, sizeof p);
+        leave_leaked_address_at((char *)obj + size - sizeof(void *), stale, 0x5e);
     }
     return (PyObject *)obj;
 }

@@ -24,6 +24,15 @@ static size_t hg_put_range(uintptr_t *out, size_t n, size_t cap, uintptr_t start
     return n + 2;
 }
 
+/* Where the memory the allocator gave a request of `size` bytes at `block` ends (the rest of
+ * it is what its previous occupant left): pymalloc serves up to 512 bytes in 16-byte
+ * multiples; above, glibc's malloc gives the request and its chunk's size field rounded up to
+ * 16 bytes, less that field. */
+static uintptr_t hg_alloc_end(uintptr_t block, size_t size) {
+    if (size <= 512) return block + ((size + 15) & ~(size_t)15);
+    return block + ((size + 8 + 15) & ~(size_t)15) - 8;
+}
+
 /* pymalloc's pool geometry, for the leak scan (the pool header layout is the same in
  * 3.9-3.13; sizes come from the headers where CPython publishes them). */
 #if PY_VERSION_HEX >= 0x030C0000
@@ -204,16 +213,15 @@ static size_t hg_data_stacks_stale_slots(PyInterpreterState *interp, uintptr_t *
 /* The blocks of the `count` objects of a free-list array of GC objects of `object_size`
  * bytes: an object there holds nothing (its fields are what its last user left: a list's
  * freed item array, a stale GC link), only the array holds it. Each block runs from its GC
- * head to the end of pymalloc's 16-byte multiple. Appends (start, end) pairs to `out` from
+ * head to the end of its memory (see hg_alloc_end). Appends (start, end) pairs to `out` from
  * word `n` while they fit in `cap`; returns the new count. */
 static size_t hg_free_list_bodies(PyObject *const *items, int count, size_t object_size,
                                   uintptr_t *out, size_t n, size_t cap) {
-    size_t block = (sizeof(PyGC_Head) + object_size + 15) & ~(size_t)15;
     for (int i = 0; i < count; i++) {
         if (items[i] == NULL || n + 2 > cap) continue;
         uintptr_t start = (uintptr_t)items[i] - sizeof(PyGC_Head);
         out[n++] = start;
-        out[n++] = start + block;
+        out[n++] = hg_alloc_end(start, sizeof(PyGC_Head) + object_size);
     }
     return n;
 }
@@ -568,8 +576,8 @@ static int hg_frame_slots_above(PyObject *op, _PyInterpreterFrame *frame, int cl
 }
 
 /* A frame object's room for its frame while the frame runs elsewhere (a thread's data stack,
- * a generator): unwritten until the frame returns and is copied in, to the 16-byte multiple
- * of its block. 0 when the object holds its frame. */
+ * a generator): unwritten until the frame returns and is copied in, to the end of its block's
+ * memory. 0 when the object holds its frame. */
 static int hg_frame_object_unused(PyFrameObject *f, uintptr_t *start, uintptr_t *end) {
     if (f->f_frame == NULL || f->f_frame == (_PyInterpreterFrame *)f->_f_frame_data) return 0;
     /* Made with a slot for each of its code's (a frame object has no item count). */
@@ -578,7 +586,7 @@ static int hg_frame_object_unused(PyFrameObject *f, uintptr_t *start, uintptr_t 
     PyTypeObject *type = Py_TYPE(f);
     size_t size = (size_t)type->tp_basicsize + (size_t)slots * (size_t)type->tp_itemsize;
     *start = (uintptr_t)f->_f_frame_data;
-    *end = ((uintptr_t)f + size + 15) & ~(uintptr_t)15;
+    *end = hg_alloc_end((uintptr_t)f - sizeof(PyGC_Head), sizeof(PyGC_Head) + size);
     return *start < *end;
 }
 
@@ -595,8 +603,8 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
         Py_ssize_t slots = hg_frame_slot_count(frame);
         if (slots <= 0 || !hg_frame_in_object(op, frame)) return 0;
         /* A running frame's top is not known (above); past the last slot, the rest of the
-         * 16-byte aligned block is not the object's in any state (seen holding a stale
-         * address in a pluggy hook wrapper's generator). */
+         * block's memory (see hg_alloc_end) is not the object's in any state (seen holding a
+         * stale address in a pluggy hook wrapper's generator). */
         Py_ssize_t top = slots;
         if (state == FRAME_CLEARED) {
             top = 0;
@@ -604,7 +612,8 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
             top = frame->stacktop;
         }
         *start = (uintptr_t)(frame->localsplus + top);
-        *end = ((uintptr_t)(frame->localsplus + slots) + 15) & ~(uintptr_t)15;
+        uintptr_t block = (uintptr_t)op - sizeof(PyGC_Head);
+        *end = hg_alloc_end(block, (uintptr_t)(frame->localsplus + slots) - block);
         return *start < *end;
     }
     if (PyFrame_Check(op)) {
@@ -618,18 +627,21 @@ static int hg_frame_stale_slots(PyObject *op, uintptr_t *start, uintptr_t *end) 
     return 0;
 }
 
-/* The frame objects of frames that run (each thread's, from the innermost out, and a
- * generator's): untracked until their frame returns, so not in the collector's lists. */
-static size_t hg_running_frame_objects(PyObject *gen_or_null, uintptr_t *out, size_t n,
+/* The room of the frame object of `frame`, a frame that runs, if it has one (see
+ * hg_frame_object_unused). Such objects are untracked until their frame returns, so not in
+ * the collector's lists: they are found from the frames, each thread's (see
+ * hg_thread_frame_objects) and each generator's. */
+static size_t hg_put_frame_object_room(_PyInterpreterFrame *frame, uintptr_t *out, size_t n,
                                        size_t cap) {
     uintptr_t start, end;
-    if (gen_or_null != NULL) {
-        _PyInterpreterFrame *frame = (_PyInterpreterFrame *)((PyGenObject *)gen_or_null)->gi_iframe;
-        if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
-            n = hg_put_range(out, n, cap, start, end);
-        }
-        return n;
+    if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
+        n = hg_put_range(out, n, cap, start, end);
     }
+    return n;
+}
+
+/* hg_put_frame_object_room for every frame of every thread, from the innermost out. */
+static size_t hg_thread_frame_objects(uintptr_t *out, size_t n, size_t cap) {
     for (PyThreadState *t = PyInterpreterState_ThreadHead(PyInterpreterState_Get()); t != NULL;
          t = PyThreadState_Next(t)) {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -642,9 +654,7 @@ static size_t hg_running_frame_objects(PyObject *gen_or_null, uintptr_t *out, si
             /* An entry frame on the C stack sets only the fields the evaluator reads. */
             if (frame->owner == FRAME_OWNED_BY_CSTACK) continue;
 #endif
-            if (frame->frame_obj != NULL && hg_frame_object_unused(frame->frame_obj, &start, &end)) {
-                n = hg_put_range(out, n, cap, start, end);
-            }
+            n = hg_put_frame_object_room(frame, out, n, cap);
         }
     }
     return n;
@@ -783,9 +793,7 @@ static int hg_split_values_stale_slots(PyObject *op, uintptr_t *start, uintptr_t
     /* The block new_values() asked for: a word, the values, the order rounded to words. */
     size_t size = (capacity + 1) * word + (capacity + word - 1) / word * word;
     *start = (uintptr_t)&values->values[capacity];
-    /* pymalloc's blocks are 16-byte multiples; the rest is the previous occupant's. */
-    if (size <= SMALL_REQUEST_THRESHOLD) size = (size + 15) & ~(size_t)15;
-    *end = (uintptr_t)values + size;
+    *end = hg_alloc_end((uintptr_t)values, size);
 #else
     size_t prefix = ((uint8_t *)values)[-1];
     if (prefix == 0 || prefix % word != 0) return 0;
@@ -804,19 +812,17 @@ static int hg_split_values_stale_slots(PyObject *op, uintptr_t *start, uintptr_t
 #endif
 
 /* A class's docstring, for the leak scan: CPython copies it into a block of its length and
- * terminator, so the rest of the block, from the word the terminator is in (a stale address
- * whose low bytes the text overwrote was seen there), is what the memory held before.
- * pymalloc's blocks are 16-byte multiples; malloc's chunks of more than 512 bytes give 8
- * bytes less than a 16-byte multiple of the request and 8. Only heap types: a static type's
- * doc is the extension's constant. The range is (start, end): 0 when `op` is none. */
+ * terminator, so the rest of the block's memory (see hg_alloc_end), from the word the
+ * terminator is in (a stale address whose low bytes the text overwrote was seen there), is
+ * what the memory held before. Only heap types: a static type's doc is the extension's
+ * constant. The range is (start, end): 0 when `op` is none. */
 static int hg_type_doc_slack(PyObject *op, uintptr_t *start, uintptr_t *end) {
     if (!PyType_Check(op) || !PyType_HasFeature((PyTypeObject *)op, Py_TPFLAGS_HEAPTYPE)) return 0;
     const char *doc = ((PyTypeObject *)op)->tp_doc;
     if (doc == NULL) return 0;
     size_t size = strlen(doc) + 1;
-    size_t block = size <= 512 ? (size + 15) & ~(size_t)15 : ((size + 8 + 15) & ~(size_t)15) - 8;
     *start = ((uintptr_t)doc + size - 1) & ~(uintptr_t)(sizeof(void *) - 1);
-    *end = (uintptr_t)doc + block;
+    *end = hg_alloc_end((uintptr_t)doc, size);
     return *start < *end;
 }
 
@@ -825,7 +831,7 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
     struct _gc_runtime_state *gc = &interp->gc;
     size_t n = 0;
 #if PY_VERSION_HEX >= 0x030B0000
-    n = hg_running_frame_objects(NULL, out, n, cap);
+    n = hg_thread_frame_objects(out, n, cap);
 #endif
     for (int g = 0; g <= NUM_GENERATIONS; g++) {
         PyGC_Head *head =
@@ -836,12 +842,12 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
 #if PY_VERSION_HEX >= 0x030B0000
             uintptr_t start, end;
             if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
-                n = hg_running_frame_objects(op, out, n, cap);
+                PyGenObject *gen = (PyGenObject *)op;
+                n = hg_put_frame_object_room((_PyInterpreterFrame *)gen->gi_iframe, out, n, cap);
                 /* The word of flags before the frame (four bytes and padding) holds no
                  * reference; nor, in a generator, the coroutine's origin and async
                  * generator's finalizer before it, which no generator sets (seen holding a
                  * leaked string's address). */
-                PyGenObject *gen = (PyGenObject *)op;
                 n = hg_put_range(out, n, cap,
                                  PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
                                                       : (uintptr_t)&gen->gi_hooks_inited,

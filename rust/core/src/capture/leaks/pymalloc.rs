@@ -222,7 +222,8 @@ impl ObjectLayout {
         let word = std::mem::size_of::<usize>();
         [0usize, 2, 4].into_iter().find_map(|header| {
             let fits = |end: usize| rounds(end).then_some((header * word, end));
-            let fits_resized = |end: usize| (rounds(end) || shrunk(end)).then_some((0, end));
+            let fits_resized =
+                |end: usize| (rounds(end) || shrunk(end)).then_some((header * word, end));
             let (refcount, ty) = (*block.get(header)?, *block.get(header + 1)?);
             if refcount == 0 || refcount > u32::MAX as usize || ty % word != 0 || ty < 4096 {
                 return None;
