@@ -29,8 +29,8 @@ pub use crate::model::{
 pub use guard::Guard;
 pub(crate) use leaks::NativeOrigins;
 pub use leaks::{
-    chunk_for_request, chunk_holds_request, gc_candidates, scan_leaks, take_leak_explanations,
-    word_at, ObjectLayout, PoolLayout,
+    chunk_for_request, chunk_holds_request, gc_candidates, read_words, scan_leaks,
+    take_leak_explanations, word_at, ObjectLayout, PoolLayout,
 };
 pub use objects::writable_segments_of;
 pub use python::{

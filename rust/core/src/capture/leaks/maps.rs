@@ -44,6 +44,128 @@ pub struct Mapping {
     pub path: String,
 }
 
+/// The process's mappings, in address order: through the `PROCMAP_QUERY` ioctl where the
+/// kernel has it (Linux 6.11+), else from `/proc/self/maps` text. The text costs the kernel
+/// about 2 µs a line to make, mostly formatting file paths, and a scan needed it every test
+/// (some 0.4-0.9 ms in a pytest process of 200 mappings, a quarter of a scan that finds its
+/// blocks early); the ioctl is asked for a name only where the scan reads it (anonymous
+/// memory's `[heap]`, `[stack]`, `[vdso]`), never a file's path.
+pub fn read_maps() -> Vec<Mapping> {
+    if let Ok(file) = fs::File::open("/proc/self/maps") {
+        if let Some(maps) = query_maps(&file) {
+            return maps;
+        }
+    }
+    fs::read_to_string("/proc/self/maps")
+        .map(|text| parse_maps(&text))
+        .unwrap_or_default()
+}
+
+/// `struct procmap_query` of `<linux/fs.h>` (Linux 6.11).
+#[repr(C)]
+#[derive(Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+/// `_IOWR(PROCFS_IOCTL_MAGIC, 17, struct procmap_query)`.
+const PROCMAP_QUERY: libc::c_ulong = (3 << 30)
+    | ((std::mem::size_of::<ProcmapQuery>() as libc::c_ulong) << 16)
+    | ((b'f' as libc::c_ulong) << 8)
+    | 17;
+const VMA_READABLE: u64 = 0x01;
+const VMA_WRITABLE: u64 = 0x02;
+const VMA_EXECUTABLE: u64 = 0x04;
+const VMA_SHARED: u64 = 0x08;
+const COVERING_OR_NEXT_VMA: u64 = 0x10;
+/// Names the scan reads (`[vvar_vclock]` is the longest) fit; a longer one is cut, which only
+/// a named anonymous mapping (`[anon:...]`) can be, and any name marks it as not anonymous.
+const NAME_BYTES: usize = 64;
+
+/// The mappings through `PROCMAP_QUERY` on `maps` (an open `/proc/self/maps`), or None when
+/// the kernel does not have it.
+fn query_maps(maps: &fs::File) -> Option<Vec<Mapping>> {
+    use std::os::fd::AsRawFd;
+    let mut out = Vec::new();
+    let mut name = [0u8; NAME_BYTES];
+    let mut at = 0u64;
+    loop {
+        let mut q = ProcmapQuery {
+            size: std::mem::size_of::<ProcmapQuery>() as u64,
+            query_flags: COVERING_OR_NEXT_VMA,
+            query_addr: at,
+            ..ProcmapQuery::default()
+        };
+        // SAFETY: the kernel reads and writes `q` (its size is in `size`); no name buffer.
+        if unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) } != 0 {
+            let error = std::io::Error::last_os_error().raw_os_error();
+            // ENOENT: no mapping at or above `at`. Anything else on the first query: no such
+            // ioctl here (ENOTTY, EINVAL); later, the text is asked instead.
+            return (error == Some(libc::ENOENT) && at != 0).then_some(out);
+        }
+        let path = if q.inode != 0 || q.dev_major != 0 || q.dev_minor != 0 {
+            // A file's mapping: the scan reads only that it has a path.
+            String::from("(file)")
+        } else {
+            let mut named = ProcmapQuery {
+                size: std::mem::size_of::<ProcmapQuery>() as u64,
+                query_addr: q.vma_start,
+                vma_name_size: NAME_BYTES as u32,
+                vma_name_addr: name.as_mut_ptr() as u64,
+                ..ProcmapQuery::default()
+            };
+            // SAFETY: as above, with a name buffer of NAME_BYTES bytes the kernel writes a
+            // NUL-terminated name into (vma_name_size: its length with the NUL, 0 for none).
+            if unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut named) } != 0
+                || named.vma_start != q.vma_start
+            {
+                return None;
+            }
+            let len = (named.vma_name_size as usize)
+                .min(NAME_BYTES)
+                .saturating_sub(1);
+            String::from_utf8_lossy(&name[..len]).into_owned()
+        };
+        let flag = |bit: u64, c: char| if q.vma_flags & bit != 0 { c } else { '-' };
+        let perms: String = [
+            flag(VMA_READABLE, 'r'),
+            flag(VMA_WRITABLE, 'w'),
+            flag(VMA_EXECUTABLE, 'x'),
+            if q.vma_flags & VMA_SHARED != 0 {
+                's'
+            } else {
+                'p'
+            },
+        ]
+        .into_iter()
+        .collect();
+        out.push(Mapping {
+            start: Addr::new(q.vma_start as usize),
+            end: Addr::new(q.vma_end as usize),
+            perms,
+            path,
+        });
+        if q.vma_end <= at {
+            return None; // no progress: not the kernel's answer as documented
+        }
+        at = q.vma_end;
+    }
+}
+
 /// Parse `/proc/PID/maps` text.
 pub fn parse_maps(text: &str) -> Vec<Mapping> {
     text.lines()
@@ -135,6 +257,53 @@ pub fn blocked_thread_stack_pointers() -> Vec<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the scan reads of a mapping: its range, whether it is readable and writable,
+    /// whether it is anonymous, and the pseudo-names it looks for.
+    /// (`[vsyscall]`, a page of the kernel's above every mapping, is in the text only: no
+    /// scan reads it, as it cannot be read.)
+    fn as_scan_reads(maps: &[Mapping]) -> Vec<(usize, usize, String, bool, String)> {
+        maps.iter()
+            .filter(|m| m.path != "[vsyscall]")
+            .map(|m| {
+                let special = if m.path.starts_with('[') {
+                    m.path.clone()
+                } else {
+                    String::new()
+                };
+                (
+                    m.start.get(),
+                    m.end.get(),
+                    m.perms[..2].to_string(),
+                    m.path.is_empty(),
+                    special,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_query_gives_what_the_text_gives() {
+        let Ok(file) = fs::File::open("/proc/self/maps") else {
+            return;
+        };
+        if query_maps(&file).is_none() {
+            eprintln!("PROCMAP_QUERY is not in this kernel: only the text is read");
+            return;
+        }
+        // Other test threads map and unmap memory meanwhile: the two reads agree on one try.
+        let agreed = (0..20).any(|_| {
+            let queried = query_maps(&file).expect("the query worked once");
+            let text = parse_maps(&fs::read_to_string("/proc/self/maps").expect("maps"));
+            as_scan_reads(&queried) == as_scan_reads(&text)
+        });
+        assert!(agreed, "PROCMAP_QUERY and /proc/self/maps never agreed");
+        let maps = read_maps();
+        assert!(maps.iter().any(|m| m.path == "[stack]"));
+        assert!(maps
+            .iter()
+            .any(|m| m.path.is_empty() && m.perms.starts_with("rw")));
+    }
 
     #[test]
     fn maps_give_live_stacks_and_skip_cached_ones() {

@@ -41,7 +41,7 @@ use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker}
 use crate::report::InterpreterModules;
 use glibc::glibc_free_chunks;
 pub use glibc::{chunk_for_request, chunk_holds_request};
-use maps::{blocked_thread_stack_pointers, parse_maps, root_regions, Region};
+use maps::{blocked_thread_stack_pointers, read_maps, root_regions, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate};
 
@@ -117,9 +117,7 @@ pub fn scan_leaks(
         return Ok(LeakKinds::default());
     }
     let stale = &stale()[..];
-    let maps = std::fs::read_to_string("/proc/self/maps")
-        .map(|text| parse_maps(&text))
-        .unwrap_or_default();
+    let maps = read_maps();
     let stack_pointers = blocked_thread_stack_pointers();
     let stack_from = live_stack_start(stack_from);
     // Copies of memory made while reading must not be read back as roots: they live in a
@@ -1055,7 +1053,7 @@ pub fn word_at(addr: usize) -> Option<usize> {
 
 /// Read words at `at` through `process_vm_readv` on ourselves: memory another thread unmaps
 /// meanwhile reads as a failure, never as a crash. Returns the number of words read.
-fn read_words(at: usize, buffer: &mut [usize]) -> usize {
+pub fn read_words(at: usize, buffer: &mut [usize]) -> usize {
     let bytes = std::mem::size_of_val(buffer);
     let local = libc::iovec {
         iov_base: buffer.as_mut_ptr() as *mut libc::c_void,
