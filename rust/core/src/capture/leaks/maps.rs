@@ -96,60 +96,74 @@ const COVERING_OR_NEXT_VMA: u64 = 0x10;
 /// a named anonymous mapping (`[anon:...]`) can be, and any name marks it as not anonymous.
 const NAME_BYTES: usize = 64;
 
+/// One `PROCMAP_QUERY` on `maps` for the mapping at `addr` (or the next one, with
+/// [`COVERING_OR_NEXT_VMA`] in `flags`), its name written into `name` when not empty: the
+/// answer, or the error number.
+fn procmap_query(
+    maps: &fs::File,
+    addr: u64,
+    flags: u64,
+    name: &mut [u8],
+) -> Result<ProcmapQuery, Option<i32>> {
+    use std::os::fd::AsRawFd;
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_flags: flags,
+        query_addr: addr,
+        vma_name_size: name.len() as u32,
+        vma_name_addr: if name.is_empty() {
+            0
+        } else {
+            name.as_mut_ptr() as u64
+        },
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: the kernel reads and writes `q` (its size is in `size`) and writes at most
+    // `vma_name_size` bytes, a NUL-terminated name, at `vma_name_addr` (our `name`).
+    if unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) } != 0 {
+        return Err(std::io::Error::last_os_error().raw_os_error());
+    }
+    Ok(q)
+}
+
 /// The mappings through `PROCMAP_QUERY` on `maps` (an open `/proc/self/maps`), or None when
 /// the kernel does not have it.
 fn query_maps(maps: &fs::File) -> Option<Vec<Mapping>> {
-    use std::os::fd::AsRawFd;
     let mut out = Vec::new();
     let mut name = [0u8; NAME_BYTES];
     let mut at = 0u64;
     loop {
-        let mut q = ProcmapQuery {
-            size: std::mem::size_of::<ProcmapQuery>() as u64,
-            query_flags: COVERING_OR_NEXT_VMA,
-            query_addr: at,
-            ..ProcmapQuery::default()
-        };
-        // SAFETY: the kernel reads and writes `q` (its size is in `size`); no name buffer.
-        if unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut q) } != 0 {
-            let error = std::io::Error::last_os_error().raw_os_error();
+        let q = match procmap_query(maps, at, COVERING_OR_NEXT_VMA, &mut []) {
+            Ok(q) => q,
             // ENOENT: no mapping at or above `at`. Anything else on the first query: no such
             // ioctl here (ENOTTY, EINVAL); later, the text is asked instead.
-            return (error == Some(libc::ENOENT) && at != 0).then_some(out);
-        }
+            Err(error) => return (error == Some(libc::ENOENT) && at != 0).then_some(out),
+        };
         let path = if q.inode != 0 || q.dev_major != 0 || q.dev_minor != 0 {
             // A file's mapping: the scan reads only that it has a path.
             String::from("(file)")
         } else {
-            let mut named = ProcmapQuery {
-                size: std::mem::size_of::<ProcmapQuery>() as u64,
-                query_addr: q.vma_start,
-                vma_name_size: NAME_BYTES as u32,
-                vma_name_addr: name.as_mut_ptr() as u64,
-                ..ProcmapQuery::default()
-            };
-            // SAFETY: as above, with a name buffer of NAME_BYTES bytes the kernel writes a
-            // NUL-terminated name into (vma_name_size: its length with the NUL, 0 for none).
-            if unsafe { libc::ioctl(maps.as_raw_fd(), PROCMAP_QUERY, &mut named) } != 0
-                || named.vma_start != q.vma_start
-            {
-                return None;
-            }
+            // Unmapped since the first query: the text is asked instead.
+            let named = procmap_query(maps, q.vma_start, 0, &mut name)
+                .ok()
+                .filter(|n| n.vma_start == q.vma_start)?;
+            // vma_name_size: the name's length with its NUL, 0 for none.
             let len = (named.vma_name_size as usize)
                 .min(NAME_BYTES)
                 .saturating_sub(1);
             String::from_utf8_lossy(&name[..len]).into_owned()
         };
         let flag = |bit: u64, c: char| if q.vma_flags & bit != 0 { c } else { '-' };
+        let shared = if q.vma_flags & VMA_SHARED != 0 {
+            's'
+        } else {
+            'p'
+        };
         let perms: String = [
             flag(VMA_READABLE, 'r'),
             flag(VMA_WRITABLE, 'w'),
             flag(VMA_EXECUTABLE, 'x'),
-            if q.vma_flags & VMA_SHARED != 0 {
-                's'
-            } else {
-                'p'
-            },
+            shared,
         ]
         .into_iter()
         .collect();
