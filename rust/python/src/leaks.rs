@@ -341,7 +341,10 @@ fn readline_funmap_spare(funmap: usize) -> Vec<usize> {
     };
     // The array's memory runs up to its chunk's end (the next chunk's size field excluded).
     let array_end = array + array_chunk - word;
-    let mut slots = vec![0usize; (array_end - array) / word];
+    // readline grows it 64 entries at a time (some 170 are bound as it starts): a size far
+    // beyond that is no funmap array's.
+    const MOST_SLOTS: usize = 1 << 16;
+    let mut slots = vec![0usize; ((array_end - array) / word).min(MOST_SLOTS)];
     let n = capture::read_words(array, &mut slots);
     slots.truncate(n);
     let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
