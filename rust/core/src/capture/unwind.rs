@@ -223,9 +223,12 @@ mod cfi {
     }
 
     impl Objects {
-        fn covers(&self, ip: usize) -> bool {
+        /// The code range of the object that holds `ip`.
+        fn range_of(&self, ip: usize) -> Option<(usize, usize)> {
             let i = self.ranges.partition_point(|r| r.0 <= ip);
-            i > 0 && ip < self.ranges[i - 1].1
+            i.checked_sub(1)
+                .map(|i| self.ranges[i])
+                .filter(|r| ip < r.1)
         }
     }
 
@@ -239,6 +242,40 @@ mod cfi {
         caches: Box<[Cache; RULE_CACHES]>,
         /// One past the highest address of this thread's stack.
         stack_end: usize,
+        /// The code ranges of `objects` the last frames looked up were in, the latest first:
+        /// most frames of a stack are in the object of the frame before, or of the one before
+        /// that (an allocation's stack goes from heapgate's hooks to the interpreter and back
+        /// through an extension), and the search over some hundred objects' ranges was most
+        /// of an unwind's own time.
+        recent: [(usize, usize); 2],
+    }
+
+    impl Local {
+        /// Is `ip` in code of `objects`?
+        #[inline]
+        fn covers(&mut self, ip: usize) -> bool {
+            let within = |r: (usize, usize)| r.0 <= ip && ip < r.1;
+            if within(self.recent[0]) {
+                return true;
+            }
+            if within(self.recent[1]) {
+                self.recent.swap(0, 1);
+                return true;
+            }
+            match self.objects.range_of(ip) {
+                Some(range) => {
+                    self.recent = [range, self.recent[0]];
+                    true
+                }
+                None => false,
+            }
+        }
+
+        /// Take the current table, and forget ranges of the old one.
+        fn replace_objects(&mut self, (objects, generation): (Arc<Objects>, u64)) {
+            (self.objects, self.generation) = (objects, generation);
+            self.recent = [(0, 0); 2];
+        }
     }
 
     thread_local! {
@@ -315,7 +352,7 @@ mod cfi {
                 let local = match local.as_mut() {
                     Some(l) => {
                         if l.generation != generation {
-                            (l.objects, l.generation) = shared(None);
+                            l.replace_objects(shared(None));
                         }
                         l
                     }
@@ -326,6 +363,7 @@ mod cfi {
                             generation,
                             caches: Box::default(),
                             stack_end: stack_end(sp as usize),
+                            recent: [(0, 0); 2],
                         })
                     }
                 };
@@ -360,10 +398,10 @@ mod cfi {
         let mut first = true;
         loop {
             let lookup = address.address_for_lookup() as usize;
-            if !local.objects.covers(lookup) {
+            if !local.covers(lookup) {
                 // An object loaded since the table was made: ask the loader once more.
-                (local.objects, local.generation) = shared(Some(local.objects.adds));
-                if !local.objects.covers(lookup) {
+                local.replace_objects(shared(Some(local.objects.adds)));
+                if !local.covers(lookup) {
                     return; // code outside every object: no tables to go on
                 }
             }
@@ -491,6 +529,47 @@ mod cfi {
                 Some(u64::from_ne_bytes(bytes[4..12].try_into().ok()?) as usize)
             }
             _ => None,
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn table(ranges: &[(usize, usize)]) -> (Arc<Objects>, u64) {
+            let objects = Objects {
+                unwinder: Cfi::new(),
+                ranges: ranges.to_vec(),
+                adds: 0,
+                subs: 0,
+            };
+            (Arc::new(objects), 1)
+        }
+
+        #[test]
+        fn the_recent_ranges_answer_only_for_their_own_table() {
+            let (objects, generation) =
+                table(&[(0x1000, 0x2000), (0x5000, 0x6000), (0x9000, 0xa000)]);
+            let mut local = Local {
+                objects,
+                generation,
+                caches: Box::default(),
+                stack_end: 0,
+                recent: [(0, 0); 2],
+            };
+            // Alternating between two objects, then a third, then outside every object.
+            for ip in [0x1800, 0x5800, 0x1000, 0x5fff, 0x9000] {
+                assert!(local.covers(ip), "{ip:#x}");
+            }
+            assert_eq!(local.recent, [(0x9000, 0xa000), (0x5000, 0x6000)]);
+            for ip in [0x0fff, 0x2000, 0x6000, 0xa000, 0x7000] {
+                assert!(!local.covers(ip), "{ip:#x}");
+            }
+            // A new table without the first two objects (unloaded): the ranges kept are gone.
+            local.replace_objects(table(&[(0x9000, 0xa000)]));
+            assert!(!local.covers(0x5800));
+            assert!(!local.covers(0x1800));
+            assert!(local.covers(0x9800));
         }
     }
 }
