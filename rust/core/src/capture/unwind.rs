@@ -239,9 +239,18 @@ mod cfi {
     struct Local {
         objects: Arc<Objects>,
         generation: u64,
-        caches: Box<[Cache; RULE_CACHES]>,
+        /// On the heap, as heapgate's own block: the thread-local block the loader allocates
+        /// for this thread is not heapgate's, and the leak scan reads it (its size moves the
+        /// process's heap layout).
+        caches: Box<Caches>,
         /// One past the highest address of this thread's stack.
         stack_end: usize,
+    }
+
+    /// A thread's unwind caches.
+    #[derive(Default)]
+    struct Caches {
+        rules: [Cache; RULE_CACHES],
         /// The code ranges of `objects` the last frames looked up were in, the latest first:
         /// most frames of a stack are in the object of the frame before, or of the one before
         /// that (an allocation's stack goes from heapgate's hooks to the interpreter and back
@@ -255,16 +264,17 @@ mod cfi {
         #[inline]
         fn covers(&mut self, ip: usize) -> bool {
             let within = |r: (usize, usize)| r.0 <= ip && ip < r.1;
-            if within(self.recent[0]) {
+            let recent = &mut self.caches.recent;
+            if within(recent[0]) {
                 return true;
             }
-            if within(self.recent[1]) {
-                self.recent.swap(0, 1);
+            if within(recent[1]) {
+                recent.swap(0, 1);
                 return true;
             }
             match self.objects.range_of(ip) {
                 Some(range) => {
-                    self.recent = [range, self.recent[0]];
+                    *recent = [range, recent[0]];
                     true
                 }
                 None => false,
@@ -274,7 +284,7 @@ mod cfi {
         /// Take the current table, and forget ranges of the old one.
         fn replace_objects(&mut self, (objects, generation): (Arc<Objects>, u64)) {
             (self.objects, self.generation) = (objects, generation);
-            self.recent = [(0, 0); 2];
+            self.caches.recent = [(0, 0); 2];
         }
     }
 
@@ -363,7 +373,6 @@ mod cfi {
                             generation,
                             caches: Box::default(),
                             stack_end: stack_end(sp as usize),
-                            recent: [(0, 0); 2],
                         })
                     }
                 };
@@ -412,7 +421,7 @@ mod cfi {
             let next = local.objects.unwinder.unwind_frame(
                 address,
                 &mut regs,
-                &mut local.caches[rule_cache_for(lookup)],
+                &mut local.caches.rules[rule_cache_for(lookup)],
                 &mut read_stack,
             );
             match next
@@ -555,13 +564,12 @@ mod cfi {
                 generation,
                 caches: Box::default(),
                 stack_end: 0,
-                recent: [(0, 0); 2],
             };
             // Alternating between two objects, then a third, then outside every object.
             for ip in [0x1800, 0x5800, 0x1000, 0x5fff, 0x9000] {
                 assert!(local.covers(ip), "{ip:#x}");
             }
-            assert_eq!(local.recent, [(0x9000, 0xa000), (0x5000, 0x6000)]);
+            assert_eq!(local.caches.recent, [(0x9000, 0xa000), (0x5000, 0x6000)]);
             for ip in [0x0fff, 0x2000, 0x6000, 0xa000, 0x7000] {
                 assert!(!local.covers(ip), "{ip:#x}");
             }
