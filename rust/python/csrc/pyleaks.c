@@ -192,15 +192,15 @@ PyObject *hg_py_make_scan_function(PyObject *module, hg_scan_callback callback) 
 
 #if PY_VERSION_HEX >= 0x030B0000 && !(PY_VERSION_HEX >= 0x030D0000 && defined(Py_GIL_DISABLED))
 /* Each thread's Python data stack above its top: slots of frames that have returned.
- * Appends (start, end) pairs to `out` from word `n` while they fit in `cap`; returns the new
+ * Appends (start, end) pairs to `out` from word `n` (see hg_put_range); returns the new
  * count. */
 static size_t hg_data_stacks_stale_slots(PyInterpreterState *interp, uintptr_t *out, size_t n,
                                          size_t cap) {
     for (PyThreadState *t = PyInterpreterState_ThreadHead(interp); t != NULL;
          t = PyThreadState_Next(t)) {
-        if (n + 2 <= cap && t->datastack_top != NULL && t->datastack_limit != NULL) {
-            out[n++] = (uintptr_t)t->datastack_top;
-            out[n++] = (uintptr_t)t->datastack_limit;
+        if (t->datastack_top != NULL && t->datastack_limit != NULL) {
+            n = hg_put_range(out, n, cap, (uintptr_t)t->datastack_top,
+                             (uintptr_t)t->datastack_limit);
         }
     }
     return n;
@@ -214,14 +214,13 @@ static size_t hg_data_stacks_stale_slots(PyInterpreterState *interp, uintptr_t *
  * bytes: an object there holds nothing (its fields are what its last user left: a list's
  * freed item array, a stale GC link), only the array holds it. Each block runs from its GC
  * head to the end of its memory (see hg_alloc_end). Appends (start, end) pairs to `out` from
- * word `n` while they fit in `cap`; returns the new count. */
+ * word `n` (see hg_put_range); returns the new count. */
 static size_t hg_free_list_bodies(PyObject *const *items, int count, size_t object_size,
                                   uintptr_t *out, size_t n, size_t cap) {
     for (int i = 0; i < count; i++) {
-        if (items[i] == NULL || n + 2 > cap) continue;
+        if (items[i] == NULL) continue;
         uintptr_t start = (uintptr_t)items[i] - sizeof(PyGC_Head);
-        out[n++] = start;
-        out[n++] = hg_alloc_end(start, sizeof(PyGC_Head) + object_size);
+        n = hg_put_range(out, n, cap, start, hg_alloc_end(start, sizeof(PyGC_Head) + object_size));
     }
     return n;
 }
@@ -304,15 +303,13 @@ int hg_py_clear_free_lists(void) {
  * (from the count up; CPython leaves the address of every object it took back out there),
  * the bodies of the lists and dicts in them (see hg_free_list_bodies), and the data stacks'
  * slots above their tops (see hg_data_stacks_stale_slots). Writes
- * (start, end) pairs into `out` (at most `cap` words), returns the number of words written. */
+ * (start, end) pairs into `out` (at most `cap` words), returns the words all pairs need (see
+ * hg_put_range; the caller keeps the first `cap`). */
 size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     PyInterpreterState *interp = PyInterpreterState_Get();
     size_t n = 0;
 #define HG_STALE(array, count, max)                                       \
-    if (n + 2 <= cap) {                                                   \
-        out[n++] = (uintptr_t)&(array)[(count)];                          \
-        out[n++] = (uintptr_t)&(array)[(max)];                            \
-    }
+    n = hg_put_range(out, n, cap, (uintptr_t)&(array)[(count)], (uintptr_t)&(array)[(max)]);
 #if PyList_MAXFREELIST > 0
     HG_STALE(interp->list.free_list, interp->list.numfree, PyList_MAXFREELIST)
 #endif
@@ -405,10 +402,8 @@ size_t hg_py_free_list_stale_slots(uintptr_t *out, size_t cap) {
     struct _Py_object_freelists *fl = hg_freelists();
     size_t n = 0;
 #define HG_STALE(array, count, max)                                       \
-    if (n + 2 <= cap && (count) >= 0) {                                   \
-        out[n++] = (uintptr_t)&(array)[(count)];                          \
-        out[n++] = (uintptr_t)&(array)[(max)];                            \
-    }
+    if ((count) >= 0)                                                     \
+        n = hg_put_range(out, n, cap, (uintptr_t)&(array)[(count)], (uintptr_t)&(array)[(max)]);
 #if PyList_MAXFREELIST > 0
     HG_STALE(fl->lists.items, fl->lists.numfree, PyList_MAXFREELIST)
 #endif

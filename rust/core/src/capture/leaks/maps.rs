@@ -40,7 +40,8 @@ pub struct Mapping {
     pub end: Addr,
     /// `rwxp`-style permissions.
     pub perms: String,
-    /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory.
+    /// Path or pseudo-name (`[heap]`, `[stack]`), empty for anonymous memory. Read through
+    /// `PROCMAP_QUERY`, a file's mapping has `(file)` instead of its path (not asked for).
     pub path: String,
 }
 
