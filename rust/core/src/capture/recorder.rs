@@ -11,7 +11,7 @@ use super::session::{
 };
 use super::tracker::RemovedBlock;
 use super::{hybrid, unwind};
-use super::{Allocator, Guard, PyFrameRef, PythonStack, ThreadMode, Tracker, MAX_NATIVE_FRAMES};
+use super::{Allocator, Guard, PyFrameRef, PythonStack, ThreadMode, Tracker};
 
 /// Records events for the calling thread; exists only while its [`Guard`] is held, so
 /// nothing it does (or the allocator underneath it) is recorded twice.
@@ -81,18 +81,9 @@ impl Recorder {
         let budget = python
             .complete
             .then(|| py.iter().filter(|f| f.group_end != 0).count());
-        let mut native = unwind::NativeStack {
-            frames: [0; MAX_NATIVE_FRAMES],
-            len: 0,
-        };
+        let mut native = unwind::NativeStack::new();
         unwind::unwind(&mut native, eval, budget);
-        hybrid::merge(
-            &native.frames[..native.len],
-            py,
-            |ip| eval.contains(ip),
-            python.complete,
-            keys,
-        );
+        hybrid::merge(&native, py, |ip| eval.contains(ip), python.complete, keys);
         true
     }
 

@@ -66,12 +66,9 @@ fn own_object() -> CodeRange {
 }
 
 /// Return addresses of the calling thread, innermost first, without heapgate's own frames.
-pub struct NativeStack {
-    /// The addresses; only `len` are valid.
-    pub frames: [usize; MAX_NATIVE_FRAMES],
-    /// How many were written.
-    pub len: usize,
-}
+/// Not zeroed when made: a walk is a few dozen frames of the 256 (zeroing 2 KiB was a
+/// visible part of each native allocation's cost).
+pub type NativeStack = arrayvec::ArrayVec<usize, MAX_NATIVE_FRAMES>;
 
 struct Walk<'a> {
     stack: &'a mut NativeStack,
@@ -106,8 +103,9 @@ impl Walk<'_> {
             // bottom of threads started during a test. Neither is the user's code.
             return true;
         }
-        stack.frames[stack.len] = ip;
-        stack.len += 1;
+        if stack.try_push(ip).is_err() {
+            return false;
+        }
         if self.eval.contains(ip) {
             if let Some(budget) = self.eval_budget.as_mut() {
                 *budget -= 1;
@@ -116,14 +114,14 @@ impl Walk<'_> {
                 }
             }
         }
-        stack.len < MAX_NATIVE_FRAMES
+        !stack.is_full()
     }
 }
 
 /// Unwind the calling thread. `eval` is the interpreter's frame-evaluation function; with
 /// `eval_budget`, the walk stops after passing that many of its frames (the test's own).
 pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usize>) {
-    stack.len = 0;
+    stack.clear();
     if eval_budget == Some(0) {
         return;
     }

@@ -139,6 +139,7 @@ mod tests {
             &[],
             dead,
             (&mut scratch, &mut mask),
+            &|_| true,
             &mut |_| None,
             &mut |words| {
                 chunks.push(words.to_vec());
