@@ -44,7 +44,7 @@ pub use glibc::{chunk_for_request, chunk_holds_request};
 use maps::{blocked_thread_stack_pointers, read_maps, root_regions, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{
-    classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate, Prefilter,
+    classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate, Targets,
 };
 
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
@@ -203,9 +203,9 @@ pub fn scan_leaks(
     // they lie in, so before any reference found there leads to a candidate.
     let dead_in_candidates = std::cell::RefCell::new(merged_tagged(stale.to_vec()));
     // HEAPGATE_EXPLAIN_LEAKS lists every reference: no memory is passed over then.
-    let prefilter = Prefilter::new(&candidates);
+    let targets = Targets::new(&candidates);
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
-    let may_refer = |words: &[usize]| explain || prefilter.may_refer(words);
+    let may_refer = |words: &[usize]| explain || targets.may_refer(words);
     let mut roots = |visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
         if explain {
             let mask = vec![true; registers.len()];
@@ -343,7 +343,7 @@ pub fn scan_leaks(
         words
     };
     let kinds = classify(
-        &candidates,
+        &targets,
         &native,
         &gc_heads,
         pools.map_or(0, |p| p.values_tag),

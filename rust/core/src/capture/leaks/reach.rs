@@ -241,18 +241,22 @@ impl PageFilter {
     }
 }
 
-/// What rejects most words that point into no candidate at a glance: a range check and one
-/// bit test (see [`PageFilter`]), never a word that does point into one.
-pub struct Prefilter {
+/// The candidates (sorted by address), with what rejects most words that point into none of
+/// them at a glance: a range check and one bit test (see [`PageFilter`]), never a word that
+/// does point into one. Made once per scan: it filters the roots' memory and the classifier's
+/// words alike.
+pub struct Targets<'a> {
+    candidates: &'a [Candidate],
     lo: usize,
     hi: usize,
     filter: PageFilter,
 }
 
-impl Prefilter {
-    /// For `candidates` (sorted by address).
-    pub fn new(candidates: &[Candidate]) -> Prefilter {
-        Prefilter {
+impl<'a> Targets<'a> {
+    /// Over `candidates` (sorted by address).
+    pub fn new(candidates: &'a [Candidate]) -> Targets<'a> {
+        Targets {
+            candidates,
             lo: candidates.first().map_or(usize::MAX, Candidate::start),
             hi: candidates.last().map_or(0, |c| c.end_tagged & !TAG),
             filter: PageFilter::new(candidates),
@@ -290,10 +294,9 @@ impl Prefilter {
 }
 
 struct Scanner<'a> {
-    candidates: &'a [Candidate],
+    targets: &'a Targets<'a>,
     gc_heads: &'a [usize],
     values_tag: usize,
-    quick: Prefilter,
 }
 
 impl Scanner<'_> {
@@ -301,17 +304,17 @@ impl Scanner<'_> {
     /// is near the block's start.
     fn targets(&self, words: &[usize], mut hit: impl FnMut(usize, bool)) {
         for &w in words {
-            if !self.quick.may_hold(w) {
+            if !self.targets.may_hold(w) {
                 continue;
             }
-            if let Some(i) = find(self.candidates, w) {
+            if let Some(i) = find(self.targets.candidates, w) {
                 if self.gc_heads.binary_search(&(w | TAG)).is_err() {
                     // A reference to an object or a header is aligned; an odd address near
                     // the start is a cursor or stale bytes (a str's padding was seen).
                     // 3.12's inline-values pointer is such an address minus its tag. Within
                     // the first word it is the start with flags in its low bits (a tagged
                     // pointer: numpy keeps an array's buffer info as its address | 3).
-                    let c = &self.candidates[i];
+                    let c = &self.targets.candidates[i];
                     let offset = w - c.start();
                     let word = std::mem::size_of::<usize>();
                     if c.object_start != NO_OBJECT {
@@ -335,7 +338,7 @@ impl Scanner<'_> {
 /// read later could change a verdict (see [`classify`]).
 pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize]) -> ControlFlow<()>) + 'a;
 
-/// Classify `candidates` (sorted by address, non-overlapping). `roots` hands every root word
+/// Classify the candidates of `targets` (sorted by address, non-overlapping). `roots` hands every root word
 /// to its argument (candidates' own words excluded: see [`mask_out_candidates`]), and may
 /// stop when the argument breaks: once every `needed` candidate is reachable from the roots
 /// read so far (what they reach is followed after each batch), its verdict is final — further
@@ -347,13 +350,14 @@ pub type RootWords<'a> = dyn FnMut(&mut dyn FnMut(&[usize]) -> ControlFlow<()>) 
 /// words. `gc_heads`: addresses of CPython GC heads. `values_tag`: see
 /// [`PoolLayout::values_tag`](super::PoolLayout::values_tag).
 pub fn classify(
-    candidates: &[Candidate],
+    targets: &Targets<'_>,
     needed: &[bool],
     gc_heads: &[usize],
     values_tag: usize,
     roots: &mut RootWords<'_>,
     read_block: &dyn Fn(usize, usize) -> Vec<usize>,
 ) -> Vec<Option<LeakKind>> {
+    let candidates = targets.candidates;
     let n = candidates.len();
     debug_assert_eq!(needed.len(), n);
     let mut kinds = vec![LeakKind::DefinitelyLost; n];
@@ -363,10 +367,9 @@ pub fn classify(
     let mut heads: Vec<usize> = gc_heads.iter().map(|h| h | TAG).collect();
     heads.sort_unstable();
     let scanner = Scanner {
-        candidates,
+        targets,
         gc_heads: &heads,
         values_tag,
-        quick: Prefilter::new(candidates),
     };
     let mut reachable = vec![false; n];
     let mut interior = vec![false; n];
@@ -510,9 +513,14 @@ mod tests {
             }
         };
         let needed = vec![true; candidates.len()];
-        classify(candidates, &needed, heads, 0, &mut visit_roots, &|s, l| {
-            memory.read(s, l)
-        })
+        classify(
+            &Targets::new(candidates),
+            &needed,
+            heads,
+            0,
+            &mut visit_roots,
+            &|s, l| memory.read(s, l),
+        )
         .into_iter()
         .map(|k| k.expect("every candidate is needed: all judged"))
         .collect()
@@ -536,9 +544,14 @@ mod tests {
             }
         };
         let needed = vec![true; candidates.len()];
-        let kinds = classify(candidates, &needed, &[], 0, &mut roots, &|s, l| {
-            memory.read(s, l)
-        })
+        let kinds = classify(
+            &Targets::new(candidates),
+            &needed,
+            &[],
+            0,
+            &mut roots,
+            &|s, l| memory.read(s, l),
+        )
         .into_iter()
         .map(|k| k.expect("every candidate is needed: all judged"))
         .collect();
@@ -626,7 +639,8 @@ mod tests {
                     }
                 }
             };
-            let early = classify(&candidates, &needed, &[], 0, &mut roots, &|s, l| {
+            let targets = Targets::new(&candidates);
+            let early = classify(&targets, &needed, &[], 0, &mut roots, &|s, l| {
                 memory.read(s, l)
             });
             for (i, verdict) in early.iter().enumerate() {
@@ -670,7 +684,7 @@ mod tests {
         let candidates: Vec<Candidate> = (0..300)
             .map(|i| Candidate::new(0x10_0000 + i * 0x5000, 64 + (i % 5) as u64 * 900, 0))
             .collect();
-        let quick = Prefilter::new(&candidates);
+        let quick = Targets::new(&candidates);
         let mut state = 0x2545_f491_4f6c_dd1du64;
         let mut next = || {
             state ^= state << 13;
@@ -696,7 +710,7 @@ mod tests {
         }
         assert!(passed > 100 && rejected > 100, "{passed} {rejected}");
         assert!(!quick.may_refer(&[0, 0x8_0000, usize::MAX]));
-        assert!(!Prefilter::new(&[]).may_refer(&[0x10_0000]));
+        assert!(!Targets::new(&[]).may_refer(&[0x10_0000]));
     }
 
     #[test]
