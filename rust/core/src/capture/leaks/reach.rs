@@ -232,12 +232,18 @@ impl PageFilter {
         page.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> self.shift
     }
 
+    /// 1 when the bit of `word`'s page is set, else 0, without a branch. The index is
+    /// masked to the table (it lies inside already), which spares the bounds check.
+    #[inline(always)]
+    fn page_bit(&self, word: usize) -> u64 {
+        let bit = self.bit(word >> PAGE_SHIFT);
+        (self.bits[(bit >> 6) & (self.bits.len() - 1)] >> (bit & 63)) & 1
+    }
+
     /// False when `word` surely points into no candidate.
     #[inline(always)]
     fn may_hold(&self, word: usize) -> bool {
-        let bit = self.bit(word >> PAGE_SHIFT);
-        self.bits[bit >> 6] & (1 << (bit & 63)) != 0
-            || self.big.iter().any(|(s, e)| *s <= word && word < *e)
+        self.page_bit(word) != 0 || self.big.iter().any(|(s, e)| *s <= word && word < *e)
     }
 }
 
@@ -280,15 +286,11 @@ impl<'a> Targets<'a> {
         // pointers near the candidates that no branch predictor follows (the branchy test
         // was most of a heap-reading scan's time on bitarray's suite).
         let span = self.hi.wrapping_sub(self.lo);
-        let bits = &self.filter.bits;
-        let last = bits.len() - 1;
         words.chunks(8).any(|group| {
             group.iter().fold(0, |found, &w| {
                 let in_range = u64::from(w.wrapping_sub(self.lo) < span);
-                let bit = self.filter.bit(w >> PAGE_SHIFT);
-                found | (in_range & (bits[(bit >> 6) & last] >> (bit & 63)))
-            }) & 1
-                != 0
+                found | (in_range & self.filter.page_bit(w))
+            }) != 0
         })
     }
 }
