@@ -5,7 +5,7 @@
 //! events under its lock; unit tests feed it events directly.
 
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{BuildHasher, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 use rustc_hash::FxHashMap;
 
@@ -112,9 +112,88 @@ impl Hasher for LiveHasher {
     }
 }
 
-/// Live blocks a fresh tracker has room for before its table first grows (a hash table
-/// doubles by rehashing every entry, which at a million entries costs more than the events).
+/// Live blocks the table makes room for at once when a test outgrows [`LIVE_SMALL`]: a hash
+/// table doubles by rehashing every entry, which at a million entries costs more than the
+/// events.
 const LIVE_SIZED_FOR: usize = 1 << 20;
+
+/// Live blocks a test's table starts with room for. Clearing a table writes all its control
+/// bytes, 2 MiB at [`LIVE_SIZED_FOR`]: most tests end with a few blocks live, and bitarray's
+/// 718 tests spent some 70 ms clearing a table sized for a million.
+const LIVE_SMALL: usize = 1 << 14;
+
+/// Slots of [`EdgeCache`] (a power of two).
+const EDGE_SLOTS: usize = 1 << 12;
+
+/// The trie's recent edges, (parent node, frame) to child node, in a direct-mapped table:
+/// a native stack differs from the last one in its innermost frames, and each of those
+/// costs two hash-table lookups (the frame's id, then the edge) without it.
+struct EdgeCache {
+    slots: Box<[EdgeSlot]>,
+    /// The tracker's resets so far: slots of an earlier test are stale.
+    epoch: u32,
+}
+
+#[derive(Clone, Copy)]
+struct EdgeSlot {
+    epoch: u32,
+    parent: u32,
+    child: u32,
+    key: FrameKey,
+}
+
+impl Default for EdgeCache {
+    fn default() -> Self {
+        let empty = EdgeSlot {
+            epoch: 0,
+            parent: 0,
+            child: 0,
+            key: FrameKey::Native(0),
+        };
+        EdgeCache {
+            slots: vec![empty; EDGE_SLOTS].into_boxed_slice(),
+            epoch: 1,
+        }
+    }
+}
+
+impl EdgeCache {
+    #[inline]
+    fn slot(parent: u32, key: &FrameKey) -> usize {
+        let mut h = rustc_hash::FxHasher::default();
+        h.write_u32(parent);
+        key.hash(&mut h);
+        // The hash's high bits are its best mixed.
+        (h.finish() >> (64 - EDGE_SLOTS.trailing_zeros())) as usize
+    }
+
+    #[inline]
+    fn get(&self, parent: u32, key: &FrameKey) -> Option<u32> {
+        let s = &self.slots[Self::slot(parent, key)];
+        (s.epoch == self.epoch && s.parent == parent && s.key == *key).then_some(s.child)
+    }
+
+    #[inline]
+    fn put(&mut self, parent: u32, key: FrameKey, child: u32) {
+        let epoch = self.epoch;
+        self.slots[Self::slot(parent, &key)] = EdgeSlot {
+            epoch,
+            parent,
+            child,
+            key,
+        };
+    }
+
+    /// Forget every edge (the trie was cleared).
+    fn clear(&mut self) {
+        self.epoch = self.epoch.wrapping_add(1);
+        if self.epoch == 0 {
+            // Wrapped: slots of 2^32 resets ago would look current.
+            self.slots.iter_mut().for_each(|s| s.epoch = 0);
+            self.epoch = 1;
+        }
+    }
+}
 
 /// Statistics of one allocation site (a stack and an allocator).
 #[derive(Clone, Debug)]
@@ -135,6 +214,7 @@ struct Site {
 pub struct Tracker {
     nodes: Vec<TrieNode>,
     node_index: FxHashMap<(u32, u32), u32>,
+    edges: EdgeCache,
     frames: Vec<Frame>,
     frame_index: FxHashMap<FrameKey, u32>,
     sites: Vec<Site>,
@@ -162,7 +242,6 @@ impl Tracker {
     /// An empty tracker.
     pub fn new() -> Tracker {
         let mut t = Tracker::default();
-        t.live.reserve(LIVE_SIZED_FOR);
         t.reset();
         t
     }
@@ -175,11 +254,19 @@ impl Tracker {
             frame: u32::MAX,
         });
         self.node_index.clear();
+        self.edges.clear();
         self.frames.clear();
         self.frame_index.clear();
         self.sites.clear();
         self.site_index.clear();
-        self.live.clear();
+        if self.live.capacity() > 4 * LIVE_SMALL {
+            // Grown for a big test: the next one starts small again (a big one jumps straight
+            // back to LIVE_SIZED_FOR, rehashing the few entries it had).
+            self.live = HashMap::with_capacity_and_hasher(LIVE_SMALL, LiveHash);
+        } else {
+            self.live.clear();
+            self.live.reserve(LIVE_SMALL);
+        }
         self.big_sizes.clear();
         self.mappings.clear();
         self.current = 0;
@@ -307,15 +394,20 @@ impl Tracker {
         key: FrameKey,
         describe: &mut dyn FnMut(usize) -> CodeNames,
     ) -> u32 {
+        if let Some(child) = self.edges.get(node, &key) {
+            return child;
+        }
         let frame = self.intern_frame(key, describe);
         let next = self.nodes.len() as u32;
-        *self.node_index.entry((node, frame)).or_insert_with(|| {
+        let child = *self.node_index.entry((node, frame)).or_insert_with(|| {
             self.nodes.push(TrieNode {
                 parent: node,
                 frame,
             });
             next
-        })
+        });
+        self.edges.put(node, key, child);
+        child
     }
 
     fn intern_frame(&mut self, key: FrameKey, describe: &mut dyn FnMut(usize) -> CodeNames) -> u32 {
@@ -445,6 +537,9 @@ impl Tracker {
             size: fitted.unwrap_or(BIG),
             site: block.site,
         };
+        if self.live.len() == self.live.capacity() && self.live.capacity() < LIVE_SIZED_FOR {
+            self.live.reserve(LIVE_SIZED_FOR - self.live.len());
+        }
         // The replaced block's size is taken from beside the table before this one's goes there.
         let old = self
             .live
@@ -708,6 +803,41 @@ mod tests {
         let site = t.live_blocks().next().expect("a live block").2;
         let stack: Vec<&Frame> = t.site_stack(site).collect();
         assert_eq!(stack, r.site_stack(0).iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_reset_forgets_the_cached_edges() {
+        let mut t = Tracker::new();
+        let deep = node(&mut t, &[3, 2, 1]);
+        let shallow = node(&mut t, &[9]);
+        assert_eq!(
+            t.edges.get(ROOT, &FrameKey::Python { code: 9, line: 1 }),
+            Some(shallow)
+        );
+        t.reset();
+        // The same edges in another order: a stale cached edge would hand out an old node,
+        // past the end of the new trie or with other frames.
+        let again = node(&mut t, &[9]);
+        let deep_again = node(&mut t, &[3, 2, 1]);
+        assert_eq!(again, 1);
+        assert_ne!(deep_again, deep);
+        assert_eq!(t.nodes.len(), 5);
+        // The path from the node up is 3, 2, 1: the frames as interned in this test.
+        let mut codes = Vec::new();
+        let mut n = deep_again;
+        while n != ROOT {
+            let frame = t.nodes[n as usize].frame as usize;
+            codes.push(
+                t.frame_index
+                    .iter()
+                    .find(|(_, id)| **id as usize == frame)
+                    .map(|(k, _)| *k),
+            );
+            n = t.nodes[n as usize].parent;
+        }
+        let key = |code| Some(FrameKey::Python { code, line: 1 });
+        assert_eq!(codes, [key(3), key(2), key(1)]);
+        assert_eq!(node(&mut t, &[3, 2, 1]), deep_again);
     }
 
     #[test]
