@@ -259,9 +259,14 @@ impl Tracker {
         self.frame_index.clear();
         self.sites.clear();
         self.site_index.clear();
-        if self.live.capacity() > 4 * LIVE_SMALL {
-            // Grown for a big test: the next one starts small again (a big one jumps straight
-            // back to LIVE_SIZED_FOR, rehashing the few entries it had).
+        // Grown far past what the test that ended needed: the next one starts small again (a
+        // big one jumps straight back to LIVE_SIZED_FOR, rehashing the few entries it had). A
+        // table its test filled is kept: a big test after a big one does not regrow it (the
+        // suite bench's 2M-live test paid some 15 ns an event for that).
+        let needed = usize::try_from(self.peak_count)
+            .unwrap_or(usize::MAX)
+            .max(LIVE_SMALL);
+        if self.live.capacity() / 8 > needed {
             self.live = HashMap::with_capacity_and_hasher(LIVE_SMALL, LiveHash);
         } else {
             self.live.clear();
@@ -803,6 +808,31 @@ mod tests {
         let site = t.live_blocks().next().expect("a live block").2;
         let stack: Vec<&Frame> = t.site_stack(site).collect();
         assert_eq!(stack, r.site_stack(0).iter().collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_live_table_stays_as_big_as_the_last_test_needed() {
+        let mut t = Tracker::new();
+        let site = node(&mut t, &[1]);
+        let small = t.live.capacity();
+        assert!((LIVE_SMALL..LIVE_SIZED_FOR).contains(&small));
+        // Outgrowing the small table jumps to room for a million at once.
+        for i in 0..(small + 1) {
+            t.on_alloc(16 * (i + 1), 8, Allocator::Malloc, site);
+        }
+        assert!(t.live.capacity() >= LIVE_SIZED_FOR);
+        // A test that needed far less than that: the next one starts small.
+        t.reset();
+        assert_eq!(t.live.capacity(), small);
+        // One that filled an eighth of it: kept (a big test after it does not regrow it).
+        let site = node(&mut t, &[1]);
+        for i in 0..(LIVE_SIZED_FOR / 4) {
+            t.on_alloc(16 * (i + 1), 8, Allocator::Malloc, site);
+        }
+        let big = t.live.capacity();
+        t.reset();
+        assert_eq!(t.live.capacity(), big);
+        assert_eq!(t.live.len(), 0);
     }
 
     #[test]
