@@ -119,7 +119,8 @@ const LIVE_SIZED_FOR: usize = 1 << 20;
 
 /// Live blocks a test's table starts with room for. Clearing a table writes all its control
 /// bytes, 2 MiB at [`LIVE_SIZED_FOR`]: most tests end with a few blocks live, and bitarray's
-/// 718 tests spent some 70 ms clearing a table sized for a million.
+/// 718 tests spent some 70 ms clearing a table sized for a million. A big table is kept aside
+/// meanwhile (see `Tracker::spare_live`).
 const LIVE_SMALL: usize = 1 << 14;
 
 /// Slots of [`EdgeCache`] (a power of two).
@@ -220,6 +221,11 @@ pub struct Tracker {
     sites: Vec<Site>,
     site_index: FxHashMap<(u32, Allocator), u32>,
     live: HashMap<usize, HeapBlock, LiveHash>,
+    /// The live table not in use, not cleared: a table grown for a big test waits here while
+    /// small tests use a small one, and comes back (cleared then) when a test outgrows that.
+    /// A fresh table of a million entries instead cost the suite bench's big tests 25-45 ns an
+    /// event, faulting its pages in again.
+    spare_live: HashMap<usize, HeapBlock, LiveHash>,
     /// Sizes of the live blocks too large for a [`HeapBlock`], by key.
     big_sizes: FxHashMap<usize, u64>,
     mappings: BTreeMap<usize, LiveBlock>,
@@ -259,19 +265,12 @@ impl Tracker {
         self.frame_index.clear();
         self.sites.clear();
         self.site_index.clear();
-        // Grown far past what the test that ended needed: the next one starts small again (a
-        // big one jumps straight back to LIVE_SIZED_FOR, rehashing the few entries it had). A
-        // table its test filled is kept: a big test after a big one does not regrow it (the
-        // suite bench's 2M-live test paid some 15 ns an event for that).
-        let needed = usize::try_from(self.peak_count)
-            .unwrap_or(usize::MAX)
-            .max(LIVE_SMALL);
-        if self.live.capacity() / 8 > needed {
-            self.live = HashMap::with_capacity_and_hasher(LIVE_SMALL, LiveHash);
-        } else {
-            self.live.clear();
-            self.live.reserve(LIVE_SMALL);
+        if self.live.capacity() > 4 * LIVE_SMALL {
+            // Set aside uncleared; the small table (or an empty one) takes over.
+            std::mem::swap(&mut self.live, &mut self.spare_live);
         }
+        self.live.clear();
+        self.live.reserve(LIVE_SMALL);
         self.big_sizes.clear();
         self.mappings.clear();
         self.current = 0;
@@ -543,7 +542,7 @@ impl Tracker {
             site: block.site,
         };
         if self.live.len() == self.live.capacity() && self.live.capacity() < LIVE_SIZED_FOR {
-            self.live.reserve(LIVE_SIZED_FOR - self.live.len());
+            self.outgrow_small_live();
         }
         // The replaced block's size is taken from beside the table before this one's goes there.
         let old = self
@@ -554,6 +553,18 @@ impl Tracker {
             self.big_sizes.insert(key, block.size);
         }
         old
+    }
+
+    /// The test outgrew the small live table: move to the big one set aside, or make one.
+    #[cold]
+    fn outgrow_small_live(&mut self) {
+        if self.spare_live.capacity() >= LIVE_SIZED_FOR {
+            self.spare_live.clear();
+            self.spare_live.extend(self.live.drain());
+            std::mem::swap(&mut self.live, &mut self.spare_live);
+        } else {
+            self.live.reserve(LIVE_SIZED_FOR - self.live.len());
+        }
     }
 
     /// The block a live table entry taken out at `key` stands for.
@@ -811,28 +822,37 @@ mod tests {
     }
 
     #[test]
-    fn the_live_table_stays_as_big_as_the_last_test_needed() {
+    fn a_big_live_table_waits_aside_while_tests_are_small() {
         let mut t = Tracker::new();
         let site = node(&mut t, &[1]);
         let small = t.live.capacity();
         assert!((LIVE_SMALL..LIVE_SIZED_FOR).contains(&small));
+        let fill = |t: &mut Tracker, n: usize, from: usize| {
+            for i in 0..n {
+                t.on_alloc(16 * (from + i + 1), 8, Allocator::Malloc, site);
+            }
+        };
         // Outgrowing the small table jumps to room for a million at once.
-        for i in 0..(small + 1) {
-            t.on_alloc(16 * (i + 1), 8, Allocator::Malloc, site);
-        }
-        assert!(t.live.capacity() >= LIVE_SIZED_FOR);
-        // A test that needed far less than that: the next one starts small.
+        fill(&mut t, small + 1, 0);
+        let big = t.live.capacity();
+        assert!(big >= LIVE_SIZED_FOR);
+        assert_eq!(t.live.len(), small + 1);
+        // The next test starts small; the big table waits, uncleared.
         t.reset();
         assert_eq!(t.live.capacity(), small);
-        // One that filled an eighth of it: kept (a big test after it does not regrow it).
-        let site = node(&mut t, &[1]);
-        for i in 0..(LIVE_SIZED_FOR / 4) {
-            t.on_alloc(16 * (i + 1), 8, Allocator::Malloc, site);
-        }
-        let big = t.live.capacity();
-        t.reset();
-        assert_eq!(t.live.capacity(), big);
         assert_eq!(t.live.len(), 0);
+        assert_eq!(t.spare_live.capacity(), big);
+        // A test that outgrows the small table again gets the big one back, cleared, with
+        // the blocks it had so far.
+        let site = node(&mut t, &[1]);
+        t.on_alloc(8, 8, Allocator::Malloc, site);
+        fill(&mut t, small, 1000);
+        assert_eq!(t.live.capacity(), big);
+        assert_eq!(t.live.len(), small + 1);
+        assert!(t.on_free(8).is_some());
+        assert!(t.on_free(16 * (1000 + small)).is_some());
+        assert!(t.on_free(16).is_none());
+        assert_eq!(t.report().totals.leaked_bytes, 8 * (small as u64 - 1));
     }
 
     #[test]
