@@ -128,7 +128,9 @@ const EDGE_SLOTS: usize = 1 << 12;
 
 /// The trie's recent edges, (parent node, frame) to child node, in a direct-mapped table:
 /// a native stack differs from the last one in its innermost frames, and each of those
-/// costs two hash-table lookups (the frame's id, then the edge) without it.
+/// costs two hash-table lookups (the frame's id, then the edge) without it. Slots outlive
+/// their test, so their addresses are held tagged: a code object's address kept here must
+/// not read to the leak scan as a reference to a block that reuses its memory later.
 struct EdgeCache {
     slots: Box<[EdgeSlot]>,
     /// The tracker's resets so far: slots of an earlier test are stale.
@@ -168,10 +170,22 @@ impl EdgeCache {
         (h.finish() >> (64 - EDGE_SLOTS.trailing_zeros())) as usize
     }
 
+    /// `key` as a slot holds it (see [`EdgeCache`]).
+    #[inline]
+    fn held(key: &FrameKey) -> FrameKey {
+        match *key {
+            FrameKey::Python { code, line } => FrameKey::Python {
+                code: tagged(code),
+                line,
+            },
+            FrameKey::Native(address) => FrameKey::Native(tagged(address)),
+        }
+    }
+
     #[inline]
     fn get(&self, parent: u32, key: &FrameKey) -> Option<u32> {
         let s = &self.slots[Self::slot(parent, key)];
-        (s.epoch == self.epoch && s.parent == parent && s.key == *key).then_some(s.child)
+        (s.epoch == self.epoch && s.parent == parent && s.key == Self::held(key)).then_some(s.child)
     }
 
     #[inline]
@@ -181,7 +195,7 @@ impl EdgeCache {
             epoch,
             parent,
             child,
-            key,
+            key: Self::held(&key),
         };
     }
 
@@ -864,6 +878,9 @@ mod tests {
             t.edges.get(ROOT, &FrameKey::Python { code: 9, line: 1 }),
             Some(shallow)
         );
+        // Held tagged: no slot holds the code object's address as it is.
+        let plain = |s: &EdgeSlot| matches!(s.key, FrameKey::Python { code: 1..=9, .. });
+        assert!(!t.edges.slots.iter().any(plain));
         t.reset();
         // The same edges in another order: a stale cached edge would hand out an old node,
         // past the end of the new trie or with other frames.
