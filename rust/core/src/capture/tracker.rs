@@ -123,6 +123,12 @@ const LIVE_SIZED_FOR: usize = 1 << 20;
 /// meanwhile (see `Tracker::spare_live`).
 const LIVE_SMALL: usize = 1 << 14;
 
+/// Is `table` a big live table (room for [`LIVE_SIZED_FOR`]), not a small one? A live table
+/// is one or the other: it leaves the small size only by [`Tracker::outgrow_small_live`].
+fn is_big(table: &HashMap<usize, HeapBlock, LiveHash>) -> bool {
+    table.capacity() >= LIVE_SIZED_FOR
+}
+
 /// Slots of [`EdgeCache`] (a power of two).
 const EDGE_SLOTS: usize = 1 << 12;
 
@@ -279,7 +285,7 @@ impl Tracker {
         self.frame_index.clear();
         self.sites.clear();
         self.site_index.clear();
-        if self.live.capacity() > 4 * LIVE_SMALL {
+        if is_big(&self.live) {
             // Set aside uncleared; the small table (or an empty one) takes over.
             std::mem::swap(&mut self.live, &mut self.spare_live);
         }
@@ -555,7 +561,7 @@ impl Tracker {
             size: fitted.unwrap_or(BIG),
             site: block.site,
         };
-        if self.live.len() == self.live.capacity() && self.live.capacity() < LIVE_SIZED_FOR {
+        if self.live.len() == self.live.capacity() && !is_big(&self.live) {
             self.outgrow_small_live();
         }
         // The replaced block's size is taken from beside the table before this one's goes there.
@@ -572,7 +578,7 @@ impl Tracker {
     /// The test outgrew the small live table: move to the big one set aside, or make one.
     #[cold]
     fn outgrow_small_live(&mut self) {
-        if self.spare_live.capacity() >= LIVE_SIZED_FOR {
+        if is_big(&self.spare_live) {
             self.spare_live.clear();
             self.spare_live.extend(self.live.drain());
             std::mem::swap(&mut self.live, &mut self.spare_live);

@@ -202,7 +202,7 @@ pub fn scan_leaks(
     // made, a list's spare capacity): the ranges found so far, to read candidates with.
     // `heap_stale`'s are added when the scan first needs them, before it reads the memory
     // they lie in, so before any reference found there leads to a candidate.
-    let dead_in_candidates = std::cell::RefCell::new(merged_tagged(stale.to_vec()));
+    let dead_in_candidates = std::cell::RefCell::new(stale.to_vec());
     // HEAPGATE_EXPLAIN_LEAKS lists every reference: no memory is passed over then.
     let targets = Targets::new(&candidates);
     let explain = std::env::var_os("HEAPGATE_EXPLAIN_LEAKS").is_some();
@@ -460,8 +460,8 @@ fn merged_tagged(mut ranges: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
         *range = (tagged(range.0), tagged(range.1));
     }
     ranges.retain(|(s, e)| s < e);
-    // Stable sort: it merges sorted runs as they are, and the ranges mostly come as a few
-    // long sorted runs (already merged ranges, readline's key maps) with a few more.
+    // Stable sort: it takes sorted runs as they are, and the ranges mostly come as an
+    // already merged list with a few more.
     ranges.sort();
     ranges.dedup_by(|next, prev| {
         let overlaps = next.0 <= prev.1;
