@@ -20,7 +20,8 @@ pub fn chunk_holds_request(chunk: usize, n: usize) -> bool {
 /// in bins (the next chunk's PREV_INUSE bit is clear), the top chunk (also when its size runs
 /// past `end`: the heap grew since the mappings were read), and the chunks the main
 /// thread's tcache holds (the heap's first chunk; their links are mangled with safe-linking,
-/// glibc 2.32+). Only chunk headers are read, so a large free chunk costs one jump. `None`
+/// glibc 2.32+), and the top chunk also when the heap shrank since (the next chunk's header
+/// is then unreadable). Only chunk headers are read, so a large free chunk costs one jump. `None`
 /// when the words do not walk as a heap: then nothing is masked. Free memory keeps whatever
 /// it held, and a stale pointer there would hide a leak. `in_use` is told every other chunk
 /// (its address and size; tcache chunks among them), in address order.
@@ -44,7 +45,16 @@ pub fn glibc_free_chunks(
     let mut chunks = 0usize;
     let mut top = None;
     while chunk + 2 * word <= end {
-        let size_field = at(chunk + word)?;
+        let Some(size_field) = at(chunk + word) else {
+            // The heap shrank after the mappings were read: the C library gives back the top
+            // of its heap when enough memory there is freed, and the scan frees its own
+            // buffers as it goes. The chunk before was the top. (Failing the walk here
+            // masked nothing, and a pointer left in an object's slack hid a leak.)
+            if chunks == 0 {
+                return None;
+            }
+            break;
+        };
         let size = size_field & !7;
         if size < 4 * word || size % (2 * word) != 0 || chunk + size > end {
             // The top chunk's size may run past the end (the heap grew after the mappings
@@ -161,6 +171,19 @@ mod tests {
         .expect("walks as a heap");
         assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, short)]);
         // The chunk before that top is still told as in use (from the top's header).
+        assert_eq!(used, vec![(base, 0x290), (a, 0x30), (c, 0x20)]);
+        // The heap shrank after its mapping was read (its top given back): past the top, no
+        // header can be read. The walk ends there, with the top free, and the chunks before it
+        // still told (it failed, and masked nothing).
+        let gone = top + 0x20;
+        let mut shrunk = words_reader(&words, base);
+        let mut reader = |addr: usize| if addr >= gone { None } else { shrunk(addr) };
+        let mut used = Vec::new();
+        let free = glibc_free_chunks(&mut reader, base, end + 0x1000, &mut |c, s| {
+            used.push((c, s))
+        })
+        .expect("walks as a heap");
+        assert_eq!(free, vec![(a + 16, a + 0x38), (b, c), (top, top + 0x100)]);
         assert_eq!(used, vec![(base, 0x290), (a, 0x30), (c, 0x20)]);
         let mut none = |_, _| {};
         assert!(glibc_free_chunks(
