@@ -37,6 +37,22 @@ const ROOT: u32 = 0;
 struct TrieNode {
     parent: u32,
     frame: u32,
+    /// The edge last taken from this node (child 0: none): a stack that repeats a path
+    /// takes the same edges again, and a path's nodes, made one after another, lie together,
+    /// where the [`EdgeCache`]'s slots are scattered. The key is held tagged, as there.
+    last_key: FrameKey,
+    last_child: u32,
+}
+
+impl TrieNode {
+    fn new(parent: u32, frame: u32) -> TrieNode {
+        TrieNode {
+            parent,
+            frame,
+            last_key: FrameKey::Native(0),
+            last_child: ROOT,
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -275,10 +291,7 @@ impl Tracker {
     /// Forget everything (keeps allocated capacity, so a session does not regrow its tables).
     pub fn reset(&mut self) {
         self.nodes.clear();
-        self.nodes.push(TrieNode {
-            parent: ROOT,
-            frame: u32::MAX,
-        });
+        self.nodes.push(TrieNode::new(ROOT, u32::MAX));
         self.node_index.clear();
         self.edges.clear();
         self.frames.clear();
@@ -418,19 +431,27 @@ impl Tracker {
         key: FrameKey,
         describe: &mut dyn FnMut(usize) -> CodeNames,
     ) -> u32 {
-        if let Some(child) = self.edges.get(node, &key) {
-            return child;
+        let held = EdgeCache::held(&key);
+        let last = &self.nodes[node as usize];
+        if last.last_child != ROOT && last.last_key == held {
+            return last.last_child;
         }
-        let frame = self.intern_frame(key, describe);
-        let next = self.nodes.len() as u32;
-        let child = *self.node_index.entry((node, frame)).or_insert_with(|| {
-            self.nodes.push(TrieNode {
-                parent: node,
-                frame,
-            });
-            next
-        });
-        self.edges.put(node, key, child);
+        let child = match self.edges.get(node, &key) {
+            Some(child) => child,
+            None => {
+                let frame = self.intern_frame(key, describe);
+                let next = self.nodes.len() as u32;
+                let child = *self.node_index.entry((node, frame)).or_insert_with(|| {
+                    self.nodes.push(TrieNode::new(node, frame));
+                    next
+                });
+                self.edges.put(node, key, child);
+                child
+            }
+        };
+        let last = &mut self.nodes[node as usize];
+        last.last_key = held;
+        last.last_child = child;
         child
     }
 
@@ -873,6 +894,26 @@ mod tests {
         assert!(t.on_free(16 * (1000 + small)).is_some());
         assert!(t.on_free(16).is_none());
         assert_eq!(t.report().totals.leaked_bytes, 8 * (small as u64 - 1));
+    }
+
+    #[test]
+    fn a_node_keeps_its_last_edge_and_still_tells_its_children_apart() {
+        let mut t = Tracker::new();
+        // Two callees of one caller, in turn: each keeps its own node.
+        let b = node(&mut t, &[2, 1]);
+        let c = node(&mut t, &[3, 1]);
+        assert_ne!(b, c);
+        for _ in 0..3 {
+            assert_eq!(node(&mut t, &[2, 1]), b);
+            assert_eq!(node(&mut t, &[3, 1]), c);
+        }
+        assert_eq!(t.nodes.len(), 4);
+        // The caller's last edge leads to `c`; its key is held tagged.
+        let caller = t.nodes[c as usize].parent;
+        assert_eq!(t.nodes[caller as usize].last_child, c);
+        let key = t.nodes[caller as usize].last_key;
+        assert!(!matches!(key, FrameKey::Python { code: 1..=3, .. }));
+        assert_eq!(key, EdgeCache::held(&FrameKey::Python { code: 3, line: 1 }));
     }
 
     #[test]
