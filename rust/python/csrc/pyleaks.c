@@ -55,6 +55,15 @@ void hg_py_pool_layout(size_t *pool_size, size_t *overhead, unsigned *alignment_
     *alignment_shift = HG_ALIGNMENT_SHIFT;
 }
 
+#include "internal/pycore_runtime.h"
+
+/* Where the interpreter keeps its runtime state (in 3.11+ the main interpreter's too: its
+ * caches, free lists and static objects), which the leak scan reads first. */
+void hg_py_runtime_state(uintptr_t *start, uintptr_t *end) {
+    *start = (uintptr_t)&_PyRuntime;
+    *end = *start + sizeof(_PyRuntimeState);
+}
+
 /* The code object type and the offset of a code object's bytecode, which 3.11+ keeps inline
  * with its specialising caches (borrowed object addresses that go stale; 0 before 3.11). */
 void hg_py_code_layout(uintptr_t *code_type, size_t *bytecode) {

@@ -22,6 +22,7 @@ extern "C" {
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
+    fn hg_py_runtime_state(start: *mut usize, end: *mut usize);
     fn hg_py_object_layout(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_collect_among(heads: *const usize, n: size_t) -> ffi::Py_ssize_t;
     fn hg_py_probe_buffered() -> c_int;
@@ -49,6 +50,14 @@ fn pool_layout() -> PoolLayout {
         values_tag,
         objects: object_layout(),
     }
+}
+
+/// Where the interpreter keeps its runtime state, from the shim.
+fn runtime_state() -> (usize, usize) {
+    let (mut start, mut end) = (0, 0);
+    // SAFETY: the shim writes two addresses.
+    unsafe { hg_py_runtime_state(&mut start, &mut end) };
+    (start, end)
 }
 
 /// Where CPython objects end in their blocks (see `ObjectLayout`), from the shim.
@@ -576,6 +585,7 @@ fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<L
         Some(pool_layout()),
         &term_strings,
         crate::interpreter_modules(py),
+        Some(runtime_state()),
     )
     .map_err(capture_error)?;
     Py::new(py, LeakKinds::from(kinds))

@@ -91,6 +91,8 @@ fn live_stack_start(entry: usize) -> usize {
 /// `--native-leaks` reports only blocks whose origin is native code (see [`origin`]): when
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
+/// `read_first`: the interpreter's runtime state, read before the rest (see `order::inside`).
+#[allow(clippy::too_many_arguments)]
 pub fn scan_leaks(
     stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     heap_stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
@@ -99,6 +101,7 @@ pub fn scan_leaks(
     pools: Option<PoolLayout>,
     text_in_heap: &[usize],
     interpreter: &InterpreterModules,
+    read_first: Option<(usize, usize)>,
 ) -> Result<LeakKinds, CaptureError> {
     let _guard = Guard::enter();
     let mut s = session();
@@ -240,9 +243,23 @@ pub fn scan_leaks(
                 .map_or(4096, |p| p.pool_size);
             resident_ranges(pagemap.as_mut(), *region, grid)
         };
+        // The interpreter's runtime state first (see `order::inside`), then the rest.
+        let first = read_first.unwrap_or((0, 0));
+        for region in early
+            .iter()
+            .filter(|r| r.start.get() < first.1 && first.0 < r.end.get())
+        {
+            for range in resident(region) {
+                if let Some(part) = order::inside(range, first) {
+                    read_range(region, part, &early_dead, scratch.words())?;
+                }
+            }
+        }
         for region in &early {
             for range in resident(region) {
-                read_range(region, range, &early_dead, scratch.words())?;
+                for part in order::outside(range, first) {
+                    read_range(region, part, &early_dead, scratch.words())?;
+                }
             }
         }
         // Not every candidate is reachable from there: the rest of memory, and what holds no

@@ -17,6 +17,29 @@ pub fn is_early(region: &Region) -> bool {
     !region.anonymous && !region.heap
 }
 
+/// The part of `range` inside `first` (the memory read before the rest of the early regions:
+/// the interpreter's runtime state), if any. On bitarray's suite the last reference a scan
+/// needed lay there in 195 of the 220 scans that read memory, after 1.4 MB of other early
+/// regions read in address order; it is 166 KB (CPython 3.11), and the interpreter's own data
+/// around it 1.1 MB.
+pub fn inside(range: (usize, usize), first: (usize, usize)) -> Option<(usize, usize)> {
+    let (start, end) = (range.0.max(first.0), range.1.min(first.1));
+    (start < end).then_some((start, end))
+}
+
+/// The parts of `range` outside `first` (see [`inside`]), in address order.
+pub fn outside(
+    range: (usize, usize),
+    first: (usize, usize),
+) -> impl Iterator<Item = (usize, usize)> {
+    [
+        (range.0, range.1.min(first.0)),
+        (range.0.max(first.1), range.1),
+    ]
+    .into_iter()
+    .filter(|(start, end)| start < end)
+}
+
 /// Sort the regions read after the early ones: anonymous memory right after an early region
 /// (the part of a loaded object's `.bss` its file does not cover) first, by address; then the
 /// rest, smallest first. Small mappings are mostly pymalloc's arenas, where the Python objects
@@ -41,6 +64,23 @@ pub fn sort_late(late: &mut [Region], early: &[Region]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_memory_read_first_is_split_off_the_ranges_it_lies_in() {
+        let first = (0x1800, 0x2800);
+        assert_eq!(inside((0x1000, 0x2000), first), Some((0x1800, 0x2000)));
+        assert_eq!(inside((0x2800, 0x3000), first), None);
+        let rest = |range| outside(range, first).collect::<Vec<_>>();
+        assert_eq!(rest((0x1000, 0x3000)), [(0x1000, 0x1800), (0x2800, 0x3000)]);
+        assert_eq!(rest((0x1000, 0x2000)), [(0x1000, 0x1800)]);
+        assert_eq!(rest((0x2000, 0x2400)), []);
+        assert_eq!(rest((0x3000, 0x4000)), [(0x3000, 0x4000)]);
+        // Nothing to read first: every range is read whole.
+        assert_eq!(
+            outside((0x1000, 0x2000), (0, 0)).collect::<Vec<_>>(),
+            [(0x1000, 0x2000)]
+        );
+    }
 
     #[test]
     fn object_data_and_stacks_are_early_then_bss_then_the_rest_smallest_first() {
