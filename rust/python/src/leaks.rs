@@ -2,7 +2,6 @@
 //! reachability before tracking stops.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
 
 use heapgate_core::capture::{self, ObjectLayout, PoolLayout};
 use libc::{c_int, c_uint, size_t};
@@ -100,67 +99,31 @@ fn object_layout() -> Option<ObjectLayout> {
 static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
-/// free-list arrays, the dead part of each thread's data stack, the padding in readline's key
-/// maps and the unused slots of its history array, see [`readline`]), as (start, end) ranges. Called by the scan
-/// under the tracker's lock, so it calls no Python code (which could start a collection) and
-/// never the loader. Sorted by start, so the scan's merge of them is one pass.
+/// free-list arrays, the dead part of each thread's data stack, the padding in readline's
+/// standard key maps and the unused slots of its history array and function map, see
+/// [`readline`]), as (start, end) ranges, sorted. Called by the scan under the tracker's lock,
+/// so it calls no Python code (which could start a collection) and never the loader.
 fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 2048];
     // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words.
     let n = unsafe { hg_py_free_list_stale_slots(words.as_mut_ptr(), words.len()) };
     words.truncate(n.min(words.len()));
-    let mut free_lists = tagged_pairs(words);
-    free_lists.sort_unstable();
-    let mut in_readline = readline_keymap_padding(readline.keymaps.clone());
-    in_readline.extend(readline_history_spare(readline.history));
-    in_readline.extend(readline_funmap_spare(readline.funmap));
-    let in_readline = tagged_pairs(in_readline);
-    let mut cache = READLINE_SORTED.lock().unwrap_or_else(|e| e.into_inner());
-    if cache.found != in_readline {
-        cache.sorted.clone_from(&in_readline);
-        cache.sorted.sort_unstable();
-        cache.found = in_readline;
-    }
-    merge_sorted(&free_lists, &cache.sorted)
-}
-
-/// readline's ranges of [`stale_slots`] as last found, and sorted: its key maps rarely change,
-/// and sorting their 13,000 ranges (on bitarray's suite) again cost a third of a millisecond
-/// a scan. Both lists hold their addresses tagged: they outlive the scan, in heap memory the
-/// next scan reads as roots.
-struct ReadlineRanges {
-    found: Vec<(usize, usize)>,
-    sorted: Vec<(usize, usize)>,
-}
-
-static READLINE_SORTED: Mutex<ReadlineRanges> = Mutex::new(ReadlineRanges {
-    found: Vec::new(),
-    sorted: Vec::new(),
-});
-
-/// The ranges of two sorted lists, sorted.
-fn merge_sorted(a: &[(usize, usize)], b: &[(usize, usize)]) -> Vec<(usize, usize)> {
-    let mut out = Vec::with_capacity(a.len() + b.len());
-    let (mut i, mut j) = (0, 0);
-    while i < a.len() && j < b.len() {
-        if a[i] <= b[j] {
-            out.push(a[i]);
-            i += 1;
-        } else {
-            out.push(b[j]);
-            j += 1;
-        }
-    }
-    out.extend_from_slice(&a[i..]);
-    out.extend_from_slice(&b[j..]);
-    out
+    words.extend(readline_keymap_padding(&readline.keymaps, false));
+    words.extend(readline_history_spare(readline.history));
+    words.extend(readline_funmap_spare(readline.funmap));
+    let mut ranges = tagged_pairs(words);
+    ranges.sort_unstable();
+    ranges
 }
 
 /// Every list's spare capacity, the dead slots of generators' and frame objects' frames that
 /// do not run, buffered I/O objects' buffers (bytes), and the insertion-order bytes of dicts'
 /// and instances' split values (3.11-3.13), as (start, end) ranges: a walk of all the interpreter's containers, so
-/// asked for only when the scan reads the heap and anonymous memory (where they are).
-fn container_stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
+/// asked for only when the scan reads the heap and anonymous memory (where they are). With them,
+/// the padding in the key maps readline bound under its standard ones (malloc'd: some 13,000
+/// ranges on bitarray's suite, which every scan sorted and copied when they came with
+/// [`stale_slots`]).
+fn container_stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     // Sized as the last scan needed.
     let mut spare = vec![0usize; SPARE_WORDS.load(Ordering::Relaxed)];
     loop {
@@ -175,6 +138,7 @@ fn container_stale_slots(_py: Python<'_>) -> Vec<(usize, usize)> {
         spare.resize(needed + needed / 8, 0);
         SPARE_WORDS.store(spare.len(), Ordering::Relaxed);
     }
+    spare.extend(readline_keymap_padding(&readline.keymaps, true));
     tagged_pairs(spare)
 }
 
@@ -422,19 +386,19 @@ fn readline_funmap_spare(funmap: usize) -> Vec<usize> {
 /// GNU readline's key maps: 257 entries of a type byte and a function pointer each, allocated
 /// without being cleared, so the 7 padding bytes after each type keep what the memory held
 /// before, seen to name the address of a leaked object. Returns the (start, end) word pairs of
-/// every entry's first word (type and padding: no reference), for the standard maps `maps` and
-/// every map bound under them.
+/// every entry's first word (type and padding: no reference), for the standard maps
+/// `standard` (readline's static data) or, with `bound`, for every map bound under them.
 ///
 /// A map bound under another (`rl_make_bare_keymap`, for the prefixes of key sequences such
 /// as the arrow keys' `ESC [`) is malloc'd: 4112 bytes, whose chunk has 8 bytes more that
 /// nothing writes either (a stale address of the compiler's there hid a leaked list). Those
 /// 8 bytes are returned too.
-fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
+fn readline_keymap_padding(standard: &[usize], bound: bool) -> Vec<usize> {
     const KEYMAP_SIZE: usize = 257; // readline 6.0 and later (ANYOTHERKEY is the last entry)
     const ISKMAP: u8 = 1;
     const ENTRY: usize = 16;
     let word = std::mem::size_of::<usize>();
-    let statics = maps.clone();
+    let mut maps = standard.to_vec();
     let mut seen = Vec::new();
     let mut out = Vec::new();
     while let Some(map) = maps.pop() {
@@ -442,7 +406,8 @@ fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
             continue;
         }
         seen.push(map);
-        if !statics.contains(&map) {
+        let is_standard = standard.contains(&map);
+        if !is_standard {
             // The chunk's last word (the next chunk's first) is this chunk's while in use.
             let chunk = capture::chunk_for_request(KEYMAP_SIZE * ENTRY);
             if heap_chunk_size(map) == Some(chunk) {
@@ -451,14 +416,18 @@ fn readline_keymap_padding(mut maps: Vec<usize>) -> Vec<usize> {
         }
         for i in 0..KEYMAP_SIZE {
             let entry = map + i * ENTRY;
-            // SAFETY: a key map of readline's (a static map or one it bound under one), of
-            // KEYMAP_SIZE entries; the GIL holder is the only caller of readline.
-            let (kind, function) =
-                unsafe { (*(entry as *const u8), *((entry + 8) as *const usize)) };
-            if kind == ISKMAP && function != 0 {
-                maps.push(function);
+            if bound {
+                // SAFETY: a key map of readline's (a static map or one it bound under one), of
+                // KEYMAP_SIZE entries; the GIL holder is the only caller of readline.
+                let (kind, function) =
+                    unsafe { (*(entry as *const u8), *((entry + 8) as *const usize)) };
+                if kind == ISKMAP && function != 0 {
+                    maps.push(function);
+                }
             }
-            out.extend([entry, entry + 8]);
+            if is_standard != bound {
+                out.extend([entry, entry + 8]);
+            }
         }
     }
     out
@@ -579,7 +548,7 @@ fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<L
     term_strings.extend(ncurses_byte_buffers(&readline));
     let kinds = capture::scan_leaks(
         &mut || stale_slots(py, &readline),
-        &mut || container_stale_slots(py),
+        &mut || container_stale_slots(py, &readline),
         stack_from,
         registers,
         Some(pool_layout()),

@@ -39,7 +39,8 @@ pub struct LateDead<'a> {
     find_heap_free: &'a mut dyn FnMut(&Region) -> Vec<(usize, usize)>,
     /// Containers' stale slots (lists' spare capacity, dead slots of generators' and frame
     /// objects' frames): parts of list buffers and of those objects, which the interpreter
-    /// allocates at run time, so never in a loaded object's static data.
+    /// allocates at run time, so never in a loaded object's static data. (The binding adds
+    /// the padding of the key maps readline mallocs.)
     lists: Option<Vec<(usize, usize)>>,
     find_lists: &'a mut dyn FnMut() -> Vec<(usize, usize)>,
     /// See [`static_data`].

@@ -121,8 +121,7 @@ pub fn scan_leaks(
     if !native.contains(&true) {
         return Ok(LeakKinds::default());
     }
-    // Some 13,000 ranges on bitarray's suite (readline's key maps): merged once, here. They
-    // come sorted, which the stable sort takes in one pass.
+    // Merged once, here. They come sorted, which the stable sort takes in one pass.
     let stale = &merged_tagged(stale())[..];
     let maps = read_maps();
     let stack_pointers = blocked_thread_stack_pointers();
