@@ -101,7 +101,7 @@ static SPARE_WORDS: AtomicUsize = AtomicUsize::new(4096);
 /// Interpreter memory that holds no references and is quick to find (the unused slots of its
 /// free-list arrays, the dead part of each thread's data stack, the padding in readline's
 /// standard key maps and the unused slots of its history array and function map, see
-/// [`readline`]), as (start, end) ranges, sorted. Called by the scan under the tracker's lock,
+/// [`readline`]), as (start, end) ranges. Called by the scan under the tracker's lock,
 /// so it calls no Python code (which could start a collection) and never the loader.
 fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     let mut words = vec![0usize; 2048];
@@ -111,9 +111,7 @@ fn stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, usize)> {
     words.extend(readline_keymap_padding(&readline.keymaps, false));
     words.extend(readline_history_spare(readline.history));
     words.extend(readline_funmap_spare(readline.funmap));
-    let mut ranges = tagged_pairs(words);
-    ranges.sort_unstable();
-    ranges
+    tagged_pairs(words)
 }
 
 /// Every list's spare capacity, the dead slots of generators' and frame objects' frames that

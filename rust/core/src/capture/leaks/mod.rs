@@ -121,7 +121,7 @@ pub fn scan_leaks(
     if !native.contains(&true) {
         return Ok(LeakKinds::default());
     }
-    // Merged once, here. They come sorted, which the stable sort takes in one pass.
+    // Merged once, here.
     let stale = &merged_tagged(stale())[..];
     let maps = read_maps();
     let stack_pointers = blocked_thread_stack_pointers();
@@ -246,7 +246,7 @@ pub fn scan_leaks(
         let first = read_first.unwrap_or((0, 0));
         for region in early
             .iter()
-            .filter(|r| r.start.get() < first.1 && first.0 < r.end.get())
+            .filter(|r| order::inside((r.start.get(), r.end.get()), first).is_some())
         {
             for range in resident(region) {
                 if let Some(part) = order::inside(range, first) {
