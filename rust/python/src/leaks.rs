@@ -143,9 +143,8 @@ fn container_stale_slots(_py: Python<'_>, readline: &Readline) -> Vec<(usize, us
 /// Pairs of words as ranges, held tagged (the scan's convention): a spare range of a leaked
 /// list is an address inside that list's buffer, and must not read as a pointer to it.
 fn tagged_pairs(mut words: Vec<usize>) -> Vec<(usize, usize)> {
-    const TAG: usize = 1 << (usize::BITS - 1);
     for w in words.iter_mut() {
-        *w |= TAG;
+        *w = capture::tagged(*w);
     }
     words
         .chunks_exact(2)

@@ -42,6 +42,7 @@ pub use session::{
     checkpoint, install, installed, is_active, set_charge_tracers, start, stop, supported,
     unloaded_modules,
 };
+pub use tagged::tagged;
 pub use tracker::{CodeNames, FrameKey, Tracker};
 pub use unwind::{CodeRange, MAX_NATIVE_FRAMES};
 
