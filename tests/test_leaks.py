@@ -437,7 +437,7 @@ def test_a_big_strs_state_word_is_no_reference(run, pytester: pytest.Pytester) -
     # holds no reference.
     pytester.makepyfile(test_str_state=STR_STATE)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_str_state")
+    assert_one_block_lost(result, "test_str_state")
 
 
 GC_LINK = """
@@ -473,11 +473,16 @@ def test_a_word_naming_an_untracked_objects_gc_head_is_no_reference(run, pyteste
     assert len(both_lost) >= RUNS - 1, found
 
 
-def assert_one_block_definitely_lost(result: pytest.RunResult, test: str) -> None:
-    """The session's one test failed, its leak read as one definitely lost 4096-byte block:
-    the stale place its address was left in hid nothing."""
+def assert_one_block_lost(result: pytest.RunResult, test: str) -> None:
+    """The session's one test failed, its leak read as one lost 4096-byte block: the stale
+    place its address was left in hid nothing (read as a reference, it makes the block still
+    reachable, which is not counted). Definitely lost as a rule; possibly lost when a stale
+    interior pointer elsewhere reaches it, which is not these tests' subject (CI's 3.10 found
+    one for the class docstring's block in every try, where this machine never does)."""
     result.assert_outcomes(failed=1)
-    assert kinds(result, test) == {"definitely lost": 4096, "indirectly lost": 0, "possibly lost": 0}
+    found = kinds(result, test)
+    assert found["definitely lost"] + found["possibly lost"] == 4096, found
+    assert found["indirectly lost"] == 0, found
 
 
 # Memory GNU readline (and its ncurses) allocates as CPython's readline module is imported
@@ -533,7 +538,7 @@ def test_readlines_unwritten_memory_is_no_reference(place: str, run, pytester: p
     result = run("--native-leaks", *EXACT)
     if result.parseoutcomes().get("skipped"):
         pytest.skip(f"{absent} here")
-    assert_one_block_definitely_lost(result, "test_place")
+    assert_one_block_lost(result, "test_place")
 
 
 GENERATOR_SLACK = """
@@ -581,7 +586,7 @@ def test_the_rest_of_a_generators_block_is_no_reference(run, pytester: pytest.Py
     result = run("--native-leaks", *EXACT)
     if result.parseoutcomes().get("skipped"):
         pytest.skip("no generator here leaves a word free in its block")
-    assert_one_block_definitely_lost(result, "test_generator")
+    assert_one_block_lost(result, "test_generator")
 
 
 NARROW_ITEMS = """
@@ -642,7 +647,7 @@ def test_the_unwritten_order_of_inline_values_is_no_reference(run, pytester: pyt
     # `same` workload. An instance's references end with its values.
     pytester.makepyfile(test_values=INLINE_VALUES)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_values")
+    assert_one_block_lost(result, "test_values")
 
 
 SPLIT_VALUES = """
@@ -679,7 +684,7 @@ def test_the_unwritten_order_of_split_values_is_no_reference(run, pytester: pyte
     # 3.11 and 3.12 keep that array in a prefix before the values, reached from the instance.
     pytester.makepyfile(test_values=SPLIT_VALUES)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_values")
+    assert_one_block_lost(result, "test_values")
 
 
 FRAME_ROOM = """
@@ -754,7 +759,7 @@ def test_a_generators_unused_origin_is_no_reference(run, pytester: pytest.Pytest
     # workload (3.13, without pytest's logging plugin, in every process).
     pytester.makepyfile(test_generator=GENERATOR_ORIGIN)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_generator_origin")
+    assert_one_block_lost(result, "test_generator_origin")
 
 
 TYPE_DOC = """
@@ -776,7 +781,7 @@ def test_a_class_docstrings_block_past_its_end_is_no_reference(run, pytester: py
     # process of benches/leak_precision.py's `same` workload.
     pytester.makepyfile(test_doc=TYPE_DOC)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_type_doc")
+    assert_one_block_lost(result, "test_type_doc")
 
 
 OWN_MEMORY = """
@@ -826,7 +831,27 @@ def test_a_buffered_writers_buffer_is_no_reference(run, pytester: pytest.Pyteste
     # a leaked block, as bytes written to the file, which must not hide it.
     pytester.makepyfile(test_buffered=BUFFERED_IO)
     result = run("--native-leaks", *EXACT)
-    assert_one_block_definitely_lost(result, "test_buffered")
+    assert_one_block_lost(result, "test_buffered")
+
+
+THREAD_FREE_CHUNK = """
+import hgleak
+
+
+def test_thread_free_chunk():
+    hgleak.leak_into_thread_free_chunk(4096)
+"""
+
+
+@exact_scan
+def test_free_memory_of_a_threads_heap_is_no_reference(run, pytester: pytest.Pytester) -> None:
+    # A thread other than the main one allocates from an arena of its own, whose heaps glibc
+    # maps apart from `[heap]`: their free chunks hold stale bytes as the main heap's do (seen:
+    # records heapgate's unwinder had freed there hid a thread's 30000-byte leak). Here the
+    # thread leaves its leaked block's address in every word of a block it frees.
+    pytester.makepyfile(test_thread_free=THREAD_FREE_CHUNK)
+    result = run("--native-leaks", *EXACT)
+    assert_one_block_lost(result, "test_thread_free_chunk")
 
 
 GENERATOR_SLOTS = """

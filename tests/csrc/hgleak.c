@@ -399,6 +399,32 @@ static PyObject *leak_into_split_values(PyObject *self, PyObject *args) {
 #endif
 }
 
+/* malloc(n) in a thread and forgotten, its address left in every word of a block that thread
+ * then frees: stale bytes in free memory of the heap of the thread's arena (glibc gives each
+ * of the first threads an arena of its own), which are no root. */
+static void *leave_address_in_a_freed_block(void *arg) {
+    size_t size = *(size_t *)arg;
+    char *p = malloc(size);
+    memset(p, 0x6b, size);
+    size_t words = 2048 / sizeof(void *);
+    void **block = malloc(words * sizeof *block);
+    for (size_t i = 0; i < words; i++) block[i] = p;
+    free(block);
+    return NULL;
+}
+
+static PyObject *leak_into_thread_free_chunk(PyObject *self, PyObject *args) {
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "n", &size)) return NULL;
+    pthread_t tid;
+    size_t s = (size_t)size;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_create(&tid, NULL, leave_address_in_a_freed_block, &s);
+    pthread_join(tid, NULL);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 /* A class's docstring is copied into a block of its length and terminator: malloc(n), its
  * address left in the first whole word after the terminator, within pymalloc's 16-byte
  * multiple. False when there is no such word. */
@@ -631,6 +657,8 @@ static PyMethodDef methods[] = {
      "malloc(n), its address past the written part of an instance's inline values' order"},
     {"leak_into_split_values", leak_into_split_values, METH_VARARGS,
      "malloc(n), its address left in the unwritten order bytes of obj's split values"},
+    {"leak_into_thread_free_chunk", leak_into_thread_free_chunk, METH_VARARGS,
+     "malloc(n) in a thread, forgotten; its address left in a block the thread freed"},
     {"leak_into_type_doc", leak_into_type_doc, METH_VARARGS,
      "malloc(n), its address in the block of a class's docstring, past its end"},
     {"leak_into_generator_origin", leak_into_generator_origin, METH_VARARGS,

@@ -1,6 +1,6 @@
 //! The ranges of the late regions (see `order`) that hold no references, each kind found only
 //! when the scan first reaches a region it can lie in. Finding them costs what the process
-//! holds — free chunks: a walk of glibc's whole main heap; lists' spare capacity and other
+//! holds — free chunks: a walk of each of glibc's heaps; lists' spare capacity and other
 //! containers' stale slots: a walk of every container CPython's GC tracks — while most scans
 //! that go past the early regions stop in the first late ones, the `.bss` of loaded objects,
 //! where neither can lie.
@@ -34,8 +34,10 @@ pub fn static_data() -> Vec<(usize, usize)> {
 pub struct LateDead<'a> {
     /// Found up front (cheap): they may lie anywhere.
     always: Vec<(usize, usize)>,
-    /// Free chunks of the C library's main heap, which lie in its `[heap]` region only.
-    heap_free: Option<Vec<(usize, usize)>>,
+    /// Free chunks of the C library's heaps, each of which lies in its heap's region only.
+    heap_free: Vec<(usize, usize)>,
+    /// The heap regions walked for them, by start.
+    heaps_walked: Vec<usize>,
     find_heap_free: &'a mut dyn FnMut(&Region) -> Vec<(usize, usize)>,
     /// Containers' stale slots (lists' spare capacity, dead slots of generators' and frame
     /// objects' frames): parts of list buffers and of those objects, which the interpreter
@@ -51,7 +53,7 @@ pub struct LateDead<'a> {
 
 impl<'a> LateDead<'a> {
     /// `always`: ranges known now; `find_heap_free` finds the free chunks of the heap region
-    /// it is given, `find_lists` the lists' spare capacity; `statics`: see [`static_data`].
+    /// it is given (once per region), `find_lists` the lists' spare capacity; `statics`: see [`static_data`].
     pub fn new(
         always: Vec<(usize, usize)>,
         find_heap_free: &'a mut dyn FnMut(&Region) -> Vec<(usize, usize)>,
@@ -61,7 +63,8 @@ impl<'a> LateDead<'a> {
         LateDead {
             merged: merged_tagged(always.clone()),
             always,
-            heap_free: None,
+            heap_free: Vec::new(),
+            heaps_walked: Vec::new(),
             find_heap_free,
             lists: None,
             find_lists,
@@ -79,8 +82,10 @@ impl<'a> LateDead<'a> {
     /// it is among them.
     pub fn for_region(&mut self, region: &Region) -> &[(usize, usize)] {
         let mut found = false;
-        if region.heap && self.heap_free.is_none() {
-            self.heap_free = Some((self.find_heap_free)(region));
+        if region.heap.is_some() && !self.heaps_walked.contains(&region.start.get()) {
+            self.heaps_walked.push(region.start.get());
+            let free = (self.find_heap_free)(region);
+            self.heap_free.extend(free);
             found = true;
         }
         if self.lists.is_none() && !within(self.statics, region) {
@@ -89,7 +94,7 @@ impl<'a> LateDead<'a> {
         }
         if found {
             let mut all = self.always.clone();
-            all.extend(self.heap_free.iter().flatten());
+            all.extend(&self.heap_free);
             all.extend(self.lists.iter().flatten());
             self.merged = merged_tagged(all);
         }
@@ -123,6 +128,7 @@ mod tests {
     use std::cell::Cell;
     use std::ops::ControlFlow;
 
+    use super::super::maps::Heap;
     use super::super::visit_region;
     use super::*;
 
@@ -172,7 +178,7 @@ mod tests {
             .iter()
             .map(|(s, e)| Region::new(*s, *e, false))
             .collect();
-        regions[3].heap = true;
+        regions[3].heap = Some(Heap::Main);
         let mut split_inside = 0;
         for _ in 0..300 {
             // Region 0 is static data, region 1 sometimes, region 2 sometimes only a prefix
@@ -213,7 +219,7 @@ mod tests {
             let eager = merged_tagged(all);
             let (heap_calls, list_calls) = (Cell::new(0), Cell::new(0));
             let mut find_heap_free = |r: &Region| {
-                assert!(r.heap);
+                assert!(r.heap.is_some());
                 heap_calls.set(heap_calls.get() + 1);
                 heap_free.clone()
             };

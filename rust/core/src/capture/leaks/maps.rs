@@ -5,6 +5,7 @@ use std::fs;
 
 use super::super::arch;
 use super::super::tagged::Addr;
+use super::glibc::ARENA_HEAP_BYTES;
 
 /// A memory range to treat as a root.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -15,8 +16,18 @@ pub struct Region {
     pub end: Addr,
     /// Anonymous memory (where pymalloc's pools can be).
     pub anonymous: bool,
-    /// The C library's main heap (`[heap]`), whose free chunks are not roots.
-    pub heap: bool,
+    /// One of the C library's heaps, whose free chunks are not roots.
+    pub heap: Option<Heap>,
+}
+
+/// Which of glibc's heaps a region is (see `glibc`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Heap {
+    /// The main arena's heap, `[heap]`.
+    Main,
+    /// Anonymous memory that starts where a heap of another arena would
+    /// ([`ARENA_HEAP_BYTES`]): one or more such heaps if their headers say so.
+    Arena,
 }
 
 impl Region {
@@ -26,7 +37,7 @@ impl Region {
             start: Addr::new(start),
             end: Addr::new(end),
             anonymous,
-            heap: false,
+            heap: None,
         }
     }
 }
@@ -241,7 +252,13 @@ pub fn root_regions(
             continue;
         }
         let mut region = Region::new(start, end, anonymous);
-        region.heap = m.path == "[heap]";
+        region.heap = if m.path == "[heap]" {
+            Some(Heap::Main)
+        } else if anonymous && start % ARENA_HEAP_BYTES == 0 {
+            Some(Heap::Arena)
+        } else {
+            None
+        };
         regions.push(region);
     }
     regions

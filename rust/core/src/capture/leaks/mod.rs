@@ -39,9 +39,9 @@ use super::session::{is_active, session};
 use super::tagged::{tagged, untagged};
 use super::{scrub, Allocator, CaptureError, Guard, LeakKind, LeakKinds, Tracker};
 use crate::report::InterpreterModules;
-use glibc::glibc_free_chunks;
+use glibc::{arena_heap_chunks, glibc_free_chunks, ARENA_HEAP_BYTES};
 pub use glibc::{chunk_for_request, chunk_holds_request};
-use maps::{blocked_thread_stack_pointers, read_maps, root_regions, Region};
+use maps::{blocked_thread_stack_pointers, read_maps, root_regions, Heap, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{
     classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate, Targets,
@@ -399,7 +399,7 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// What holds no references in glibc's main heap `heap`: its free chunks (a large one is
+/// What holds no references in glibc's heap region `heap` (see [`heaps_in`]): its free chunks (a large one is
 /// jumped over, never read), and in the chunks that hold a Python object or a dict keys object
 /// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
 /// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
@@ -420,7 +420,7 @@ fn heap_dead_ranges(
         return Vec::new();
     };
     let word = std::mem::size_of::<usize>();
-    let mut slack = Vec::new();
+    let slack = std::cell::RefCell::new(Vec::new());
     // Each chunk in use is looked at as the walk passes it (collecting them first would grow a
     // buffer in the heap being walked).
     let mut in_use = |chunk: usize, size: usize| {
@@ -429,12 +429,12 @@ fn heap_dead_ranges(
         let memory_end = chunk + size + word;
         // heapgate's own block: nothing in it is the program's.
         if objects.word_at(memory) == Some(scrub::own_block_mark(memory)) {
-            slack.push((memory, memory_end));
+            slack.borrow_mut().push((memory, memory_end));
             return;
         }
         let i = text.partition_point(|a| *a < memory);
         if text.get(i).is_some_and(|a| *a < memory_end) {
-            slack.push((memory, memory_end));
+            slack.borrow_mut().push((memory, memory_end));
             return;
         }
         // Chunks of pymalloc's sizes too: bytes and str objects made big and then shrunk
@@ -451,23 +451,57 @@ fn heap_dead_ranges(
             .map_while(|(i, w)| objects.word_at(memory + i * word).map(|v| *w = v))
             .count();
         if let Some(from) = chunk_object_slack(&first[..n], size, layout, types) {
-            slack.push((memory + from, memory_end));
+            slack.borrow_mut().push((memory + from, memory_end));
             // A str's state word, as in a pymalloc block (seen here too, in a docstring's
             // chunk, naming a point inside a leaked block).
             if let Some(i) = layout.objects.and_then(|o| o.str_state_word(&first[..n])) {
                 let at = memory + i * word;
-                slack.push((at, at + word));
+                slack.borrow_mut().push((at, at + word));
             }
         }
     };
-    let Some(mut dead) =
-        glibc_free_chunks(&mut |addr| window.word_at(addr), start, end, &mut in_use)
-    else {
-        return Vec::new();
-    };
-    dead.extend(slack);
+    let heaps = heaps_in(heap, &mut |addr| window.word_at(addr));
+    let mut dead = Vec::new();
+    for ((base, chunks_end), heap_end) in heaps {
+        let slack_before = slack.borrow().len();
+        match glibc_free_chunks(&mut |a| window.word_at(a), base, chunks_end, &mut in_use) {
+            Some(free) => dead.extend(free),
+            // No heap after all: what the walk took for chunks' slack may be anything.
+            None => {
+                slack.borrow_mut().truncate(slack_before);
+                continue;
+            }
+        }
+        // Past its chunks, a heap's memory is given back or not yet used.
+        dead.push((chunks_end, heap_end));
+    }
+    dead.extend(slack.into_inner());
+    dead.retain(|(s, e)| s < e);
     dead.sort_unstable();
     dead
+}
+
+/// Each of glibc's heaps in `region` (none if it is no heap region): where its chunks start
+/// and end (see `glibc`), and where its memory ends, read through `word_at`. The main heap's
+/// chunks fill its region; an arena heap region may hold several heaps, one per
+/// `ARENA_HEAP_BYTES` (the kernel merges adjacent mappings of the same kind).
+fn heaps_in(
+    region: &Region,
+    word_at: &mut dyn FnMut(usize) -> Option<usize>,
+) -> Vec<((usize, usize), usize)> {
+    let (start, end) = (region.start.get(), region.end.get());
+    match region.heap {
+        None => Vec::new(),
+        Some(Heap::Main) => vec![((start, end), end)],
+        Some(Heap::Arena) => (start..end)
+            .step_by(ARENA_HEAP_BYTES)
+            .filter_map(|heap| {
+                let (base, chunks_end) = arena_heap_chunks(word_at, heap)?;
+                let heap_end = (heap + ARENA_HEAP_BYTES).min(end);
+                (base < end).then_some(((base, chunks_end.min(heap_end)), heap_end))
+            })
+            .collect(),
+    }
 }
 
 /// `ranges` tagged (see `tagged`; any already tagged stay so), empty ones dropped, sorted and
@@ -817,7 +851,7 @@ impl WindowReader {
 
     fn word_at(&mut self, addr: usize) -> Option<usize> {
         let word = std::mem::size_of::<usize>();
-        if addr < self.start || addr + word > self.end {
+        if addr < self.start || addr.checked_add(word).is_none_or(|e| e > self.end) {
             return None;
         }
         if !(self.window.0 <= addr && addr + word <= self.window.1) {
@@ -884,7 +918,7 @@ fn explain_references(
                 region.start.get(),
                 region.end.get(),
                 if region.anonymous { " (anonymous)" } else { "" },
-                if region.heap {
+                if region.heap.is_some() {
                     heap_chunk_of(region, at + i * word)
                 } else {
                     pool.map_or(String::new(), |p| pool_block_of(p, at + i * word))
@@ -958,9 +992,9 @@ fn type_name(ty: usize) -> Option<String> {
     (!name.is_empty() && printable).then(|| String::from_utf8_lossy(&name).into_owned())
 }
 
-/// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the main heap that holds `addr`, and
-/// whether the next chunk says it is in use. The heap's chunks are walked once per heap extent
-/// (a walk per reference would cost what the heap holds, each time).
+/// For `HEAPGATE_EXPLAIN_LEAKS`: the glibc chunk of the heap region `heap` that holds `addr`,
+/// and whether the next chunk says it is in use. The heap's chunks are walked once per heap
+/// extent (a walk per reference would cost what the heap holds, each time).
 fn heap_chunk_of(heap: Region, addr: usize) -> String {
     type Chunks = ((usize, usize), Vec<(usize, usize)>);
     static CHUNKS: Mutex<Option<Chunks>> = Mutex::new(None);
@@ -971,14 +1005,16 @@ fn heap_chunk_of(heap: Region, addr: usize) -> String {
         // (chunk, its size field)
         let mut chunks = Vec::new();
         if let Some(mut window) = WindowReader::new(start, end) {
-            let mut chunk = start;
-            while let Some(size) = window.word_at(chunk + word) {
-                let next = chunk + (size & !7);
-                if size & !7 == 0 || next > end {
-                    break;
+            for ((base, chunks_end), _) in heaps_in(&heap, &mut |a| window.word_at(a)) {
+                let mut chunk = base;
+                while let Some(size) = window.word_at(chunk + word) {
+                    let next = chunk + (size & !7);
+                    if size & !7 == 0 || next > chunks_end {
+                        break;
+                    }
+                    chunks.push((chunk, size));
+                    chunk = next;
                 }
-                chunks.push((chunk, size));
-                chunk = next;
             }
         }
         *cache = Some(((start, end), chunks));
@@ -1115,7 +1151,8 @@ mod tests {
             words[at / 8 + 1] = size_field;
         }
         let base = words.as_ptr() as usize;
-        let heap = Region::new(base, base + words.len() * 8, false);
+        let mut heap = Region::new(base, base + words.len() * 8, false);
+        heap.heap = Some(Heap::Main);
         let mut no_types = |_| None;
         let dead = heap_dead_ranges(&heap, None, &[base + 0x48], &mut no_types);
         // The text chunk's memory up to the next chunk's size field, and the top.

@@ -14,7 +14,7 @@ use super::maps::Region;
 /// the C library's heap and anonymous mappings), so it is masked with the interpreter's static
 /// stale ranges alone.
 pub fn is_early(region: &Region) -> bool {
-    !region.anonymous && !region.heap
+    !region.anonymous && region.heap.is_none()
 }
 
 /// The part of `range` inside `first` (the memory read before the rest of the early regions:
@@ -63,6 +63,7 @@ pub fn sort_late(late: &mut [Region], early: &[Region]) {
 
 #[cfg(test)]
 mod tests {
+    use super::super::maps::Heap;
     use super::*;
 
     #[test]
@@ -85,7 +86,7 @@ mod tests {
     #[test]
     fn object_data_and_stacks_are_early_then_bss_then_the_rest_smallest_first() {
         let mut heap = Region::new(0x2000, 0x9000, false);
-        heap.heap = true;
+        heap.heap = Some(Heap::Main);
         let regions = [
             Region::new(0x1000, 0x2000, false), // an object's data
             heap,
