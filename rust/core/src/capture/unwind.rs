@@ -250,29 +250,26 @@ mod cfi {
     struct Caches {
         rules: [Cache; RULE_CACHES],
         /// The code ranges of `objects` the last frames looked up were in, the latest first:
-        /// most frames of a stack are in the object of the frame before, or of the one before
-        /// that (an allocation's stack goes from heapgate's hooks to the interpreter and back
-        /// through an extension), and the search over some hundred objects' ranges was most
-        /// of an unwind's own time.
-        recent: [(usize, usize); 2],
+        /// most frames of a stack are in one of the few objects its last frames were in (an
+        /// allocation's stack goes from heapgate's hooks through the C library or the
+        /// interpreter's allocator to an extension and back to the interpreter), and the search
+        /// over some hundred objects' ranges was most of an unwind's own time.
+        recent: [(usize, usize); RECENT_OBJECTS],
     }
 
     impl Local {
         /// Is `ip` in code of `objects`?
         #[inline]
         fn covers(&mut self, ip: usize) -> bool {
-            let within = |r: (usize, usize)| r.0 <= ip && ip < r.1;
             let recent = &mut self.caches.recent;
-            if within(recent[0]) {
-                return true;
-            }
-            if within(recent[1]) {
-                recent.swap(0, 1);
+            if let Some(i) = recent.iter().position(|r| r.0 <= ip && ip < r.1) {
+                recent[..=i].rotate_right(1);
                 return true;
             }
             match self.objects.range_of(ip) {
                 Some(range) => {
-                    *recent = [range, recent[0]];
+                    recent.rotate_right(1);
+                    recent[0] = range;
                     true
                 }
                 None => false,
@@ -282,9 +279,12 @@ mod cfi {
         /// Take the current table, and forget ranges of the old one.
         fn replace_objects(&mut self, (objects, generation): (Arc<Objects>, u64)) {
             (self.objects, self.generation) = (objects, generation);
-            self.caches.recent = [(0, 0); 2];
+            self.caches.recent = [(0, 0); RECENT_OBJECTS];
         }
     }
+
+    /// How many objects' code ranges [`Caches::recent`] keeps.
+    const RECENT_OBJECTS: usize = 4;
 
     thread_local! {
         static LOCAL: RefCell<Option<Local>> = const { RefCell::new(None) };
@@ -567,7 +567,10 @@ mod cfi {
             for ip in [0x1800, 0x5800, 0x1000, 0x5fff, 0x9000] {
                 assert!(local.covers(ip), "{ip:#x}");
             }
-            assert_eq!(local.caches.recent, [(0x9000, 0xa000), (0x5000, 0x6000)]);
+            assert_eq!(
+                local.caches.recent,
+                [(0x9000, 0xa000), (0x5000, 0x6000), (0x1000, 0x2000), (0, 0)]
+            );
             for ip in [0x0fff, 0x2000, 0x6000, 0xa000, 0x7000] {
                 assert!(!local.covers(ip), "{ip:#x}");
             }
