@@ -28,6 +28,22 @@ pub enum FrameKey {
     Native(usize),
 }
 
+impl FrameKey {
+    /// The key as the trie's caches keep it beyond a test (its edge cache and each node's
+    /// last edge): its address tagged, so that the leak scan never reads a copy in heapgate's
+    /// memory as a reference to a block that reuses the code object's memory later.
+    #[inline]
+    fn held(self) -> FrameKey {
+        match self {
+            FrameKey::Python { code, line } => FrameKey::Python {
+                code: tagged(code),
+                line,
+            },
+            FrameKey::Native(address) => FrameKey::Native(tagged(address)),
+        }
+    }
+}
+
 /// Names of a code object, as the Python layer reads them: (function, filename).
 pub type CodeNames = (String, String);
 
@@ -151,8 +167,7 @@ const EDGE_SLOTS: usize = 1 << 12;
 /// The trie's recent edges, (parent node, frame) to child node, in a direct-mapped table:
 /// a native stack differs from the last one in its innermost frames, and each of those
 /// costs two hash-table lookups (the frame's id, then the edge) without it. Slots outlive
-/// their test, so their addresses are held tagged: a code object's address kept here must
-/// not read to the leak scan as a reference to a block that reuses its memory later.
+/// their test, so their keys are held tagged (see [`FrameKey::held`]).
 struct EdgeCache {
     slots: Box<[EdgeSlot]>,
     /// The tracker's resets so far: slots of an earlier test are stale.
@@ -192,32 +207,22 @@ impl EdgeCache {
         (h.finish() >> (64 - EDGE_SLOTS.trailing_zeros())) as usize
     }
 
-    /// `key` as a slot holds it (see [`EdgeCache`]).
+    /// The child of `parent` along `held` (a key as [`FrameKey::held`] makes it), if cached.
     #[inline]
-    fn held(key: &FrameKey) -> FrameKey {
-        match *key {
-            FrameKey::Python { code, line } => FrameKey::Python {
-                code: tagged(code),
-                line,
-            },
-            FrameKey::Native(address) => FrameKey::Native(tagged(address)),
-        }
+    fn get(&self, parent: u32, held: &FrameKey) -> Option<u32> {
+        let s = &self.slots[Self::slot(parent, held)];
+        (s.epoch == self.epoch && s.parent == parent && s.key == *held).then_some(s.child)
     }
 
+    /// Cache the edge from `parent` along `held` (see [`FrameKey::held`]) to `child`.
     #[inline]
-    fn get(&self, parent: u32, key: &FrameKey) -> Option<u32> {
-        let s = &self.slots[Self::slot(parent, key)];
-        (s.epoch == self.epoch && s.parent == parent && s.key == Self::held(key)).then_some(s.child)
-    }
-
-    #[inline]
-    fn put(&mut self, parent: u32, key: FrameKey, child: u32) {
+    fn put(&mut self, parent: u32, held: FrameKey, child: u32) {
         let epoch = self.epoch;
-        self.slots[Self::slot(parent, &key)] = EdgeSlot {
+        self.slots[Self::slot(parent, &held)] = EdgeSlot {
             epoch,
             parent,
             child,
-            key: Self::held(&key),
+            key: held,
         };
     }
 
@@ -431,12 +436,12 @@ impl Tracker {
         key: FrameKey,
         describe: &mut dyn FnMut(usize) -> CodeNames,
     ) -> u32 {
-        let held = EdgeCache::held(&key);
+        let held = key.held();
         let last = &self.nodes[node as usize];
         if last.last_child != ROOT && last.last_key == held {
             return last.last_child;
         }
-        let child = match self.edges.get(node, &key) {
+        let child = match self.edges.get(node, &held) {
             Some(child) => child,
             None => {
                 let frame = self.intern_frame(key, describe);
@@ -445,7 +450,7 @@ impl Tracker {
                     self.nodes.push(TrieNode::new(node, frame));
                     next
                 });
-                self.edges.put(node, key, child);
+                self.edges.put(node, held, child);
                 child
             }
         };
@@ -913,7 +918,7 @@ mod tests {
         assert_eq!(t.nodes[caller as usize].last_child, c);
         let key = t.nodes[caller as usize].last_key;
         assert!(!matches!(key, FrameKey::Python { code: 1..=3, .. }));
-        assert_eq!(key, EdgeCache::held(&FrameKey::Python { code: 3, line: 1 }));
+        assert_eq!(key, FrameKey::Python { code: 3, line: 1 }.held());
     }
 
     #[test]
@@ -922,7 +927,8 @@ mod tests {
         let deep = node(&mut t, &[3, 2, 1]);
         let shallow = node(&mut t, &[9]);
         assert_eq!(
-            t.edges.get(ROOT, &FrameKey::Python { code: 9, line: 1 }),
+            t.edges
+                .get(ROOT, &FrameKey::Python { code: 9, line: 1 }.held()),
             Some(shallow)
         );
         // Held tagged: no slot holds the code object's address as it is.
