@@ -93,6 +93,8 @@ fn live_stack_start(entry: usize) -> usize {
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 /// `read_first`: the interpreter's runtime state, read before the rest (see `order::inside`).
+/// `container_references(lo, hi)`: the (container, referent) pairs of the references the
+/// interpreter's tracked containers hold into `[lo, hi)`, visited before the late regions.
 #[allow(clippy::too_many_arguments)]
 pub fn scan_leaks(
     stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
@@ -422,14 +424,15 @@ pub fn scan_leaks(
     Ok(session.tracker.leak_totals().unwrap_or_default())
 }
 
-/// What holds no references in glibc's heap region `heap` (see [`heaps_in`]): its free chunks (a large one is
-/// jumped over, never read), and in the chunks that hold a Python object or a dict keys object
-/// (`pools`: CPython's layouts; `types` sizes a type object), the bytes after the object's
-/// last field (see [`chunk_object_slack`]): a stale word there (seen: the end of a code
-/// object's chunk, in every process) would hide a leak. The whole memory of the chunks that
-/// hold an address of `text` (sorted): they hold only characters, and the part their owner
-/// has not written yet keeps what the memory held before (seen: readline's buffer of terminal
-/// capabilities, 2032 bytes of which about 1400 are written, hid up to 8 leaked lists).
+/// What holds no references in glibc's heap region `heap` (see [`heaps_in`]): its free chunks
+/// (a large one is jumped over, never read), and in the chunks that hold a Python object or a
+/// dict keys object (`pools`: CPython's layouts; `types` sizes a type object), the bytes after
+/// the object's last field (see [`chunk_object_slack`]): a stale word there (seen: the end of
+/// a code object's chunk, in every process) would hide a leak. The whole memory of the chunks
+/// that hold an address of `text` (sorted): they hold only characters, and the part their
+/// owner has not written yet keeps what the memory held before (seen: readline's buffer of
+/// terminal capabilities, 2032 bytes of which about 1400 are written, hid up to 8 leaked
+/// lists).
 fn heap_dead_ranges(
     heap: &Region,
     pools: Option<&PoolLayout>,
