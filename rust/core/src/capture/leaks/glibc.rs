@@ -17,7 +17,7 @@ pub fn chunk_holds_request(chunk: usize, n: usize) -> bool {
     chunk == rounded || chunk == rounded + 2 * std::mem::size_of::<usize>()
 }
 
-/// The heaps of glibc's arenas other than the main one are mapped at multiples of their most
+/// The heaps of glibc's arenas other than the main one are mapped at multiples of their largest
 /// size, `HEAP_MAX_SIZE` (twice the largest mmap threshold: 64 MiB on 64-bit), so that a chunk
 /// finds its heap's header by masking its address.
 pub const ARENA_HEAP_BYTES: usize = 2 * 4 * 1024 * 1024 * std::mem::size_of::<usize>();
