@@ -830,74 +830,52 @@ static int hg_type_doc_slack(PyObject *op, uintptr_t *start, uintptr_t *end) {
     return *start < *end;
 }
 
-/* The interpreter's tracked objects, generation by generation and the permanent one last:
- * hg_tracked_next returns each in turn, then NULL. */
-struct hg_tracked {
-    struct _gc_runtime_state *gc;
-    int generation;
-    PyGC_Head *at; /* NULL: at the generation's head */
-};
-
-static struct hg_tracked hg_tracked_objects(void) {
-    struct hg_tracked it = {&PyInterpreterState_Get()->gc, 0, NULL};
-    return it;
-}
-
-static PyObject *hg_tracked_next(struct hg_tracked *it) {
-    while (it->generation <= NUM_GENERATIONS) {
-        PyGC_Head *head = it->generation < NUM_GENERATIONS
-                              ? &it->gc->generations[it->generation].head
-                              : &it->gc->permanent_generation.head;
-        PyGC_Head *next = (PyGC_Head *)(it->at == NULL ? head : it->at)->_gc_next;
-        if (next != NULL && next != head) {
-            it->at = next;
-            return (PyObject *)(next + 1);
-        }
-        it->generation++;
-        it->at = NULL;
-    }
-    return NULL;
-}
-
 size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    struct _gc_runtime_state *gc = &interp->gc;
     size_t n = 0;
 #if PY_VERSION_HEX >= 0x030B0000
     n = hg_thread_frame_objects(out, n, cap);
 #endif
-    struct hg_tracked tracked = hg_tracked_objects();
-    for (PyObject *op; (op = hg_tracked_next(&tracked)) != NULL;) {
+    for (int g = 0; g <= NUM_GENERATIONS; g++) {
+        PyGC_Head *head =
+            g < NUM_GENERATIONS ? &gc->generations[g].head : &gc->permanent_generation.head;
+        for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
+             p = (PyGC_Head *)p->_gc_next) {
+            PyObject *op = (PyObject *)(p + 1);
 #if PY_VERSION_HEX >= 0x030B0000
-        uintptr_t start, end;
-        if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
-            PyGenObject *gen = (PyGenObject *)op;
-            n = hg_put_frame_object_room((_PyInterpreterFrame *)gen->gi_iframe, out, n, cap);
-            /* The word of flags before the frame (four bytes and padding) holds no
-             * reference; nor, in a generator, the coroutine's origin and async
-             * generator's finalizer before it, which no generator sets (seen holding a
-             * leaked string's address). */
-            n = hg_put_range(out, n, cap,
-                             PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
-                                                  : (uintptr_t)&gen->gi_hooks_inited,
-                             (uintptr_t)gen->gi_iframe);
-        }
-        if (hg_frame_stale_slots(op, &start, &end)) {
-            n = hg_put_range(out, n, cap, start, end);
-            continue;
-        }
+            uintptr_t start, end;
+            if (PyGen_CheckExact(op) || PyCoro_CheckExact(op) || PyAsyncGen_CheckExact(op)) {
+                PyGenObject *gen = (PyGenObject *)op;
+                n = hg_put_frame_object_room((_PyInterpreterFrame *)gen->gi_iframe, out, n, cap);
+                /* The word of flags before the frame (four bytes and padding) holds no
+                 * reference; nor, in a generator, the coroutine's origin and async
+                 * generator's finalizer before it, which no generator sets (seen holding a
+                 * leaked string's address). */
+                n = hg_put_range(out, n, cap,
+                                 PyGen_CheckExact(op) ? (uintptr_t)&gen->gi_origin_or_finalizer
+                                                      : (uintptr_t)&gen->gi_hooks_inited,
+                                 (uintptr_t)gen->gi_iframe);
+            }
+            if (hg_frame_stale_slots(op, &start, &end)) {
+                n = hg_put_range(out, n, cap, start, end);
+                continue;
+            }
 #endif
-        uintptr_t from, to;
-        if (hg_buffered_stale_slots(op, &from, &to) || hg_type_doc_slack(op, &from, &to)) {
-            n = hg_put_range(out, n, cap, from, to);
-            continue;
+            uintptr_t from, to;
+            if (hg_buffered_stale_slots(op, &from, &to) || hg_type_doc_slack(op, &from, &to)) {
+                n = hg_put_range(out, n, cap, from, to);
+                continue;
+            }
+            if (hg_split_values_stale_slots(op, &from, &to)) {
+                n = hg_put_range(out, n, cap, from, to); /* and on: a list's subclass has both */
+            }
+            if (!PyList_Check(op)) continue;
+            PyListObject *list = (PyListObject *)op;
+            if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
+            n = hg_put_range(out, n, cap, (uintptr_t)(list->ob_item + Py_SIZE(list)),
+                             (uintptr_t)(list->ob_item + list->allocated));
         }
-        if (hg_split_values_stale_slots(op, &from, &to)) {
-            n = hg_put_range(out, n, cap, from, to); /* and on: a list's subclass has both */
-        }
-        if (!PyList_Check(op)) continue;
-        PyListObject *list = (PyListObject *)op;
-        if (list->ob_item == NULL || list->allocated <= Py_SIZE(list)) continue;
-        n = hg_put_range(out, n, cap, (uintptr_t)(list->ob_item + Py_SIZE(list)),
-                         (uintptr_t)(list->ob_item + list->allocated));
     }
     return n;
 }
@@ -925,13 +903,20 @@ static int hg_visit_ref(PyObject *referent, void *arg) {
 }
 
 size_t hg_py_container_references(uintptr_t lo, uintptr_t hi, uintptr_t *out, size_t cap) {
+    PyInterpreterState *interp = PyInterpreterState_Get();
+    struct _gc_runtime_state *gc = &interp->gc;
     struct hg_refs refs = {lo, hi, 0, out, 0, cap};
-    struct hg_tracked tracked = hg_tracked_objects();
-    for (PyObject *op; (op = hg_tracked_next(&tracked)) != NULL;) {
-        traverseproc traverse = Py_TYPE(op)->tp_traverse;
-        if (traverse == NULL) continue;
-        refs.holder = (uintptr_t)op;
-        traverse(op, hg_visit_ref, &refs);
+    for (int g = 0; g <= NUM_GENERATIONS; g++) {
+        PyGC_Head *head =
+            g < NUM_GENERATIONS ? &gc->generations[g].head : &gc->permanent_generation.head;
+        for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
+             p = (PyGC_Head *)p->_gc_next) {
+            PyObject *op = (PyObject *)(p + 1);
+            traverseproc traverse = Py_TYPE(op)->tp_traverse;
+            if (traverse == NULL) continue;
+            refs.holder = (uintptr_t)op;
+            traverse(op, hg_visit_ref, &refs);
+        }
     }
     return refs.n;
 }
