@@ -881,46 +881,6 @@ size_t hg_py_container_stale_slots(uintptr_t *out, size_t cap) {
 }
 
 
-/* The references the interpreter's tracked containers hold, as each one's tp_traverse reports
- * them, that point into [lo, hi): (container, referent) pairs, from word `n` of `out` (see
- * hg_put_range); returns how many words all pairs need. Each is a field of a live object, so a
- * word the conservative scan would read as a root too (the scan leaves out the containers
- * that are its candidates); read first, they spare it the arenas and the heap when the test's
- * blocks hang off objects made before it. The GIL is held: no object changes meanwhile. */
-struct hg_refs {
-    uintptr_t lo, hi, holder;
-    uintptr_t *out;
-    size_t n, cap;
-};
-
-static int hg_visit_ref(PyObject *referent, void *arg) {
-    struct hg_refs *refs = (struct hg_refs *)arg;
-    uintptr_t r = (uintptr_t)referent;
-    if (r >= refs->lo && r < refs->hi) {
-        refs->n = hg_put_range(refs->out, refs->n, refs->cap, refs->holder, r);
-    }
-    return 0;
-}
-
-size_t hg_py_container_references(uintptr_t lo, uintptr_t hi, uintptr_t *out, size_t cap) {
-    PyInterpreterState *interp = PyInterpreterState_Get();
-    struct _gc_runtime_state *gc = &interp->gc;
-    struct hg_refs refs = {lo, hi, 0, out, 0, cap};
-    for (int g = 0; g <= NUM_GENERATIONS; g++) {
-        PyGC_Head *head =
-            g < NUM_GENERATIONS ? &gc->generations[g].head : &gc->permanent_generation.head;
-        for (PyGC_Head *p = (PyGC_Head *)head->_gc_next; p != NULL && p != head;
-             p = (PyGC_Head *)p->_gc_next) {
-            PyObject *op = (PyObject *)(p + 1);
-            traverseproc traverse = Py_TYPE(op)->tp_traverse;
-            if (traverse == NULL) continue;
-            refs.holder = (uintptr_t)op;
-            traverse(op, hg_visit_ref, &refs);
-        }
-    }
-    return refs.n;
-}
-
 /* Collect the tracked test's garbage and nothing else, before the leak scan: a full collection
  * visits every object the process holds (170-350 ms a test on numpy's suite), where the scan
  * needs only the test's own objects collected (older ones are its roots anyway). `heads`: the

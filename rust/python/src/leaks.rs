@@ -18,7 +18,6 @@ extern "C" {
     fn hg_py_empty_free_lists_on_call(function: *mut ffi::PyObject, on: c_int) -> c_int;
     fn hg_py_free_list_stale_slots(out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_container_stale_slots(out: *mut usize, cap: size_t) -> size_t;
-    fn hg_py_container_references(lo: usize, hi: usize, out: *mut usize, cap: size_t) -> size_t;
     fn hg_py_pool_layout(pool_size: *mut size_t, overhead: *mut size_t, shift: *mut c_uint);
     fn hg_py_code_layout(code_type: *mut usize, bytecode: *mut size_t);
     fn hg_py_values_tag() -> size_t;
@@ -94,28 +93,6 @@ fn object_layout() -> Option<ObjectLayout> {
         keys_index_bytes_at: w[25],
         keys_kind_at: w[26],
     })
-}
-
-/// Room for the pairs of [`container_references`], grown to what a scan needed.
-static REFERENCE_WORDS: AtomicUsize = AtomicUsize::new(1024);
-
-/// The references the interpreter's tracked containers hold into `[lo, hi)`, as their
-/// `tp_traverse` reports them: (container, referent) pairs. Called by the scan under the
-/// tracker's lock; traversal calls no Python code.
-fn container_references(_py: Python<'_>, lo: usize, hi: usize) -> Vec<(usize, usize)> {
-    let mut words = vec![0usize; REFERENCE_WORDS.load(Ordering::Relaxed)];
-    loop {
-        // SAFETY: the GIL is held (the `Python` token); the shim writes at most `len` words
-        // and returns how many words all pairs need.
-        let needed = unsafe { hg_py_container_references(lo, hi, words.as_mut_ptr(), words.len()) };
-        if needed <= words.len() {
-            words.truncate(needed);
-            break;
-        }
-        words.resize(needed + needed / 8, 0);
-        REFERENCE_WORDS.store(words.len(), Ordering::Relaxed);
-    }
-    words.chunks_exact(2).map(|p| (p[0], p[1])).collect()
 }
 
 /// Room for the ranges of [`container_stale_slots`], grown to what a scan needed.
@@ -569,7 +546,6 @@ fn scan(py: Python<'_>, stack_from: usize, registers: &[usize]) -> PyResult<Py<L
     let kinds = capture::scan_leaks(
         &mut || stale_slots(py, &readline),
         &mut || container_stale_slots(py, &readline),
-        &mut |lo, hi| container_references(py, lo, hi),
         stack_from,
         registers,
         Some(pool_layout()),

@@ -44,8 +44,7 @@ pub use glibc::{chunk_for_request, chunk_holds_request};
 use maps::{blocked_thread_stack_pointers, read_maps, root_regions, Heap, Region};
 use pymalloc::{chunk_object_slack, pool_mask, SizedType, CHUNK_FIRST_WORDS};
 use reach::{
-    classify, gc_head, mask_out_candidates, mask_out_ranges, within_a_candidate, zero_in_ranges,
-    Candidate, Targets,
+    classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate, Targets,
 };
 
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
@@ -93,13 +92,10 @@ fn live_stack_start(entry: usize) -> usize {
 /// no live block has one, nothing is read and no verdict is recorded (the report's leak kinds
 /// stay unset). `interpreter`: which loaded objects are the interpreter's own.
 /// `read_first`: the interpreter's runtime state, read before the rest (see `order::inside`).
-/// `container_references(lo, hi)`: the (container, referent) pairs of the references the
-/// interpreter's tracked containers hold into `[lo, hi)`, visited before the late regions.
 #[allow(clippy::too_many_arguments)]
 pub fn scan_leaks(
     stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
     heap_stale: &mut dyn FnMut() -> Vec<(usize, usize)>,
-    container_references: &mut dyn FnMut(usize, usize) -> Vec<(usize, usize)>,
     stack_from: usize,
     registers: &[usize],
     pools: Option<PoolLayout>,
@@ -222,25 +218,23 @@ pub fn scan_leaks(
             explain_references(found, registers_region, &candidates, &gc_heads, None);
         }
         visit(registers)?;
-        let mut read_range =
-            |region: &Region,
-             range: (usize, usize),
-             dead: &[(usize, usize)],
-             scratch: &mut [usize],
-             visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>| {
-                visit_region(
-                    *region,
-                    range,
-                    &candidates,
-                    pools.as_ref(),
-                    &gc_heads,
-                    dead,
-                    (scratch, &mut mask),
-                    &may_refer,
-                    &mut |ty| (*types.borrow_mut())(ty),
-                    visit,
-                )
-            };
+        let mut read_range = |region: &Region,
+                              range: (usize, usize),
+                              dead: &[(usize, usize)],
+                              scratch: &mut [usize]| {
+            visit_region(
+                *region,
+                range,
+                &candidates,
+                pools.as_ref(),
+                &gc_heads,
+                dead,
+                (scratch, &mut mask),
+                &may_refer,
+                &mut |ty| (*types.borrow_mut())(ty),
+                visit,
+            )
+        };
         let mut resident = |region: &Region| {
             // Pools are read whole (their headers say which blocks are in use).
             let grid = pools
@@ -256,32 +250,19 @@ pub fn scan_leaks(
         {
             for range in resident(region) {
                 if let Some(part) = order::inside(range, first) {
-                    read_range(region, part, &early_dead, scratch.words(), visit)?;
+                    read_range(region, part, &early_dead, scratch.words())?;
                 }
             }
         }
         for region in &early {
             for range in resident(region) {
                 for part in order::outside(range, first) {
-                    read_range(region, part, &early_dead, scratch.words(), visit)?;
+                    read_range(region, part, &early_dead, scratch.words())?;
                 }
             }
         }
-        // Not every candidate is reachable from there. The references that objects made
-        // before the test hold into the test's blocks (a dict it resized, an instance it set
-        // an attribute of), from their traversal: each is a field of a live object, a root
-        // the reads below would find (the containers that are candidates are left out: they
-        // are read only once reached). Then the rest of memory, and what holds no references
-        // in it (found only now: this costs what the process holds).
-        {
-            let (lo, hi) = targets.bounds();
-            let held: Vec<usize> = container_references(lo, hi)
-                .into_iter()
-                .filter(|(holder, _)| !within_a_candidate(&candidates, *holder))
-                .map(|(_, referent)| referent)
-                .collect();
-            visit(&held)?;
-        }
+        // Not every candidate is reachable from there: the rest of memory, and what holds no
+        // references in it (found only now: this costs what the process holds).
         let mut late: Vec<Region> = {
             let buffer = scratch.words();
             let mut is_thread_stack = |start: usize, end: usize| {
@@ -338,7 +319,7 @@ pub fn scan_leaks(
             for &(from, to) in &ranges {
                 if from < split {
                     let dead = late_dead.for_static_data();
-                    read_range(region, (from, to.min(split)), dead, scratch.words(), visit)?;
+                    read_range(region, (from, to.min(split)), dead, scratch.words())?;
                 }
             }
             let after: Vec<(usize, usize)> = ranges
@@ -352,13 +333,7 @@ pub fn scan_leaks(
         }
         for (region, ranges) in rest {
             for range in ranges.unwrap_or_else(|| resident(region)) {
-                read_range(
-                    region,
-                    range,
-                    late_dead.for_region(region),
-                    scratch.words(),
-                    visit,
-                )?;
+                read_range(region, range, late_dead.for_region(region), scratch.words())?;
             }
         }
         ControlFlow::Continue(())

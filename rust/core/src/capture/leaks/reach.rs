@@ -31,12 +31,6 @@ pub struct Candidate {
     refs_len: usize,
 }
 
-/// Does `addr` lie in one of `candidates` (sorted by address), its slack included?
-pub fn within_a_candidate(candidates: &[Candidate], addr: usize) -> bool {
-    let i = candidates.partition_point(|c| c.start() <= addr);
-    i > 0 && addr < candidates[i - 1].usable_end_tagged & !TAG
-}
-
 /// [`Candidate::object_start`] of a block not known to hold a Python object.
 const NO_OBJECT: u32 = u32::MAX;
 
@@ -273,11 +267,6 @@ impl<'a> Targets<'a> {
             hi: candidates.last().map_or(0, |c| c.end_tagged & !TAG),
             filter: PageFilter::new(candidates),
         }
-    }
-
-    /// The addresses a word may point into a candidate from: `[lo, hi)`.
-    pub fn bounds(&self) -> (usize, usize) {
-        (self.lo, self.hi)
     }
 
     /// False when `word` surely points into no candidate.
@@ -922,20 +911,5 @@ mod tests {
             run(&memory, &candidates, &roots, &[]),
             [PossiblyLost, StillReachable]
         );
-    }
-
-    #[test]
-    fn an_address_within_a_candidate_and_its_slack() {
-        let candidates = [
-            Candidate::new(0x1000, 0x20, 0).with_usable_size(0x28),
-            Candidate::new(0x2000, 0x40, 0),
-        ];
-        let within = |a| within_a_candidate(&candidates, a);
-        assert!(!within(0xfff));
-        assert!(within(0x1000) && within(0x101f) && within(0x1027));
-        assert!(!within(0x1028) && !within(0x1fff));
-        assert!(within(0x2000) && within(0x203f));
-        assert!(!within(0x2040));
-        assert!(!within_a_candidate(&[], 0x1000));
     }
 }
