@@ -170,6 +170,11 @@ mod tests {
     use super::super::reach::mask_out_ranges;
     use super::*;
 
+    /// Set the word at `addr` of `words`, which stand for `[base, base + 8 * words.len())`.
+    fn put(words: &mut [usize], base: usize, addr: usize, value: usize) {
+        words[(addr - base) / 8] = value;
+    }
+
     /// Words of `[base, base + 8 * words.len())` as a `glibc_free_chunks` reader.
     fn words_reader(words: &[usize], base: usize) -> impl FnMut(usize) -> Option<usize> + '_ {
         move |addr| words.get(addr.checked_sub(base)? / 8).copied()
@@ -181,20 +186,19 @@ mod tests {
         // tcache struct (0x290), an in-use chunk (0x30), a free chunk (0x40, next has
         // PREV_INUSE clear), an in-use chunk (0x20), then the top (0x100).
         let mut words = vec![0usize; (0x290 + 0x30 + 0x40 + 0x20 + 0x100) / 8];
-        let put = |words: &mut Vec<usize>, addr: usize, v: usize| words[(addr - base) / 8] = v;
-        put(&mut words, base + 8, 0x291);
+        put(&mut words, base, base + 8, 0x291);
         let a = base + 0x290;
-        put(&mut words, a + 8, 0x31);
+        put(&mut words, base, a + 8, 0x31);
         let b = a + 0x30;
-        put(&mut words, b + 8, 0x41);
+        put(&mut words, base, b + 8, 0x41);
         let c = b + 0x40;
-        put(&mut words, c + 8, 0x20); // PREV_INUSE clear: b is free
+        put(&mut words, base, c + 8, 0x20); // PREV_INUSE clear: b is free
         let top = c + 0x20;
-        put(&mut words, top + 8, 0x101);
+        put(&mut words, base, top + 8, 0x101);
         // tcache bin 0 holds chunk `a` (count 1, entry -> a's user data).
-        put(&mut words, base + 16, 1);
-        put(&mut words, base + 16 + 128, a + 16);
-        put(&mut words, a + 16, (a + 16) >> 12); // mangled NULL
+        put(&mut words, base, base + 16, 1);
+        put(&mut words, base, base + 16 + 128, a + 16);
+        put(&mut words, base, a + 16, (a + 16) >> 12); // mangled NULL
         let end = base + words.len() * 8;
         let mut used = Vec::new();
         let free = glibc_free_chunks(&mut words_reader(&words, base), base, end, &mut |c, s| {
@@ -280,13 +284,12 @@ mod tests {
         // An in-use chunk (0x30), the old top freed (0x40), then glibc's fenceposts: a 16-byte
         // chunk (PREV_INUSE clear: the old top is free) and a 0-byte one.
         let mut words = vec![0usize; 0x100 / 8];
-        let put = |words: &mut Vec<usize>, addr: usize, v: usize| words[(addr - base) / 8] = v;
-        put(&mut words, base + 8, 0x35);
+        put(&mut words, base, base + 8, 0x35);
         let old_top = base + 0x30;
-        put(&mut words, old_top + 8, 0x45);
+        put(&mut words, base, old_top + 8, 0x45);
         let fence = old_top + 0x40;
-        put(&mut words, fence + 8, 0x10);
-        put(&mut words, fence + 0x18, 0x1);
+        put(&mut words, base, fence + 8, 0x10);
+        put(&mut words, base, fence + 0x18, 0x1);
         let end = base + words.len() * 8;
         let mut used = Vec::new();
         let free = glibc_free_chunks(&mut words_reader(&words, base), base, end, &mut |c, s| {

@@ -53,7 +53,8 @@ pub struct LateDead<'a> {
 
 impl<'a> LateDead<'a> {
     /// `always`: ranges known now; `find_heap_free` finds the free chunks of the heap region
-    /// it is given (once per region), `find_lists` the lists' spare capacity; `statics`: see [`static_data`].
+    /// it is given (once per region), `find_lists` the lists' spare capacity; `statics`: see
+    /// [`static_data`].
     pub fn new(
         always: Vec<(usize, usize)>,
         find_heap_free: &'a mut dyn FnMut(&Region) -> Vec<(usize, usize)>,
