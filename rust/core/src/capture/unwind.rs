@@ -263,13 +263,12 @@ mod cfi {
         fn covers(&mut self, ip: usize) -> bool {
             let recent = &mut self.caches.recent;
             if let Some(i) = recent.iter().position(|r| r.0 <= ip && ip < r.1) {
-                recent[..=i].rotate_right(1);
+                move_to_front(recent, i, recent[i]);
                 return true;
             }
             match self.objects.range_of(ip) {
                 Some(range) => {
-                    recent.rotate_right(1);
-                    recent[0] = range;
+                    move_to_front(recent, RECENT_OBJECTS - 1, range);
                     true
                 }
                 None => false,
@@ -281,6 +280,20 @@ mod cfi {
             (self.objects, self.generation) = (objects, generation);
             self.caches.recent = [(0, 0); RECENT_OBJECTS];
         }
+    }
+
+    /// Shift `recent[..i]` one place on and put `range` first: by hand, as the slice's
+    /// `rotate_right` is a call into a general routine (1% of a `--native-leaks` run).
+    #[inline(always)]
+    fn move_to_front(
+        recent: &mut [(usize, usize); RECENT_OBJECTS],
+        i: usize,
+        range: (usize, usize),
+    ) {
+        for j in (1..=i).rev() {
+            recent[j] = recent[j - 1];
+        }
+        recent[0] = range;
     }
 
     /// How many objects' code ranges [`Caches::recent`] keeps.

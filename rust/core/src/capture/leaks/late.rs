@@ -125,7 +125,7 @@ fn within(ranges: &[(usize, usize)], region: &Region) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::cell::Cell;
     use std::ops::ControlFlow;
 
@@ -135,7 +135,11 @@ mod tests {
 
     /// The root words `visit_region` hands over for `range` of `region` read with `dead`, in
     /// the chunks it hands them over in.
-    fn visited(region: Region, range: (usize, usize), dead: &[(usize, usize)]) -> Vec<Vec<usize>> {
+    pub(in crate::capture::leaks) fn visited(
+        region: Region,
+        range: (usize, usize),
+        dead: &[(usize, usize)],
+    ) -> Vec<Vec<usize>> {
         let mut scratch = vec![0usize; 512];
         let mut mask = Vec::new();
         let mut chunks = Vec::new();

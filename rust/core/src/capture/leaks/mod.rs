@@ -47,6 +47,9 @@ use reach::{
     classify, gc_head, mask_out_candidates, mask_out_ranges, zero_in_ranges, Candidate, Targets,
 };
 
+/// Where recent scans found their last reference, kept from test to test (see `order::Hints`).
+static LATE_HINTS: Mutex<order::Hints> = Mutex::new(order::Hints::new());
+
 /// The most a skipped interpreter frame (and the calls between it and the scan) may span:
 /// beyond that the unwind is not trusted and the whole stack above the scan is read.
 const EVAL_FRAME_SPAN: usize = 16 * 1024;
@@ -250,14 +253,18 @@ pub fn scan_leaks(
         {
             for range in resident(region) {
                 if let Some(part) = order::inside(range, first) {
-                    read_range(region, part, &early_dead, scratch.words())?;
+                    if read_range(region, part, &early_dead, scratch.words()).is_break() {
+                        return ControlFlow::Break(());
+                    }
                 }
             }
         }
         for region in &early {
             for range in resident(region) {
                 for part in order::outside(range, first) {
-                    read_range(region, part, &early_dead, scratch.words())?;
+                    if read_range(region, part, &early_dead, scratch.words()).is_break() {
+                        return ControlFlow::Break(());
+                    }
                 }
             }
         }
@@ -290,7 +297,10 @@ pub fn scan_leaks(
             heap_dead_ranges(heap, pools.as_ref(), &text, types)
         };
         let mut heap_stale_for_candidates_too = || {
-            let found = heap_stale();
+            // Sorted once here (they come in the collector's order): both merges below then
+            // take them as one sorted run.
+            let mut found = heap_stale();
+            found.sort_unstable();
             if let Ok(mut dead) = dead_in_candidates.try_borrow_mut() {
                 let mut all = std::mem::take(&mut *dead);
                 all.extend_from_slice(&found);
@@ -319,7 +329,10 @@ pub fn scan_leaks(
             for &(from, to) in &ranges {
                 if from < split {
                     let dead = late_dead.for_static_data();
-                    read_range(region, (from, to.min(split)), dead, scratch.words())?;
+                    let part = (from, to.min(split));
+                    if read_range(region, part, dead, scratch.words()).is_break() {
+                        return ControlFlow::Break(());
+                    }
                 }
             }
             let after: Vec<(usize, usize)> = ranges
@@ -331,9 +344,42 @@ pub fn scan_leaks(
                 rest.push((region, Some(after)));
             }
         }
+        // Where recent scans found their last reference first (see `order::Hints`): tests
+        // tend to leave their blocks in the same places.
+        let hints = LATE_HINTS
+            .lock()
+            .map_or_else(|e| e.into_inner().windows(), |h| h.windows());
+        for window in hints {
+            for (region, ranges) in rest.iter_mut() {
+                let (start, end) = (region.start.get(), region.end.get());
+                if order::inside((start, end), window).is_none() {
+                    continue;
+                }
+                let ranges = ranges.get_or_insert_with(|| resident(region));
+                for &range in ranges.iter() {
+                    if let Some(part) = order::inside(range, window) {
+                        let dead = late_dead.for_region(region);
+                        if let ControlFlow::Break(at) =
+                            read_range(region, part, dead, scratch.words())
+                        {
+                            remember_late_ending(at);
+                            return ControlFlow::Break(());
+                        }
+                    }
+                }
+                *ranges = ranges
+                    .iter()
+                    .flat_map(|&r| order::outside(r, window))
+                    .collect();
+            }
+        }
         for (region, ranges) in rest {
             for range in ranges.unwrap_or_else(|| resident(region)) {
-                read_range(region, range, late_dead.for_region(region), scratch.words())?;
+                let dead = late_dead.for_region(region);
+                if let ControlFlow::Break(at) = read_range(region, range, dead, scratch.words()) {
+                    remember_late_ending(at);
+                    return ControlFlow::Break(());
+                }
             }
         }
         ControlFlow::Continue(())
@@ -397,6 +443,11 @@ pub fn scan_leaks(
             .filter_map(|(c, k)| k.map(|k| (c.site, k, c.size))),
     );
     Ok(session.tracker.leak_totals().unwrap_or_default())
+}
+
+fn remember_late_ending(address: usize) {
+    let mut hints = LATE_HINTS.lock().unwrap_or_else(|e| e.into_inner());
+    hints.remember(address);
 }
 
 /// What holds no references in glibc's heap region `heap` (see [`heaps_in`]): its free chunks
@@ -714,7 +765,7 @@ fn visit_region(
     may_refer: &dyn Fn(&[usize]) -> bool,
     types: &mut dyn FnMut(usize) -> Option<SizedType>,
     visit: &mut dyn FnMut(&[usize]) -> ControlFlow<()>,
-) -> ControlFlow<()> {
+) -> ControlFlow<usize> {
     let (buffer, mask) = scratch;
     let word = std::mem::size_of::<usize>();
     // HEAPGATE_EXPLAIN_LEAKS=1: say where each root reference to a candidate was found.
@@ -762,7 +813,9 @@ fn visit_region(
                     *w = 0;
                 }
             }
-            visit(words)?;
+            if visit(words).is_break() {
+                return ControlFlow::Break(at);
+            }
         }
         at = chunk_end;
     }

@@ -61,6 +61,47 @@ pub fn sort_late(late: &mut [Region], early: &[Region]) {
     });
 }
 
+/// The late memory a scan reads first, after loaded objects' `.bss`: the windows (of
+/// [`HINT_WINDOW`] bytes, on its grid) where the last few scans that read late memory found
+/// the reference that made their last candidate reachable, the latest first. Tests of one
+/// suite leave their blocks in the same few places (on bitarray's suite, a test case's
+/// attributes, in the pymalloc arenas where the test cases were made side by side): 15 of the
+/// 25 scans that read past `.bss` found their last reference in one of the 4 latest windows,
+/// after reading 20 to 40 MB in the order of [`sort_late`].
+pub struct Hints([usize; HINTS_KEPT]);
+
+/// The bytes of a hint: a pymalloc arena's (CPython 3.10 and later), and a multiple of every
+/// chunk size a region is read in, so a range split on it is read in the same chunks.
+const HINT_WINDOW: usize = 1 << 20;
+const HINTS_KEPT: usize = 4;
+
+impl Hints {
+    pub const fn new() -> Hints {
+        Hints([0; HINTS_KEPT])
+    }
+
+    /// The windows to read first, the latest first.
+    pub fn windows(&self) -> Vec<(usize, usize)> {
+        self.0
+            .iter()
+            .filter(|&&start| start != 0)
+            .map(|&start| (start, start + HINT_WINDOW))
+            .collect()
+    }
+
+    /// A late scan ended on reading the memory at `address`: its window becomes the first.
+    pub fn remember(&mut self, address: usize) {
+        let start = address & !(HINT_WINDOW - 1);
+        let kept = &mut self.0;
+        let at = kept
+            .iter()
+            .position(|&w| w == start)
+            .unwrap_or(HINTS_KEPT - 1);
+        kept[..=at].rotate_right(1);
+        kept[0] = start;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::maps::Heap;
@@ -102,5 +143,59 @@ mod tests {
         assert_eq!(starts(&early), [0x1000, 0x30000, 0x40000]);
         sort_late(&mut late, &early);
         assert_eq!(starts(&late), [0x31000, 0x50000, 0x2000, 0x10000]);
+    }
+
+    #[test]
+    fn the_windows_of_the_latest_endings_are_read_first_without_repeats() {
+        let w = HINT_WINDOW;
+        let mut hints = Hints::new();
+        assert!(hints.windows().is_empty());
+        for address in [5 * w + 10, 7 * w, 5 * w + 99, 9 * w + 8, 11 * w, 13 * w + 1] {
+            hints.remember(address);
+        }
+        let starts: Vec<usize> = hints.windows().iter().map(|h| h.0 / w).collect();
+        assert_eq!(starts, [13, 11, 9, 5]);
+        assert!(hints.windows().iter().all(|h| h.1 - h.0 == w));
+    }
+
+    #[test]
+    fn memory_split_at_a_window_is_read_in_the_same_chunks_as_whole() {
+        use super::super::late::tests::visited;
+        // Real memory across two window lines, with no-reference ranges over each line and
+        // ending or starting on it.
+        let words: Vec<usize> = (0..(3 * HINT_WINDOW) / 8).map(|i| i + 1).collect();
+        let (start, end) = (
+            words.as_ptr() as usize,
+            words.as_ptr() as usize + 3 * HINT_WINDOW,
+        );
+        let region = Region::new(start, end, false);
+        let lines: Vec<usize> = (1..=3)
+            .map(|k| (start & !(HINT_WINDOW - 1)) + k * HINT_WINDOW)
+            .filter(|&l| start < l && l < end)
+            .collect();
+        assert!(lines.len() >= 2);
+        let dead: Vec<(usize, usize)> = vec![
+            (lines[0] - 40, lines[0] + 24),
+            (lines[1] - 4096, lines[1]),
+            (lines[1], lines[1] + 72),
+        ];
+        let dead = super::super::merged_tagged(dead);
+        let whole = visited(region, (start, end), &dead);
+        for window in [
+            (lines[0], lines[1]),
+            (lines[0] - HINT_WINDOW, lines[0]),
+            (lines[1], lines[1] + HINT_WINDOW),
+        ] {
+            let first = inside((start, end), window).expect("the window overlaps");
+            let mut split = visited(region, first, &dead);
+            for rest in outside((start, end), window) {
+                split.extend(visited(region, rest, &dead));
+            }
+            // The same chunks, the window's first.
+            split.sort();
+            let mut whole = whole.clone();
+            whole.sort();
+            assert_eq!(split, whole, "{window:x?}");
+        }
     }
 }
