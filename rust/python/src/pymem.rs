@@ -5,7 +5,8 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Once;
 
-use heapgate_core::capture::{calls, Allocator, Guard};
+use heapgate_core::capture::{calls, Allocator, Guard, HookEntry};
+use heapgate_core::hook_entry;
 use libc::{c_void, size_t};
 use pyo3::ffi::{self, PyMemAllocatorDomain, PyMemAllocatorEx, PyObjectArenaAllocator};
 
@@ -49,31 +50,52 @@ fn clear_slack(kind: Slack, ptr: *mut c_void, size: size_t) {
     }
 }
 
-extern "C" fn malloc(ctx: *mut c_void, size: size_t) -> *mut c_void {
+// The allocating functions are entered through `hook_entry!`, so their native stacks start at
+// CPython's allocator function that called them; each `*_recorded` function takes the entry's
+// two registers after the arguments.
+
+hook_entry!(fn malloc(ctx: *mut c_void, size: size_t) -> *mut c_void => malloc_recorded);
+extern "C" fn malloc_recorded(ctx: *mut c_void, size: size_t, sp: usize, bp: usize) -> *mut c_void {
     let d = domain(ctx);
     if PROBING.load(Ordering::Relaxed) {
         probe_hit(d.allocator);
     }
     let call = d.original.malloc.expect("CPython allocators are complete");
-    calls::alloc(size, d.allocator, || {
+    calls::alloc(size, d.allocator, HookEntry::from_registers(sp, bp), || {
         let ptr = call(d.original.ctx, size);
         clear_slack(d.slack, ptr, size);
         ptr
     })
 }
 
-extern "C" fn calloc(ctx: *mut c_void, count: size_t, size: size_t) -> *mut c_void {
+hook_entry!(fn calloc(ctx: *mut c_void, count: size_t, size: size_t) -> *mut c_void => calloc_recorded);
+extern "C" fn calloc_recorded(
+    ctx: *mut c_void,
+    count: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
     let d = domain(ctx);
     let call = d.original.calloc.expect("CPython allocators are complete");
-    calls::alloc(count.saturating_mul(size), d.allocator, || {
+    let entry = HookEntry::from_registers(sp, bp);
+    calls::alloc(count.saturating_mul(size), d.allocator, entry, || {
         call(d.original.ctx, count, size)
     })
 }
 
-extern "C" fn realloc(ctx: *mut c_void, old: *mut c_void, size: size_t) -> *mut c_void {
+hook_entry!(fn realloc(ctx: *mut c_void, old: *mut c_void, size: size_t) -> *mut c_void => realloc_recorded);
+extern "C" fn realloc_recorded(
+    ctx: *mut c_void,
+    old: *mut c_void,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
     let d = domain(ctx);
     let call = d.original.realloc.expect("CPython allocators are complete");
-    calls::realloc(old, size, d.allocator, || {
+    let entry = HookEntry::from_registers(sp, bp);
+    calls::realloc(old, size, d.allocator, entry, || {
         let new = call(d.original.ctx, old, size);
         clear_slack(d.slack, new, size);
         new

@@ -8,18 +8,24 @@
 use libc::c_void;
 
 use super::hooks::keeping_errno;
-use super::{is_active, recorder, Allocator};
+use super::{is_active, recorder, Allocator, HookEntry};
 
 /// An allocating call that returns a block of `size` bytes (or NULL): recorded as `allocator`'s.
+/// `entry`: where the wrapper was entered, if it says (see [`HookEntry`]).
 #[inline]
-pub fn alloc(size: usize, allocator: Allocator, call: impl FnOnce() -> *mut c_void) -> *mut c_void {
+pub fn alloc(
+    size: usize,
+    allocator: Allocator,
+    entry: Option<HookEntry>,
+    call: impl FnOnce() -> *mut c_void,
+) -> *mut c_void {
     if !is_active() {
         return call();
     }
     let Some(r) = recorder() else { return call() };
     let ptr = call();
     if !ptr.is_null() {
-        keeping_errno(|| r.record_alloc(ptr as usize, size, allocator));
+        keeping_errno(|| r.record_alloc(ptr as usize, size, allocator, entry));
     }
     ptr
 }
@@ -33,6 +39,7 @@ pub fn realloc(
     old: *mut c_void,
     size: usize,
     allocator: Allocator,
+    entry: Option<HookEntry>,
     call: impl FnOnce() -> *mut c_void,
 ) -> *mut c_void {
     if !is_active() {
@@ -52,7 +59,7 @@ pub fn realloc(
                 r.restore(block);
             }
         } else if !new.is_null() {
-            r.record_alloc(new as usize, size, allocator);
+            r.record_alloc(new as usize, size, allocator, entry);
         }
     });
     new

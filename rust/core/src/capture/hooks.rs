@@ -10,8 +10,9 @@ use libc::{c_int, c_void, off_t, size_t};
 
 use super::elf_got::Hook;
 use super::loader;
-use super::Allocator;
 use super::{calls, is_active, recorder, threads};
+use super::{Allocator, HookEntry};
+use crate::hook_entry;
 
 extern "C" {
     fn valloc(size: size_t) -> *mut c_void;
@@ -63,46 +64,73 @@ pub(super) fn keeping_errno<R>(record: impl FnOnce() -> R) -> R {
     result
 }
 
+/// `sp`, `bp`: the registers the hook was entered with (see [`hook_entry!`]).
 #[inline]
-fn record(ptr: *mut c_void, size: usize, allocator: Allocator) {
+fn record(ptr: *mut c_void, size: usize, allocator: Allocator, (sp, bp): (usize, usize)) {
     if is_active() && !ptr.is_null() {
         keeping_errno(|| {
             if let Some(r) = recorder() {
-                r.record_alloc(ptr as usize, size, allocator);
+                r.record_alloc(
+                    ptr as usize,
+                    size,
+                    allocator,
+                    HookEntry::from_registers(sp, bp),
+                );
             }
         });
     }
 }
 
-unsafe extern "C" fn malloc_hook(size: size_t) -> *mut c_void {
+// The allocating hooks are entered through `hook_entry!`, so their stacks start at the
+// caller; each `*_recorded` function takes the entry's two registers after the arguments.
+
+hook_entry!(fn malloc_hook(size: size_t) -> *mut c_void => malloc_recorded);
+unsafe extern "C" fn malloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { libc::malloc(size) };
-    record(ptr, size, Allocator::Malloc);
+    record(ptr, size, Allocator::Malloc, (sp, bp));
     ptr
 }
 
-unsafe extern "C" fn calloc_hook(count: size_t, size: size_t) -> *mut c_void {
+hook_entry!(fn calloc_hook(count: size_t, size: size_t) -> *mut c_void => calloc_recorded);
+unsafe extern "C" fn calloc_recorded(
+    count: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { libc::calloc(count, size) };
-    record(ptr, count.saturating_mul(size), Allocator::Calloc);
+    record(ptr, count.saturating_mul(size), Allocator::Calloc, (sp, bp));
     ptr
 }
 
-unsafe extern "C" fn realloc_hook(old: *mut c_void, size: size_t) -> *mut c_void {
+hook_entry!(fn realloc_hook(old: *mut c_void, size: size_t) -> *mut c_void => realloc_recorded);
+unsafe extern "C" fn realloc_recorded(
+    old: *mut c_void,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
+    let entry = HookEntry::from_registers(sp, bp);
     // SAFETY: forwards the caller's arguments to the C library.
-    calls::realloc(old, size, Allocator::Realloc, || unsafe {
+    calls::realloc(old, size, Allocator::Realloc, entry, || unsafe {
         libc::realloc(old, size)
     })
 }
 
-unsafe extern "C" fn reallocarray_hook(
+hook_entry!(fn reallocarray_hook(old: *mut c_void, count: size_t, size: size_t) -> *mut c_void => reallocarray_recorded);
+unsafe extern "C" fn reallocarray_recorded(
     old: *mut c_void,
     count: size_t,
     size: size_t,
+    sp: usize,
+    bp: usize,
 ) -> *mut c_void {
     let bytes = count.saturating_mul(size);
+    let entry = HookEntry::from_registers(sp, bp);
     // SAFETY: forwards the caller's arguments to the C library.
-    calls::realloc(old, bytes, Allocator::Reallocarray, || unsafe {
+    calls::realloc(old, bytes, Allocator::Reallocarray, entry, || unsafe {
         libc::reallocarray(old, count, size)
     })
 }
@@ -119,46 +147,63 @@ unsafe extern "C" fn free_hook(ptr: *mut c_void) {
     unsafe { libc::free(ptr) }
 }
 
-unsafe extern "C" fn posix_memalign_hook(
+hook_entry!(fn posix_memalign_hook(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int => posix_memalign_recorded);
+unsafe extern "C" fn posix_memalign_recorded(
     out: *mut *mut c_void,
     align: size_t,
     size: size_t,
+    sp: usize,
+    bp: usize,
 ) -> c_int {
     // SAFETY: forwards the caller's arguments to the C library.
     let rc = unsafe { libc::posix_memalign(out, align, size) };
     if rc == 0 {
         // SAFETY: on success the C library stored the block in `*out` (on failure `*out` is
         // neither read nor written here).
-        record(unsafe { *out }, size, Allocator::PosixMemalign);
+        record(unsafe { *out }, size, Allocator::PosixMemalign, (sp, bp));
     }
     rc
 }
 
-unsafe extern "C" fn aligned_alloc_hook(align: size_t, size: size_t) -> *mut c_void {
+hook_entry!(fn aligned_alloc_hook(align: size_t, size: size_t) -> *mut c_void => aligned_alloc_recorded);
+unsafe extern "C" fn aligned_alloc_recorded(
+    align: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { libc::aligned_alloc(align, size) };
-    record(ptr, size, Allocator::AlignedAlloc);
+    record(ptr, size, Allocator::AlignedAlloc, (sp, bp));
     ptr
 }
 
-unsafe extern "C" fn memalign_hook(align: size_t, size: size_t) -> *mut c_void {
+hook_entry!(fn memalign_hook(align: size_t, size: size_t) -> *mut c_void => memalign_recorded);
+unsafe extern "C" fn memalign_recorded(
+    align: size_t,
+    size: size_t,
+    sp: usize,
+    bp: usize,
+) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { libc::memalign(align, size) };
-    record(ptr, size, Allocator::Memalign);
+    record(ptr, size, Allocator::Memalign, (sp, bp));
     ptr
 }
 
-unsafe extern "C" fn valloc_hook(size: size_t) -> *mut c_void {
+hook_entry!(fn valloc_hook(size: size_t) -> *mut c_void => valloc_recorded);
+unsafe extern "C" fn valloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { valloc(size) };
-    record(ptr, size, Allocator::Valloc);
+    record(ptr, size, Allocator::Valloc, (sp, bp));
     ptr
 }
 
-unsafe extern "C" fn pvalloc_hook(size: size_t) -> *mut c_void {
+hook_entry!(fn pvalloc_hook(size: size_t) -> *mut c_void => pvalloc_recorded);
+unsafe extern "C" fn pvalloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
     // SAFETY: forwards the caller's arguments to the C library.
     let ptr = unsafe { pvalloc(size) };
-    record(ptr, size, Allocator::Pvalloc);
+    record(ptr, size, Allocator::Pvalloc, (sp, bp));
     ptr
 }
 

@@ -44,7 +44,7 @@ pub use session::{
 };
 pub use tagged::tagged;
 pub use tracker::{CodeNames, FrameKey, Tracker};
-pub use unwind::{CodeRange, MAX_NATIVE_FRAMES};
+pub use unwind::{CodeRange, HookEntry, MAX_NATIVE_FRAMES};
 
 // What the hooks, the loader trampolines and thread starts call.
 use session::{charge_for_new_thread, sync_objects};

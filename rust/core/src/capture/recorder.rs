@@ -4,13 +4,14 @@
 use std::sync::atomic::Ordering;
 
 use super::guard::Charge;
+use super::hybrid;
 use super::python::{with_last_stack, LastStack, PYTHON};
 use super::session::{
     is_active, mode, session, sync_objects_if_changed, CHARGE_TRACERS, GENERATION, NATIVE,
     REQUIRE_ENTRY,
 };
 use super::tracker::RemovedBlock;
-use super::{hybrid, unwind};
+use super::unwind::{self, HookEntry};
 use super::{Allocator, Guard, PyFrameRef, PythonStack, ThreadMode, Tracker};
 
 /// Records events for the calling thread; exists only while its [`Guard`] is held, so
@@ -67,14 +68,25 @@ impl Recorder {
 
     /// The allocation's hybrid stack into `keys` when native stacks are recorded; false
     /// when the stack is the Python frames alone.
+    /// `entry`: where the allocator hook was entered, if it says (see `HookEntry`).
     #[inline]
-    fn hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
+    fn hybrid_keys(
+        &self,
+        python: &PythonStack,
+        keys: &mut HybridKeys,
+        entry: Option<HookEntry>,
+    ) -> bool {
         // Checked here, inlined: the unwind's buffers are not even set up without --native.
-        NATIVE.load(Ordering::Relaxed) && self.native_hybrid_keys(python, keys)
+        NATIVE.load(Ordering::Relaxed) && self.native_hybrid_keys(python, keys, entry)
     }
 
     #[inline(never)]
-    fn native_hybrid_keys(&self, python: &PythonStack, keys: &mut HybridKeys) -> bool {
+    fn native_hybrid_keys(
+        &self,
+        python: &PythonStack,
+        keys: &mut HybridKeys,
+        entry: Option<HookEntry>,
+    ) -> bool {
         let eval = PYTHON.get().map(|p| p.eval_function).unwrap_or_default();
         let py = python.frames();
         // The test's frames run in this many interpreter calls: the unwind can stop there.
@@ -82,7 +94,7 @@ impl Recorder {
             .complete
             .then(|| py.iter().filter(|f| f.group_end != 0).count());
         let mut native = unwind::NativeStack::new();
-        unwind::unwind(&mut native, eval, budget);
+        unwind::unwind(&mut native, eval, budget, entry);
         hybrid::merge(&native, py, |ip| eval.contains(ip), python.complete, keys);
         true
     }
@@ -149,8 +161,15 @@ impl Recorder {
         }
     }
 
-    /// Record a heap block of `size` bytes at `addr`.
-    pub fn record_alloc(&self, addr: usize, size: usize, allocator: Allocator) {
+    /// Record a heap block of `size` bytes at `addr`; `entry`: where the allocator hook that
+    /// made it was entered, if it says.
+    pub fn record_alloc(
+        &self,
+        addr: usize,
+        size: usize,
+        allocator: Allocator,
+        entry: Option<HookEntry>,
+    ) {
         sync_objects_if_changed();
         let Some((generation, entry_rule)) = self.charged() else {
             return;
@@ -165,7 +184,7 @@ impl Recorder {
                 return;
             }
             let mut keys = HybridKeys::new();
-            let hybrid = self.hybrid_keys(&python, &mut keys);
+            let hybrid = self.hybrid_keys(&python, &mut keys, entry);
             self.with_tracker(generation, |t| {
                 let node = self.node_for(t, generation, &python, hybrid.then_some(&keys), last);
                 t.on_alloc(addr, size as u64, allocator, node);
@@ -189,7 +208,7 @@ impl Recorder {
             return;
         };
         let mut keys = HybridKeys::new();
-        let hybrid = self.hybrid_keys(&python, &mut keys);
+        let hybrid = self.hybrid_keys(&python, &mut keys, None);
         self.with_tracker(generation, |t| {
             let node = self.node_for(t, generation, &python, hybrid.then_some(&keys), None);
             t.on_mmap(addr, len as u64, node);
@@ -216,7 +235,7 @@ impl Recorder {
             (!entry_rule || python.reached_entry).then_some(generation)
         });
         let mut hybrid = HybridKeys::new();
-        let keys = counted.map(|_| self.hybrid_keys(&python, &mut hybrid));
+        let keys = counted.map(|_| self.hybrid_keys(&python, &mut hybrid, None));
         let generation = GENERATION.load(Ordering::Relaxed);
         let mut s = session();
         let (new, errno) = call();

@@ -45,6 +45,69 @@ impl CodeRange {
     }
 }
 
+/// The registers an allocator hook was entered with: its stack pointer, which points at the
+/// return address into the hook's caller, and the frame pointer. The caller's frame is where a
+/// walk begins: heapgate's own frames above it (the hook, the recorder, the walk itself) are
+/// about 5 of the 11 frames a walk otherwise looks up on a suite of small tests.
+#[derive(Clone, Copy, Debug)]
+pub struct HookEntry {
+    sp: usize,
+    bp: usize,
+}
+
+impl HookEntry {
+    /// From the registers a hook's entry trampoline passes on (see [`hook_entry!`]); none
+    /// when `sp` is 0 (the platform has no trampolines).
+    #[inline]
+    pub fn from_registers(sp: usize, bp: usize) -> Option<HookEntry> {
+        (sp != 0).then_some(HookEntry { sp, bp })
+    }
+}
+
+/// An allocator hook's entry: `$entry`, an `extern "C"` function with the parameters listed,
+/// which calls `$hook` with them and two more, the stack and frame pointers it was entered
+/// with (see [`HookEntry::from_registers`]). On x86-64 it is a naked function of three
+/// instructions that jumps to `$hook`, which then returns to the caller itself; elsewhere
+/// an ordinary function that passes 0, 0.
+#[macro_export]
+macro_rules! hook_entry {
+    ($(#[$meta:meta])* $vis:vis fn $entry:ident($($arg:ident: $ty:ty),+) -> $ret:ty => $hook:path) => {
+        $crate::hook_entry!(@arity $(#[$meta])* $vis $entry ($($arg: $ty),+) $ret, $hook);
+    };
+    (@arity $(#[$meta:meta])* $vis:vis $entry:ident ($a:ident: $ta:ty) $ret:ty, $hook:path) => {
+        $crate::hook_entry!(@emit $(#[$meta])* $vis $entry ($a: $ta) $ret, $hook, "rsi", "rdx");
+    };
+    (@arity $(#[$meta:meta])* $vis:vis $entry:ident ($a:ident: $ta:ty, $b:ident: $tb:ty) $ret:ty, $hook:path) => {
+        $crate::hook_entry!(@emit $(#[$meta])* $vis $entry ($a: $ta, $b: $tb) $ret, $hook, "rdx", "rcx");
+    };
+    (@arity $(#[$meta:meta])* $vis:vis $entry:ident ($a:ident: $ta:ty, $b:ident: $tb:ty, $c:ident: $tc:ty) $ret:ty, $hook:path) => {
+        $crate::hook_entry!(@emit $(#[$meta])* $vis $entry ($a: $ta, $b: $tb, $c: $tc) $ret, $hook, "rcx", "r8");
+    };
+    (@emit $(#[$meta:meta])* $vis:vis $entry:ident ($($arg:ident: $ty:ty),+) $ret:ty, $hook:path, $sp:literal, $bp:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        $(#[$meta])*
+        #[unsafe(naked)]
+        $vis extern "C" fn $entry($($arg: $ty),+) -> $ret {
+            // The arguments stay in their registers; the next two free argument registers
+            // get the stack pointer (at the return address) and the frame pointer, and the
+            // jump leaves the stack as the caller's call made it.
+            core::arch::naked_asm!(
+                concat!("mov ", $sp, ", rsp"),
+                concat!("mov ", $bp, ", rbp"),
+                "jmp {hook}",
+                hook = sym $hook,
+            )
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        $(#[$meta])*
+        $vis extern "C" fn $entry($($arg: $ty),+) -> $ret {
+            // SAFETY: forwards the caller's arguments.
+            #[allow(unused_unsafe)]
+            unsafe { $hook($($arg),+, 0, 0) }
+        }
+    };
+}
+
 /// Where our own code is: its frames are dropped from the top of every stack.
 fn own_object() -> CodeRange {
     static OWN: OnceLock<CodeRange> = OnceLock::new();
@@ -120,7 +183,13 @@ impl Walk<'_> {
 
 /// Unwind the calling thread. `eval` is the interpreter's frame-evaluation function; with
 /// `eval_budget`, the walk stops after passing that many of its frames (the test's own).
-pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usize>) {
+/// With `entry`, the walk starts at the hook's caller.
+pub fn unwind(
+    stack: &mut NativeStack,
+    eval: CodeRange,
+    eval_budget: Option<usize>,
+    entry: Option<HookEntry>,
+) {
     stack.clear();
     if eval_budget == Some(0) {
         return;
@@ -132,9 +201,10 @@ pub fn unwind(stack: &mut NativeStack, eval: CodeRange, eval_budget: Option<usiz
         eval_budget,
     };
     #[cfg(target_arch = "x86_64")]
-    if cfi::unwind(&mut |ip, _| walk.visit(ip)) {
+    if cfi::unwind(entry, &mut |ip, _| walk.visit(ip)) {
         return;
     }
+    let _ = entry;
     // SAFETY: the callback only writes into `walk`, which outlives the call.
     unsafe {
         _Unwind_Backtrace(visit_frame, &mut walk as *mut Walk as *mut c_void);
@@ -148,7 +218,7 @@ pub fn above_innermost_eval_frame(eval: CodeRange) -> Option<usize> {
     #[cfg(target_arch = "x86_64")]
     {
         let (mut in_eval, mut top) = (false, None);
-        let walked = cfi::unwind(&mut |ip, sp| {
+        let walked = cfi::unwind(None, &mut |ip, sp| {
             if in_eval {
                 top = Some(sp);
                 return false;
@@ -186,6 +256,7 @@ mod cfi {
 
     use super::objects::{self, LoadedObject};
     use super::ControlFlow;
+    use super::HookEntry;
 
     /// Bytes of a loaded object, read in place.
     #[derive(Clone, Copy, Default)]
@@ -347,10 +418,14 @@ mod cfi {
         (objects, GENERATION.load(Ordering::SeqCst))
     }
 
-    /// Walk the calling thread's stack into `visit`; false if this thread cannot (its
-    /// thread-local state is being torn down), for the caller to fall back.
+    /// Walk the calling thread's stack into `visit`, from `entry`'s caller or from here; false
+    /// if this thread cannot (its thread-local state is being torn down), for the caller to
+    /// fall back.
     #[inline(never)]
-    pub(super) fn unwind(visit: &mut impl FnMut(usize, usize) -> bool) -> bool {
+    pub(super) fn unwind(
+        entry: Option<HookEntry>,
+        visit: &mut impl FnMut(usize, usize) -> bool,
+    ) -> bool {
         let (ip, sp, bp): (u64, u64, u64);
         // SAFETY: reads this function's own instruction, stack and frame pointers.
         unsafe {
@@ -387,20 +462,38 @@ mod cfi {
                         })
                     }
                 };
-                walk_frames(local, visit, ip, sp, bp);
+                match entry {
+                    Some(entry) => {
+                        // SAFETY: the hook that was entered with this stack pointer is still
+                        // running: the word there is its return address, on this thread's
+                        // live stack.
+                        let ret = unsafe { std::ptr::read(entry.sp as *const u64) };
+                        let sp = entry.sp as u64 + 8;
+                        if let Some(caller) = FrameAddress::from_return_address(ret) {
+                            walk_frames(local, visit, caller, sp, entry.bp as u64, true);
+                        }
+                    }
+                    None => {
+                        // This function's own frame is not visited.
+                        let here = FrameAddress::from_instruction_pointer(ip);
+                        walk_frames(local, visit, here, sp, bp, false);
+                    }
+                }
                 true
             })
             .unwrap_or(false)
     }
 
-    /// `visit` gets each frame's address and its stack pointer (the bottom of its frame); it
-    /// returns false to end the walk.
+    /// `visit` gets each frame's address and its stack pointer (the bottom of its frame),
+    /// from frame `address` (whose registers are `sp` and `bp`; itself visited only if
+    /// `visit_first`) outwards; it returns false to end the walk.
     fn walk_frames(
         local: &mut Local,
         visit: &mut impl FnMut(usize, usize) -> bool,
-        ip: u64,
+        mut address: FrameAddress,
         sp: u64,
         bp: u64,
+        visit_first: bool,
     ) {
         let (low, high) = (sp as usize, local.stack_end);
         // Only this thread's stack above the walk's start is ever read.
@@ -413,9 +506,8 @@ mod cfi {
                 Err(())
             }
         };
-        let mut regs = UnwindRegsX86_64::new(ip, sp, bp);
-        let mut address = FrameAddress::from_instruction_pointer(ip);
-        let mut first = true;
+        let mut regs = UnwindRegsX86_64::new(address.address(), sp, bp);
+        let mut first = !visit_first;
         loop {
             let lookup = address.address_for_lookup() as usize;
             if !local.covers(lookup) {
