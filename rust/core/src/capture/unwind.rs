@@ -86,6 +86,9 @@ macro_rules! hook_entry {
     (@emit $(#[$meta:meta])* $vis:vis $entry:ident ($($arg:ident: $ty:ty),+) $ret:ty, $hook:path, $sp:literal, $bp:literal) => {
         #[cfg(target_arch = "x86_64")]
         $(#[$meta])*
+        // SAFETY: only caller-saved argument registers that carry no argument of this
+        // signature are written; the stack and every other register are left as the call made
+        // them, so `$hook` runs as if called directly and returns to the caller.
         #[unsafe(naked)]
         $vis extern "C" fn $entry($($arg: $ty),+) -> $ret {
             // The arguments stay in their registers; the next two free argument registers
