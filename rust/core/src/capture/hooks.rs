@@ -84,26 +84,30 @@ fn record(ptr: *mut c_void, size: usize, allocator: Allocator, (sp, bp): (usize,
 // The allocating hooks are entered through `hook_entry!`, so their stacks start at the
 // caller; each `*_recorded` function takes the entry's two registers after the arguments.
 
-hook_entry!(fn malloc_hook(size: size_t) -> *mut c_void => malloc_recorded);
-unsafe extern "C" fn malloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { libc::malloc(size) };
-    record(ptr, size, Allocator::Malloc, (sp, bp));
-    ptr
+/// A hook for a C library function that returns a new block (or NULL) of `$size` bytes:
+/// `$hook` is entered through `hook_entry!` into `$recorded`, which makes the call and records
+/// the block as `$allocator`'s.
+macro_rules! block_hook {
+    ($hook:ident => $recorded:ident($($arg:ident: $ty:ty),+) calls $call:expr, $size:expr, $allocator:ident) => {
+        hook_entry!(fn $hook($($arg: $ty),+) -> *mut c_void => $recorded);
+        unsafe extern "C" fn $recorded($($arg: $ty),+, sp: usize, bp: usize) -> *mut c_void {
+            // SAFETY: forwards the caller's arguments to the C library.
+            let ptr = unsafe { $call };
+            record(ptr, $size, Allocator::$allocator, (sp, bp));
+            ptr
+        }
+    };
 }
 
-hook_entry!(fn calloc_hook(count: size_t, size: size_t) -> *mut c_void => calloc_recorded);
-unsafe extern "C" fn calloc_recorded(
-    count: size_t,
-    size: size_t,
-    sp: usize,
-    bp: usize,
-) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { libc::calloc(count, size) };
-    record(ptr, count.saturating_mul(size), Allocator::Calloc, (sp, bp));
-    ptr
-}
+block_hook!(malloc_hook => malloc_recorded(size: size_t) calls libc::malloc(size), size, Malloc);
+block_hook!(calloc_hook => calloc_recorded(count: size_t, size: size_t)
+    calls libc::calloc(count, size), count.saturating_mul(size), Calloc);
+block_hook!(aligned_alloc_hook => aligned_alloc_recorded(align: size_t, size: size_t)
+    calls libc::aligned_alloc(align, size), size, AlignedAlloc);
+block_hook!(memalign_hook => memalign_recorded(align: size_t, size: size_t)
+    calls libc::memalign(align, size), size, Memalign);
+block_hook!(valloc_hook => valloc_recorded(size: size_t) calls valloc(size), size, Valloc);
+block_hook!(pvalloc_hook => pvalloc_recorded(size: size_t) calls pvalloc(size), size, Pvalloc);
 
 hook_entry!(fn realloc_hook(old: *mut c_void, size: size_t) -> *mut c_void => realloc_recorded);
 unsafe extern "C" fn realloc_recorded(
@@ -163,48 +167,6 @@ unsafe extern "C" fn posix_memalign_recorded(
         record(unsafe { *out }, size, Allocator::PosixMemalign, (sp, bp));
     }
     rc
-}
-
-hook_entry!(fn aligned_alloc_hook(align: size_t, size: size_t) -> *mut c_void => aligned_alloc_recorded);
-unsafe extern "C" fn aligned_alloc_recorded(
-    align: size_t,
-    size: size_t,
-    sp: usize,
-    bp: usize,
-) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { libc::aligned_alloc(align, size) };
-    record(ptr, size, Allocator::AlignedAlloc, (sp, bp));
-    ptr
-}
-
-hook_entry!(fn memalign_hook(align: size_t, size: size_t) -> *mut c_void => memalign_recorded);
-unsafe extern "C" fn memalign_recorded(
-    align: size_t,
-    size: size_t,
-    sp: usize,
-    bp: usize,
-) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { libc::memalign(align, size) };
-    record(ptr, size, Allocator::Memalign, (sp, bp));
-    ptr
-}
-
-hook_entry!(fn valloc_hook(size: size_t) -> *mut c_void => valloc_recorded);
-unsafe extern "C" fn valloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { valloc(size) };
-    record(ptr, size, Allocator::Valloc, (sp, bp));
-    ptr
-}
-
-hook_entry!(fn pvalloc_hook(size: size_t) -> *mut c_void => pvalloc_recorded);
-unsafe extern "C" fn pvalloc_recorded(size: size_t, sp: usize, bp: usize) -> *mut c_void {
-    // SAFETY: forwards the caller's arguments to the C library.
-    let ptr = unsafe { pvalloc(size) };
-    record(ptr, size, Allocator::Pvalloc, (sp, bp));
-    ptr
 }
 
 unsafe extern "C" fn mmap_hook(
