@@ -38,6 +38,8 @@ pub use python::{
 };
 pub use recorder::{recorder, Recorder, TakenBlock};
 pub use scrub::ScrubbingAllocator;
+#[doc(hidden)]
+pub use session::NATIVE as NATIVE_STACKS;
 pub use session::{
     checkpoint, install, installed, is_active, set_charge_tracers, start, stop, supported,
     unloaded_modules,

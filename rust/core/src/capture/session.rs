@@ -15,7 +15,9 @@ pub(super) static ACTIVE: AtomicBool = AtomicBool::new(false);
 pub(super) static GENERATION: AtomicU64 = AtomicU64::new(0);
 pub(super) static MODE: AtomicU8 = AtomicU8::new(0);
 pub(super) static REQUIRE_ENTRY: AtomicBool = AtomicBool::new(false);
-pub(super) static NATIVE: AtomicBool = AtomicBool::new(false);
+/// Are native stacks recorded for the current test? Read by the hooks' entry trampolines
+/// (see `hook_entry!`), hence public.
+pub static NATIVE: AtomicBool = AtomicBool::new(false);
 pub(super) static CHARGE_TRACERS: AtomicBool = AtomicBool::new(false);
 static INSTALLED: OnceLock<Result<(), CaptureError>> = OnceLock::new();
 

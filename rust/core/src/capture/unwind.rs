@@ -88,25 +88,40 @@ macro_rules! hook_entry {
         $(#[$meta])*
         // SAFETY: only caller-saved argument registers that carry no argument of this
         // signature are written; the stack and every other register are left as the call made
-        // them, so `$hook` runs as if called directly and returns to the caller.
+        // them, so `$hook` (or the plain entry) runs as if called directly and returns to the
+        // caller.
         #[unsafe(naked)]
         $vis extern "C" fn $entry($($arg: $ty),+) -> $ret {
-            // The arguments stay in their registers; the next two free argument registers
-            // get the stack pointer (at the return address) and the frame pointer, and the
-            // jump leaves the stack as the caller's call made it.
+            // Without native stacks, straight to the plain entry: `$hook` then keeps no
+            // registers across the real call for a walk that will not happen. Else the
+            // arguments stay in their registers, the next two free argument registers get the
+            // stack pointer (at the return address) and the frame pointer, and the jump leaves
+            // the stack as the caller's call made it.
             core::arch::naked_asm!(
+                "cmp byte ptr [rip + {native}], 0",
+                "je {plain}",
                 concat!("mov ", $sp, ", rsp"),
                 concat!("mov ", $bp, ", rbp"),
                 "jmp {hook}",
+                native = sym $crate::capture::NATIVE_STACKS,
+                plain = sym $entry::plain,
                 hook = sym $hook,
             )
         }
         #[cfg(not(target_arch = "x86_64"))]
         $(#[$meta])*
         $vis extern "C" fn $entry($($arg: $ty),+) -> $ret {
-            // SAFETY: forwards the caller's arguments.
-            #[allow(unused_unsafe)]
-            unsafe { $hook($($arg),+, 0, 0) }
+            $entry::plain($($arg),+)
+        }
+        /// The entry that passes no registers (see `HookEntry::from_registers`).
+        mod $entry {
+            #[allow(unused_imports)]
+            use super::*;
+            pub(super) extern "C" fn plain($($arg: $ty),+) -> $ret {
+                // SAFETY: forwards the caller's arguments.
+                #[allow(unused_unsafe)]
+                unsafe { $hook($($arg),+, 0, 0) }
+            }
         }
     };
 }
