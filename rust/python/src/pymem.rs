@@ -55,7 +55,7 @@ fn clear_slack(kind: Slack, ptr: *mut c_void, size: size_t) {
 // two registers after the arguments.
 
 hook_entry!(fn malloc(ctx: *mut c_void, size: size_t) -> *mut c_void => malloc_recorded);
-#[inline]
+#[inline(always)]
 extern "C" fn malloc_recorded(ctx: *mut c_void, size: size_t, sp: usize, bp: usize) -> *mut c_void {
     let d = domain(ctx);
     if PROBING.load(Ordering::Relaxed) {
@@ -70,7 +70,7 @@ extern "C" fn malloc_recorded(ctx: *mut c_void, size: size_t, sp: usize, bp: usi
 }
 
 hook_entry!(fn calloc(ctx: *mut c_void, count: size_t, size: size_t) -> *mut c_void => calloc_recorded);
-#[inline]
+#[inline(always)]
 extern "C" fn calloc_recorded(
     ctx: *mut c_void,
     count: size_t,
@@ -87,7 +87,7 @@ extern "C" fn calloc_recorded(
 }
 
 hook_entry!(fn realloc(ctx: *mut c_void, old: *mut c_void, size: size_t) -> *mut c_void => realloc_recorded);
-#[inline]
+#[inline(always)]
 extern "C" fn realloc_recorded(
     ctx: *mut c_void,
     old: *mut c_void,

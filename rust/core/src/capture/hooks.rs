@@ -90,7 +90,7 @@ fn record(ptr: *mut c_void, size: usize, allocator: Allocator, (sp, bp): (usize,
 macro_rules! block_hook {
     ($hook:ident => $recorded:ident($($arg:ident: $ty:ty),+) calls $call:expr, $size:expr, $allocator:ident) => {
         hook_entry!(fn $hook($($arg: $ty),+) -> *mut c_void => $recorded);
-        #[inline]
+        #[inline(always)]
         unsafe extern "C" fn $recorded($($arg: $ty),+, sp: usize, bp: usize) -> *mut c_void {
             // SAFETY: forwards the caller's arguments to the C library.
             let ptr = unsafe { $call };
@@ -111,7 +111,7 @@ block_hook!(valloc_hook => valloc_recorded(size: size_t) calls valloc(size), siz
 block_hook!(pvalloc_hook => pvalloc_recorded(size: size_t) calls pvalloc(size), size, Pvalloc);
 
 hook_entry!(fn realloc_hook(old: *mut c_void, size: size_t) -> *mut c_void => realloc_recorded);
-#[inline]
+#[inline(always)]
 unsafe extern "C" fn realloc_recorded(
     old: *mut c_void,
     size: size_t,
@@ -126,7 +126,7 @@ unsafe extern "C" fn realloc_recorded(
 }
 
 hook_entry!(fn reallocarray_hook(old: *mut c_void, count: size_t, size: size_t) -> *mut c_void => reallocarray_recorded);
-#[inline]
+#[inline(always)]
 unsafe extern "C" fn reallocarray_recorded(
     old: *mut c_void,
     count: size_t,
@@ -155,7 +155,7 @@ unsafe extern "C" fn free_hook(ptr: *mut c_void) {
 }
 
 hook_entry!(fn posix_memalign_hook(out: *mut *mut c_void, align: size_t, size: size_t) -> c_int => posix_memalign_recorded);
-#[inline]
+#[inline(always)]
 unsafe extern "C" fn posix_memalign_recorded(
     out: *mut *mut c_void,
     align: size_t,
