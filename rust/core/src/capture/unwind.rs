@@ -66,9 +66,10 @@ impl HookEntry {
 
 /// An allocator hook's entry: `$entry`, an `extern "C"` function with the parameters listed,
 /// which calls `$hook` with them and two more, the stack and frame pointers it was entered
-/// with (see [`HookEntry::from_registers`]). On x86-64 it is a naked function of three
-/// instructions that jumps to `$hook`, which then returns to the caller itself; elsewhere
-/// an ordinary function that passes 0, 0.
+/// with (see [`HookEntry::from_registers`]). On x86-64 it is a naked function of five
+/// instructions that jumps to `$hook`, which then returns to the caller itself, or, while no
+/// native stacks are recorded, to a plain entry that passes 0, 0; elsewhere it is that plain
+/// entry.
 #[macro_export]
 macro_rules! hook_entry {
     ($(#[$meta:meta])* $vis:vis fn $entry:ident($($arg:ident: $ty:ty),+) -> $ret:ty => $hook:path) => {
