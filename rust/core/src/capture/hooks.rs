@@ -202,7 +202,7 @@ unsafe extern "C" fn mmap_hook(
 unsafe extern "C" fn munmap_hook(addr: *mut c_void, len: size_t) -> c_int {
     // Recorded before the call, so the range cannot be mapped again by another thread first;
     // arguments the kernel refuses (EINVAL) unmap nothing and are not recorded.
-    if is_active() && len != 0 && (addr as usize) % page_size() == 0 {
+    if is_active() && len != 0 && (addr as usize).is_multiple_of(page_size()) {
         keeping_errno(|| {
             if let Some(r) = recorder() {
                 r.record_munmap(addr as usize, len);

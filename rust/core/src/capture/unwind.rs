@@ -518,7 +518,7 @@ mod cfi {
         // Only this thread's stack above the walk's start is ever read.
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let a = addr as usize;
-            if a >= low && a.checked_add(8).is_some_and(|end| end <= high) && a % 8 == 0 {
+            if a >= low && a.checked_add(8).is_some_and(|end| end <= high) && a.is_multiple_of(8) {
                 // SAFETY: an aligned word inside the calling thread's live stack.
                 Ok(unsafe { std::ptr::read_volatile(a as *const u64) })
             } else {

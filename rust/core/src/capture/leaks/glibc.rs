@@ -37,7 +37,7 @@ pub fn arena_heap_chunks(
 ) -> Option<(usize, usize)> {
     const PAGE: usize = 4096;
     let word = std::mem::size_of::<usize>();
-    if word != 8 || heap % ARENA_HEAP_BYTES != 0 {
+    if word != 8 || !heap.is_multiple_of(ARENA_HEAP_BYTES) {
         return None;
     }
     let arena = word_at(heap)?;
@@ -76,7 +76,7 @@ pub fn glibc_free_chunks(
     const TCACHE_STRUCT: usize = 0x290;
     let word = std::mem::size_of::<usize>();
     let mut at = |addr: usize| -> Option<usize> {
-        (addr >= base && addr.checked_add(word)? <= end && addr % word == 0)
+        (addr >= base && addr.checked_add(word)? <= end && addr.is_multiple_of(word))
             .then(|| word_at(addr))
             .flatten()
     };

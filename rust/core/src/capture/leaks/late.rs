@@ -241,7 +241,7 @@ pub(super) mod tests {
                 let region = regions[i];
                 let (start, end) = (region.start.get(), region.end.get());
                 let split = static_prefix_end(&statics, &region, CHUNK);
-                assert!(split == start || split == end || split % CHUNK == 0);
+                assert!(split == start || split == end || split.is_multiple_of(CHUNK));
                 split_inside += usize::from(start < split && split < end);
                 let before = list_calls.get();
                 let mut chunks = visited(region, (start, split), lazy.for_static_data());

@@ -261,7 +261,7 @@ impl ObjectLayout {
                 // process of benches/leak_precision.py's `same` workload). The instance is
                 // allocated for the capacity its class's shared keys had, which CPython lowers
                 // by one as it sets up the values while more than one slot is left.
-                if start % word != 0 {
+                if !start.is_multiple_of(word) {
                     return None;
                 }
                 let capacity = *block.get(start / word)? & 0xff;
@@ -419,7 +419,7 @@ pub fn pool_mask(
 ) -> Option<Vec<bool>> {
     let word = std::mem::size_of::<usize>();
     if std::mem::size_of_val(words) != layout.pool_size
-        || base % layout.pool_size != 0
+        || !base.is_multiple_of(layout.pool_size)
         || words.len() < 6
     {
         return None;
@@ -436,7 +436,7 @@ pub fn pool_mask(
         && maxnextoffset == layout.pool_size - size
         && nextoffset >= layout.overhead
         && nextoffset <= layout.pool_size
-        && (nextoffset - layout.overhead) % size == 0
+        && (nextoffset - layout.overhead).is_multiple_of(size)
         && count <= capacity
         && (freeblock == 0 || (freeblock > base && freeblock < base + layout.pool_size));
     if !plausible {
@@ -456,7 +456,7 @@ pub fn pool_mask(
             break;
         }
         let offset = free - base - layout.overhead;
-        if offset % size != 0 {
+        if !offset.is_multiple_of(size) {
             break;
         }
         let index = offset / size;

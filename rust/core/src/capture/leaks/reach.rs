@@ -326,9 +326,10 @@ impl Scanner<'_> {
                         }
                         continue;
                     }
-                    let aligned = offset % word == 0
+                    let aligned = offset.is_multiple_of(word)
                         || offset < word
-                        || (self.values_tag != 0 && (offset + self.values_tag) % word == 0);
+                        || (self.values_tag != 0
+                            && (offset + self.values_tag).is_multiple_of(word));
                     hit(i, offset < START_WINDOW && aligned);
                 }
             }
